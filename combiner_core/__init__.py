@@ -1,0 +1,91 @@
+"""combiner_core: build, load, save and run encoder-decoder ("combiner") models.
+
+No Ray here: this package works alone on a laptop. Quick start:
+
+    from combiner_core import warm_start_combiner, generate_texts, GenerationParams
+    c = warm_start_combiner(encoder_uri="path/to/bert", decoder_uri="path/to/gpt2")
+    print(generate_texts(c, ["some text"], GenerationParams(strategy="beam"))[0][0].text)
+"""
+
+from .build import DecoderOptions, EncoderOptions, random_combiner, warm_start_combiner
+from .checkpoint import (
+    MANIFEST_NAME,
+    load_combiner,
+    read_manifest,
+    resolve_checkpoint,
+    save_combiner,
+    sha256_file,
+)
+from .combiner import Combiner, set_special_tokens, special_tokens_from_tokenizer
+from .errors import (
+    CheckpointNotFoundError,
+    CombinerError,
+    ImageDecodeError,
+    InputError,
+    ManifestMismatchError,
+    MissingImageProcessorError,
+    MissingTokenizerError,
+    NotACombinerError,
+    SpecialTokenError,
+    TextInputError,
+    UnsafeCheckpointError,
+    UnsupportedDecoderError,
+    UnsupportedEncoderError,
+)
+from .families import CROSS_ATTENTION_DECODERS
+from .generation import Generated, GenerationParams, generate, generate_images, generate_texts
+from .preprocess import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    TokenizedText,
+    collate_token_ids,
+    decode_image,
+    image_to_pixel_values,
+    text_from_bytes,
+    tokenize_batch,
+    tokenize_text,
+)
+from .vocab import build_word_tokenizer
+
+__all__ = [
+    "CROSS_ATTENTION_DECODERS",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "MANIFEST_NAME",
+    "CheckpointNotFoundError",
+    "Combiner",
+    "CombinerError",
+    "DecoderOptions",
+    "EncoderOptions",
+    "Generated",
+    "GenerationParams",
+    "ImageDecodeError",
+    "InputError",
+    "ManifestMismatchError",
+    "MissingImageProcessorError",
+    "MissingTokenizerError",
+    "NotACombinerError",
+    "SpecialTokenError",
+    "TextInputError",
+    "TokenizedText",
+    "UnsafeCheckpointError",
+    "UnsupportedDecoderError",
+    "UnsupportedEncoderError",
+    "build_word_tokenizer",
+    "collate_token_ids",
+    "decode_image",
+    "generate",
+    "generate_images",
+    "generate_texts",
+    "image_to_pixel_values",
+    "load_combiner",
+    "random_combiner",
+    "read_manifest",
+    "resolve_checkpoint",
+    "save_combiner",
+    "set_special_tokens",
+    "sha256_file",
+    "special_tokens_from_tokenizer",
+    "text_from_bytes",
+    "tokenize_batch",
+    "tokenize_text",
+    "warm_start_combiner",
+]

@@ -1,0 +1,202 @@
+"""Batched generation: greedy, beam search and sampling with a KV cache.
+
+This wraps transformers' `generate` (the reference for correctness). Every call
+returns, per input row, `num_return_sequences` candidates with text, token ids,
+a score and token counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from transformers import GenerationConfig
+
+from .combiner import Combiner
+from .preprocess import decode_image, image_to_pixel_values, tokenize_batch
+
+
+class GenerationParams(BaseModel):
+    """How to generate. Field names follow transformers' GenerationConfig."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategy: Literal["greedy", "beam", "sample"] = Field(
+        "greedy", description="greedy decoding, beam search, or sampling"
+    )
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="most tokens generated per sequence")
+    min_new_tokens: int = Field(0, ge=0, description="eos is suppressed until this many tokens exist")
+    num_beams: int = Field(4, ge=1, le=64, description="beams for strategy=beam (ignored otherwise)")
+    length_penalty: float = Field(
+        1.0, description="beam scores are divided by length**length_penalty; >1 favours longer outputs"
+    )
+    early_stopping: bool | Literal["never"] = Field(
+        False, description="beam search stops when num_beams finished candidates exist (True), "
+        "by a heuristic (False), or only when no better candidate is possible ('never')"
+    )
+    no_repeat_ngram_size: int = Field(0, ge=0, description="forbid repeating any n-gram of this size; 0 = off")
+    repetition_penalty: float = Field(1.0, gt=0, description="penalize tokens already generated; 1.0 = off")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature for strategy=sample")
+    top_k: int = Field(50, ge=0, description="sample from the k most likely tokens; 0 = off")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1.0 = off")
+    seed: int | None = Field(None, description="seeds sampling; the same seed and batch give the same outputs")
+    num_return_sequences: int = Field(1, ge=1, le=64, description="candidates returned per input")
+
+    @model_validator(mode="after")
+    def _check(self) -> GenerationParams:
+        problems = []
+        if self.strategy == "beam" and self.num_beams < 2:
+            problems.append(f"num_beams={self.num_beams}: beam search needs num_beams >= 2 (or strategy=greedy)")
+        if self.strategy == "beam" and self.num_return_sequences > self.num_beams:
+            problems.append(
+                f"num_return_sequences={self.num_return_sequences} > num_beams={self.num_beams}: "
+                "beam search returns at most num_beams candidates; raise num_beams"
+            )
+        if self.strategy == "greedy" and self.num_return_sequences > 1:
+            problems.append(
+                f"num_return_sequences={self.num_return_sequences} with strategy=greedy would repeat "
+                "one output; use strategy=beam or strategy=sample"
+            )
+        if self.min_new_tokens > self.max_new_tokens:
+            problems.append(
+                f"min_new_tokens={self.min_new_tokens} > max_new_tokens={self.max_new_tokens}; lower it"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def to_generation_config(self, base: GenerationConfig) -> GenerationConfig:
+        """A GenerationConfig carrying the model's special ids and these parameters."""
+        values = dict(
+            decoder_start_token_id=base.decoder_start_token_id,
+            bos_token_id=base.bos_token_id,
+            pad_token_id=base.pad_token_id,
+            eos_token_id=base.eos_token_id,
+            forced_bos_token_id=getattr(base, "forced_bos_token_id", None),
+            forced_eos_token_id=getattr(base, "forced_eos_token_id", None),
+            max_new_tokens=self.max_new_tokens,
+            min_new_tokens=self.min_new_tokens or None,
+            num_return_sequences=self.num_return_sequences,
+            repetition_penalty=self.repetition_penalty,
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
+            use_cache=True,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
+        if self.strategy == "beam":
+            values.update(
+                num_beams=self.num_beams, length_penalty=self.length_penalty, early_stopping=self.early_stopping
+            )
+        elif self.strategy == "sample":
+            values.update(
+                do_sample=True, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p
+            )
+        # Built in one go: GenerationConfig validates its arguments together.
+        return GenerationConfig(**values)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One generated candidate.
+
+    Attributes:
+        text: decoded text, special tokens removed.
+        token_ids: generated ids, without the decoder start token and padding.
+        score: mean log-probability per generated token for greedy/sampling;
+            for beam search, the beam score (sum of log-probs / length**length_penalty),
+            which is the same quantity when length_penalty is 1.
+        num_tokens: len(token_ids).
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    score: float
+    num_tokens: int
+
+
+def _trim(ids: list[int], *, pad: int, eos: set[int]) -> list[int]:
+    """Cut a generated row at its first eos (kept) and drop padding after it."""
+    out = []
+    for token in ids:
+        out.append(token)
+        if token in eos:
+            break
+    while out and out[-1] == pad and pad not in eos:
+        out.pop()
+    return out
+
+
+@torch.inference_mode()
+def generate(
+    combiner: Combiner, inputs: dict[str, torch.Tensor], params: GenerationParams | None = None
+) -> list[list[Generated]]:
+    """Generate for a prepared batch (input_ids/attention_mask, or pixel_values).
+
+    Returns one list per input row, each with `params.num_return_sequences`
+    candidates, best first for beam search.
+    """
+    params = params or GenerationParams()
+    model = combiner.model
+    device = model.device
+    batch = {k: v.to(device) for k, v in inputs.items()}
+    if "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+    config = params.to_generation_config(model.generation_config)
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(params.seed)
+    out = model.generate(**batch, generation_config=config)
+    sequences = out.sequences
+    # Encoder-decoder sequences start with decoder_start_token_id; drop it.
+    generated = sequences[:, 1:]
+    if params.strategy == "beam":
+        scores = out.sequences_scores.float().tolist()
+    else:
+        transition = model.compute_transition_scores(sequences, out.scores, normalize_logits=True)
+        scores = []
+    ids = combiner.special_token_ids()
+    eos = config.eos_token_id
+    eos_set = set(eos if isinstance(eos, list) else [eos])
+    rows = []
+    for i in range(generated.shape[0]):
+        tokens = _trim(generated[i].tolist(), pad=ids["pad_token_id"], eos=eos_set)
+        if params.strategy != "beam":
+            steps = transition[i, : len(tokens)].float()
+            steps = steps[torch.isfinite(steps)]
+            score = float(steps.mean()) if len(steps) else 0.0
+        else:
+            score = scores[i]
+        text = combiner.decoder_tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        rows.append(Generated(text=text, token_ids=tuple(tokens), score=score, num_tokens=len(tokens)))
+    n = params.num_return_sequences
+    return [rows[i * n : (i + 1) * n] for i in range(len(rows) // n)]
+
+
+def generate_texts(
+    combiner: Combiner,
+    texts: Sequence[str],
+    params: GenerationParams | None = None,
+    *,
+    truncation: bool = True,
+) -> list[list[Generated]]:
+    """Tokenize, pad and generate for a list of texts (raises on a bad text)."""
+    if combiner.tokenizer is None:
+        raise ValueError(f"this combiner takes images ({combiner.layout}); use generate_images")
+    batch, _ = tokenize_batch(
+        combiner.tokenizer, texts, max_tokens=combiner.max_input_tokens, truncation=truncation
+    )
+    return generate(combiner, batch, params)
+
+
+def generate_images(
+    combiner: Combiner, images: Sequence[bytes], params: GenerationParams | None = None
+) -> list[list[Generated]]:
+    """Decode, preprocess and generate for a list of encoded images (raises on a bad image)."""
+    if combiner.image_processor is None:
+        raise ValueError(f"this combiner takes text ({combiner.layout}); use generate_texts")
+    pixels = image_to_pixel_values(combiner.image_processor, [decode_image(b) for b in images])
+    return generate(combiner, {"pixel_values": pixels}, params)

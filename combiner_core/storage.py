@@ -1,0 +1,127 @@
+"""Where checkpoints live: local folders, or object storage through fsspec.
+
+Credentials and endpoints come from the environment (AWS_* variables, instance
+roles) or from `storage_options`, never from a saved file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from .errors import CheckpointNotFoundError
+
+_LOCAL_PROTOCOLS = {"file", "local"}
+
+
+def is_remote(uri: str) -> bool:
+    """True for URIs with a non-local scheme (s3://, gs://, memory://, ...)."""
+    return "://" in uri and uri.split("://", 1)[0] not in _LOCAL_PROTOCOLS
+
+
+def strip_file_scheme(uri: str) -> str:
+    return uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+def get_filesystem(
+    uri: str, storage_options: dict[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and the path inside it for `uri`."""
+    return url_to_fs(uri, **(storage_options or {}))
+
+
+def cache_root() -> Path:
+    """Folder for local copies of remote checkpoints (COMBINER_CACHE_DIR overrides)."""
+    root = os.environ.get("COMBINER_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "combiner"
+    )
+    return Path(root)
+
+
+def fetch_dir(uri: str, *, storage_options: dict[str, Any] | None = None) -> Path:
+    """A local folder holding the files under the remote prefix `uri`.
+
+    The copy is keyed by the URI and by the listing (names, sizes, ETags), so a
+    checkpoint overwritten in place is fetched again, and a second load of an
+    unchanged one (another actor on the same node) reads the cached copy. The copy
+    is written to a temporary folder and renamed into place, so concurrent loaders
+    never see a half-written folder.
+    """
+    fs, root = get_filesystem(uri, storage_options)
+    root = root.rstrip("/")
+    try:
+        listing = fs.find(root, detail=True)
+    except FileNotFoundError:
+        listing = {}
+    if not listing:
+        raise CheckpointNotFoundError(
+            f"no files under {uri}: check the URI and that your credentials can list it "
+            "(AWS_* variables or an instance role; AWS_ENDPOINT_URL for S3-compatible servers)"
+        )
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            sorted(
+                (
+                    name,
+                    info.get("size"),
+                    str(info.get("ETag") or info.get("etag") or info.get("mtime") or ""),
+                )
+                for name, info in listing.items()
+            )
+        ).encode()
+    ).hexdigest()[:16]
+    uri_key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    target = cache_root() / "checkpoints" / f"{uri_key}-{fingerprint}"
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=target.parent))
+    try:
+        for name in listing:
+            rel = name[len(root) :].lstrip("/")
+            dest = staging / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(name, str(dest))
+        (staging / ".complete").write_text(uri)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            # Another process finished the same fetch first; its copy is identical.
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def upload_dir(
+    local_dir: str | Path,
+    uri: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    last: tuple[str, ...] = (),
+) -> None:
+    """Copy every file under `local_dir` to the prefix `uri`; files named in `last` go last.
+
+    Writing a marker file (the manifest) last means a reader that finds it knows
+    every other file is already there.
+    """
+    fs, root = get_filesystem(uri, storage_options)
+    root = root.rstrip("/")
+    local_dir = Path(local_dir)
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.relative_to(local_dir).as_posix() in last)
+    for path in files:
+        rel = path.relative_to(local_dir).as_posix()
+        target = f"{root}/{rel}"
+        if not is_remote(uri):
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+        fs.put_file(str(path), target)
