@@ -1,0 +1,25 @@
+"""Layering rules from DESIGN.md that code review alone would miss."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_combiner_core_never_imports_ray() -> None:
+    code = (
+        "import sys, combiner_core, combiner_core.generation, combiner_core.checkpoint\n"
+        "leaked = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))\n"
+        "print(','.join(leaked))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"combiner_core pulled in Ray modules: {out.stdout.strip()}"
+
+
+def test_public_surface_is_declared() -> None:
+    import combiner_core
+    import pipelines
+
+    for package in (combiner_core, pipelines):
+        missing = [name for name in package.__all__ if not hasattr(package, name)]
+        assert not missing, f"{package.__name__}.__all__ names missing attributes: {missing}"
