@@ -61,10 +61,18 @@ def _build(name: str) -> Combiner:
         return random_combiner(
             encoder_config=tiny.vit_config(), decoder_config=tiny.trocr_config(bt), decoder_tokenizer=bt, image_processor=processor
         )
+    if name == "swin2gpt2":
+        return random_combiner(
+            encoder_config=tiny.swin_config(), decoder_config=tiny.gpt2_config(gt), decoder_tokenizer=gt, image_processor=processor
+        )
+    if name == "deit2bert":
+        return random_combiner(
+            encoder_config=tiny.deit_config(), decoder_config=tiny.bert_config(bt), decoder_tokenizer=bt, image_processor=processor
+        )
     raise ValueError(name)
 
 
-COMBOS = ["bert2bert", "bert2gpt2", "vit2gpt2", "vit2bert", "vit2trocr"]
+COMBOS = ["bert2bert", "bert2gpt2", "vit2gpt2", "vit2bert", "vit2trocr", "swin2gpt2", "deit2bert"]
 
 
 @pytest.fixture(scope="module", params=COMBOS)

@@ -8,8 +8,10 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     BertConfig,
+    DeiTConfig,
     GPT2Config,
     PreTrainedTokenizerFast,
+    SwinConfig,
     TrOCRConfig,
     ViTConfig,
 )
@@ -109,6 +111,21 @@ def vit_config(**overrides) -> ViTConfig:
     )
     values.update(overrides)
     return ViTConfig(**values)
+
+
+def swin_config() -> SwinConfig:
+    # hidden_size = embed_dim * 2**(stages-1) = 32, like the other tiny encoders.
+    return SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4,
+        initializer_range=INIT, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, drop_path_rate=0.0,
+    )
+
+
+def deit_config() -> DeiTConfig:
+    return DeiTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, initializer_range=INIT, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
 
 
 def vit_image_processor() -> ViTImageProcessorPil:
