@@ -1,0 +1,50 @@
+"""Batch generation on Ray Data (caption_dataset, summarize_corpus) with exactly-once commits."""
+
+from .commit import (
+    ERROR_SCHEMA,
+    OUTPUT_SCHEMA,
+    CommitError,
+    OutputExistsError,
+    OutputStore,
+    ShardManifest,
+    normalize_for_match,
+)
+from .jobs import init_ray, print_summary, run_caption_job, run_summarize_job
+from .run import JobSummary, absolute_uri, run_generation
+from .specs import (
+    CaptionInput,
+    CaptionJobSpec,
+    OutputSpec,
+    ResourcesSpec,
+    SummarizeInput,
+    SummarizeJobSpec,
+)
+from .stages import GenerateWorker, decode_batch, params_hash, read_shard_batch, stage_batch
+
+__all__ = [
+    "ERROR_SCHEMA",
+    "OUTPUT_SCHEMA",
+    "CaptionInput",
+    "CaptionJobSpec",
+    "CommitError",
+    "GenerateWorker",
+    "JobSummary",
+    "OutputExistsError",
+    "OutputSpec",
+    "OutputStore",
+    "ResourcesSpec",
+    "ShardManifest",
+    "SummarizeInput",
+    "SummarizeJobSpec",
+    "absolute_uri",
+    "decode_batch",
+    "init_ray",
+    "normalize_for_match",
+    "params_hash",
+    "print_summary",
+    "read_shard_batch",
+    "run_caption_job",
+    "run_generation",
+    "run_summarize_job",
+    "stage_batch",
+]

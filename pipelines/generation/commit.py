@@ -1,0 +1,422 @@
+"""The commit protocol: how results become output, exactly once.
+
+Layout under output.uri:
+
+    part-<shard_key>.parquet          ok rows of one committed shard (plain-directory readable)
+    _errors/part-<shard_key>.parquet  rejected rows of that shard
+    _commits/<shard_key>.json         the shard's manifest: written last, it makes the shard committed
+    _staging/<run_id>/...             staged block files of running jobs (ignored by readers: '_')
+    _job.json                         fingerprint of the job that owns this output
+    _summary.json                     rows_in / rows_ok / rows_errored ... of the whole output
+
+Protocol (per shard; the shard's rows may be spread over many blocks and workers):
+1. workers write each block's rows as staged files under _staging/<run_id>/<shard_key>/
+   and return a record naming them; only records of finished tasks reach the driver,
+   so files of a killed or retried attempt are never used;
+2. when records cover all rows of a shard, the driver merges them, checks that every
+   row index 0..n-1 appears exactly once across ok and error rows, writes the data
+   and error files under names derived from the shard (a second commit of the same
+   shard overwrites, never duplicates), moves each into place, and writes the
+   manifest last;
+3. on resume, staged leftovers and data files without a manifest (a crash between
+   steps 2's moves and its manifest) are deleted before any work, and shards whose
+   manifest exists are not read again.
+Object stores have no rename: a PUT is atomic per object, so every final file appears
+whole or not at all; deterministic names + manifest-last + cleanup-on-resume is
+what makes the protocol safe there.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from . import faults
+
+COMMITS_DIR = "_commits"
+ERRORS_DIR = "_errors"
+STAGING_DIR = "_staging"
+JOB_FILE = "_job.json"
+SUMMARY_FILE = "_summary.json"
+
+_INTERNAL = [("row_index", pa.int64()), ("shard_key", pa.string())]
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source_uri", pa.string()),
+        ("source_row", pa.int64()),
+        ("text", pa.string()),
+        ("score", pa.float64()),
+        ("texts", pa.list_(pa.string())),
+        ("scores", pa.list_(pa.float64())),
+        ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("truncated", pa.bool_()),
+        ("reference", pa.string()),
+        ("model_uri", pa.string()),
+        ("model_sha256", pa.string()),
+        ("spec_hash", pa.string()),
+        ("params_hash", pa.string()),
+        ("produced_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+ERROR_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source_uri", pa.string()),
+        ("source_row", pa.int64()),
+        ("stage", pa.string()),
+        ("cause", pa.string()),
+        ("message", pa.string()),
+        ("spec_hash", pa.string()),
+        ("produced_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+RECORD_SCHEMA = pa.schema(
+    [
+        ("shard_key", pa.string()),
+        ("shard_rows", pa.int64()),
+        ("rows", pa.int64()),
+        ("ok_path", pa.string()),
+        ("error_path", pa.string()),
+    ]
+)
+
+
+class OutputExistsError(RuntimeError):
+    """output.mode=error_if_exists and the output already holds files."""
+
+
+class CommitError(RuntimeError):
+    """Staged results of a shard do not add up to its rows (a bug, never committed)."""
+
+
+def _fs(uri: str, storage_options: Mapping[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, root = url_to_fs(uri, **dict(storage_options or {}))
+    return fs, root.rstrip("/")
+
+
+def _write_parquet(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> None:
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f)
+
+
+def _write_json(fs: fsspec.AbstractFileSystem, path: str, data: Any) -> None:
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(path, "w") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _str_column(table: pa.Table, name: str) -> pa.Array:
+    """A string column, or nulls when Ray Data turned an all-None column into floats."""
+    column = table.column(name)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return column.cast(pa.string())
+    return pa.nulls(table.num_rows, pa.string())
+
+
+def _candidates(values: list[str | None]) -> tuple[list, list]:
+    texts, scores = [], []
+    for v in values:
+        if v is None:
+            texts.append(None)
+            scores.append(None)
+            continue
+        cands = json.loads(v)
+        texts.append([c["text"] for c in cands])
+        scores.append([float(c["score"]) for c in cands])
+    return texts, scores
+
+
+def stage_results(
+    block: pa.Table,
+    *,
+    output_uri: str,
+    run_id: str,
+    lineage: Mapping[str, str],
+    produced_at: datetime,
+    storage_options: Mapping[str, Any] | None = None,
+    writer_pid: int = 0,
+) -> pa.Table:
+    """Split a block of generated rows into ok/error tables per shard and stage them.
+
+    Returns RECORD_SCHEMA rows, one per shard present in the block.
+    """
+    fs, root = _fs(output_uri, storage_options)
+    records: dict[str, list] = {name: [] for name in RECORD_SCHEMA.names}
+    keys = block.column("shard_key").to_pylist()
+    for key in sorted(set(keys)):
+        part = block.filter(pc.equal(block.column("shard_key"), key))
+        failed = pc.not_equal(part.column("error_stage"), "")
+        ok, bad = part.filter(pc.invert(failed)), part.filter(failed)
+        n_ok, n_bad = ok.num_rows, bad.num_rows
+        name = f"{uuid.uuid4().hex}"
+        base = f"{root}/{STAGING_DIR}/{run_id}/{key}"
+        ok_path = err_path = ""
+        if n_ok:
+            texts, scores = _candidates(ok.column("candidates").to_pylist())
+            table = pa.table(
+                {
+                    "id": ok.column("id"),
+                    "source_uri": ok.column("source_uri"),
+                    "source_row": ok.column("source_row"),
+                    "text": ok.column("text"),
+                    "score": ok.column("score"),
+                    "texts": pa.array(texts, pa.list_(pa.string())),
+                    "scores": pa.array(scores, pa.list_(pa.float64())),
+                    "input_tokens": pc.if_else(
+                        pc.less(ok.column("input_tokens"), 0), None, ok.column("input_tokens")
+                    ),
+                    "output_tokens": ok.column("output_tokens"),
+                    "truncated": pc.if_else(
+                        pc.less(ok.column("input_tokens"), 0), None, ok.column("truncated")
+                    ),
+                    "reference": _str_column(ok, "reference"),
+                    "model_uri": pa.array([lineage["model_uri"]] * n_ok, pa.string()),
+                    "model_sha256": ok.column("model_sha256"),
+                    "spec_hash": pa.array([lineage["spec_hash"]] * n_ok, pa.string()),
+                    "params_hash": pa.array([lineage["params_hash"]] * n_ok, pa.string()),
+                    "produced_at": pa.array([produced_at] * n_ok, pa.timestamp("us", tz="UTC")),
+                    "row_index": ok.column("row_index"),
+                    "shard_key": ok.column("shard_key"),
+                }
+            ).cast(pa.schema(list(OUTPUT_SCHEMA) + [pa.field(*f) for f in _INTERNAL]))
+            ok_path = f"{base}/{name}-ok.parquet"
+            _write_parquet(fs, ok_path, table)
+        if n_bad:
+            table = pa.table(
+                {
+                    "id": bad.column("id"),
+                    "source_uri": bad.column("source_uri"),
+                    "source_row": bad.column("source_row"),
+                    "stage": bad.column("error_stage"),
+                    "cause": bad.column("error_cause"),
+                    "message": bad.column("error_message"),
+                    "spec_hash": pa.array([lineage["spec_hash"]] * n_bad, pa.string()),
+                    "produced_at": pa.array([produced_at] * n_bad, pa.timestamp("us", tz="UTC")),
+                    "row_index": bad.column("row_index"),
+                    "shard_key": bad.column("shard_key"),
+                }
+            ).cast(pa.schema(list(ERROR_SCHEMA) + [pa.field(*f) for f in _INTERNAL]))
+            err_path = f"{base}/{name}-err.parquet"
+            _write_parquet(fs, err_path, table)
+        records["shard_key"].append(key)
+        records["shard_rows"].append(part.column("shard_rows")[0].as_py())
+        records["rows"].append(n_ok + n_bad)
+        records["ok_path"].append(ok_path)
+        records["error_path"].append(err_path)
+    return pa.table(records, schema=RECORD_SCHEMA)
+
+
+@dataclass
+class ShardManifest:
+    """What one commit made part of the output."""
+
+    shard_key: str
+    inputs: list[str]
+    rows_in: int
+    rows_ok: int
+    rows_errored: int
+    data_files: list[str]
+    error_files: list[str]
+    run_id: str
+    committed_at: str
+    reference_rows: int = 0
+    exact_matches: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def normalize_for_match(text: str | None) -> str:
+    """Exact match ignores case and runs of whitespace (and nothing else)."""
+    return " ".join((text or "").split()).casefold()
+
+
+class OutputStore:
+    """output.uri as the commit protocol sees it (see the module docstring)."""
+
+    def __init__(self, uri: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.uri = uri.rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = _fs(uri, storage_options)
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def uri_of(self, *parts: str) -> str:
+        return "/".join([self.uri, *parts])
+
+    def _exists(self) -> bool:
+        return self.fs.exists(self.root) and bool(self.fs.find(self.root))
+
+    # --- start of a run -----------------------------------------------------------------
+
+    def prepare(self, *, mode: str, fingerprint: str) -> dict[str, ShardManifest]:
+        """Apply output.mode and return the manifests of shards already committed.
+
+        resume: deletes staged leftovers and uncommitted data files first, and refuses
+        an output written by a job with a different fingerprint (input, model, generation).
+        """
+        if mode == "overwrite" and self.fs.exists(self.root):
+            self.fs.rm(self.root, recursive=True)
+        elif mode == "error_if_exists" and self._exists():
+            raise OutputExistsError(
+                f"output.uri {self.uri} already holds files. Set output.mode=resume to continue "
+                "that job, output.mode=overwrite to replace it, or choose another output.uri"
+            )
+        job_path = self._path(JOB_FILE)
+        if self.fs.exists(job_path):
+            with self.fs.open(job_path, "r") as f:
+                previous = json.load(f)
+            if previous.get("fingerprint") != fingerprint:
+                raise OutputExistsError(
+                    f"output.uri {self.uri} was written by a job with other inputs, model or "
+                    f"generation parameters (fingerprint {previous.get('fingerprint', '?')[:12]} "
+                    f"!= {fingerprint[:12]}); resuming would mix results. Use "
+                    "output.mode=overwrite or another output.uri"
+                )
+        else:
+            _write_json(self.fs, job_path, {"fingerprint": fingerprint})
+        manifests = self.committed()
+        self._cleanup(manifests)
+        return manifests
+
+    def committed(self) -> dict[str, ShardManifest]:
+        """Manifests under _commits/, by shard key."""
+        folder = self._path(COMMITS_DIR)
+        if not self.fs.exists(folder):
+            return {}
+        out = {}
+        for path in self.fs.find(folder):
+            if not path.endswith(".json"):
+                continue
+            with self.fs.open(path, "r") as f:
+                manifest = ShardManifest(**json.load(f))
+            out[manifest.shard_key] = manifest
+        return out
+
+    def _cleanup(self, manifests: Mapping[str, ShardManifest]) -> None:
+        """Remove staged leftovers and data files that no manifest names."""
+        staging = self._path(STAGING_DIR)
+        if self.fs.exists(staging):
+            self.fs.rm(staging, recursive=True)
+        keep = {f for m in manifests.values() for f in m.data_files + m.error_files}
+        for folder in (self.root, self._path(ERRORS_DIR)):
+            if not self.fs.exists(folder):
+                continue
+            for path in self.fs.ls(folder, detail=False):
+                rel = path[len(self.root) + 1 :] if path.startswith(self.root + "/") else path
+                name = posixpath.basename(path)
+                if name.startswith("part-") and name.endswith(".parquet") and rel not in keep:
+                    self.fs.rm(path)
+
+    # --- commit -------------------------------------------------------------------------
+
+    def _read(self, paths: list[str]) -> pa.Table | None:
+        tables = []
+        for path in paths:
+            with self.fs.open(path, "rb") as f:
+                tables.append(pq.read_table(f))
+        return pa.concat_tables(tables) if tables else None
+
+    def commit_shard(
+        self,
+        *,
+        shard_key: str,
+        inputs: list[str],
+        shard_rows: int,
+        ok_paths: list[str],
+        error_paths: list[str],
+        run_id: str,
+        commit_number: int,
+    ) -> ShardManifest:
+        """Merge a shard's staged files into its final files, then write its manifest."""
+        ok = self._read(ok_paths)
+        bad = self._read(error_paths)
+        ok = _dedupe(ok)
+        bad = _dedupe(bad)
+        seen_ok = set(ok.column("row_index").to_pylist()) if ok is not None else set()
+        seen_bad = set(bad.column("row_index").to_pylist()) if bad is not None else set()
+        if seen_ok & seen_bad or (seen_ok | seen_bad) != set(range(shard_rows)):
+            raise CommitError(
+                f"shard {shard_key} ({inputs[:3]}...): staged rows do not match its {shard_rows} "
+                f"input rows (ok {len(seen_ok)}, errored {len(seen_bad)}, overlap "
+                f"{len(seen_ok & seen_bad)}); not committed. This is a bug; rerun with "
+                "output.mode=resume to redo the shard"
+            )
+        data_files, error_files = [], []
+        reference_rows = exact = 0
+        for table, schema, rel in (
+            (ok, OUTPUT_SCHEMA, f"part-{shard_key}.parquet"),
+            (bad, ERROR_SCHEMA, f"{ERRORS_DIR}/part-{shard_key}.parquet"),
+        ):
+            if table is None or table.num_rows == 0:
+                continue
+            table = table.sort_by("row_index").select(schema.names)
+            # Staged under '_' first, then moved: a local rename is atomic, and on an
+            # object store the final object is created whole by one copy.
+            tmp = self._path(STAGING_DIR, run_id, "commit", rel.replace("/", "-"))
+            _write_parquet(self.fs, tmp, table)
+            final = self._path(rel)
+            self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
+            self.fs.mv(tmp, final)
+            (data_files if schema is OUTPUT_SCHEMA else error_files).append(rel)
+            if schema is OUTPUT_SCHEMA:
+                refs = table.column("reference").to_pylist()
+                texts = table.column("text").to_pylist()
+                pairs = [(t, r) for t, r in zip(texts, refs, strict=True) if r is not None]
+                reference_rows = len(pairs)
+                exact = sum(normalize_for_match(t) == normalize_for_match(r) for t, r in pairs)
+        faults.maybe_kill("driver_before_manifest", commit_number)
+        manifest = ShardManifest(
+            shard_key=shard_key,
+            inputs=list(inputs),
+            rows_in=shard_rows,
+            rows_ok=len(seen_ok),
+            rows_errored=len(seen_bad),
+            data_files=data_files,
+            error_files=error_files,
+            run_id=run_id,
+            committed_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            reference_rows=reference_rows,
+            exact_matches=exact,
+        )
+        tmp = self._path(STAGING_DIR, run_id, "commit", f"{shard_key}.json")
+        _write_json(self.fs, tmp, manifest.__dict__)
+        final = self._path(COMMITS_DIR, f"{shard_key}.json")
+        self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
+        self.fs.mv(tmp, final)
+        staged = self._path(STAGING_DIR, run_id, shard_key)
+        if self.fs.exists(staged):
+            self.fs.rm(staged, recursive=True)
+        return manifest
+
+    def finish(self, summary: Mapping[str, Any]) -> None:
+        """Write _summary.json and drop this run's empty staging folder."""
+        staging = self._path(STAGING_DIR)
+        if self.fs.exists(staging):
+            self.fs.rm(staging, recursive=True)
+        _write_json(self.fs, self._path(SUMMARY_FILE), dict(summary))
+
+
+def _dedupe(table: pa.Table | None) -> pa.Table | None:
+    """Keep the first row per row_index (a block retried after a lost reply may repeat)."""
+    if table is None:
+        return None
+    seen: set[int] = set()
+    keep = []
+    for idx in table.column("row_index").to_pylist():
+        keep.append(idx not in seen)
+        seen.add(idx)
+    return table.filter(pa.array(keep)) if not all(keep) else table

@@ -1,0 +1,36 @@
+"""Fault injection for the exactly-once tests: kill a process at a named point.
+
+Off unless COMBINER_FAULT is set, e.g. COMBINER_FAULT="driver_after_commit:2" (the
+driver SIGKILLs itself right after its 2nd commit), "driver_before_manifest:1" (after
+the data files of the 1st commit are in place, before its manifest: a crash in the
+middle of writing), or "worker_batch:3:/tmp/marker" (a generation actor SIGKILLs its
+own process on its 3rd batch, once: the marker file makes the restarted actor go on).
+A real SIGKILL, as the OOM killer or a lost node would deliver, not an exception.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "COMBINER_FAULT"
+
+
+def _spec() -> list[str]:
+    return os.environ.get(ENV, "").split(":") if os.environ.get(ENV) else []
+
+
+def maybe_kill(point: str, count: int) -> None:
+    """SIGKILL this process if COMBINER_FAULT names `point` with this `count`."""
+    spec = _spec()
+    if len(spec) < 2 or spec[0] != point or int(spec[1]) != count:
+        return
+    if len(spec) >= 3:
+        marker = ":".join(spec[2:])
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return  # already fired once
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)

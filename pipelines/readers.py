@@ -1,0 +1,320 @@
+"""Input shards for generation jobs: listing them (fsspec: local, file://, s3://...) and
+reading one shard into rows.
+
+A *shard* is the unit of work and of commit: one Parquet / JSONL / text file, or a
+group of image files. Every row a shard yields has a stable id, its source (file
+URI and row number) and either a payload (image bytes or text bytes) or a read
+error, so a bad row is reported, never dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+InputFormat = Literal["images", "parquet", "jsonl", "text_lines", "text_files"]
+_FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "images": IMAGE_EXTENSIONS,
+    "parquet": (".parquet", ".parq", ".pq"),
+    "jsonl": (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz"),
+}
+
+# The schema of rows a shard yields (before decoding). `payload` holds image bytes or
+# UTF-8-or-not text bytes; rows that failed to read carry error_* fields instead.
+ROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("shard_key", pa.string()),
+        ("shard_rows", pa.int64()),
+        ("row_index", pa.int64()),
+        ("source_uri", pa.string()),
+        ("source_row", pa.int64()),
+        ("payload", pa.binary()),
+        ("reference", pa.string()),
+        ("error_stage", pa.string()),
+        ("error_cause", pa.string()),
+        ("error_message", pa.string()),
+    ]
+)
+
+
+class InputListingError(ValueError):
+    """input.uri names nothing readable."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One unit of work: the files it reads and a key derived from them.
+
+    `key` is a hash of the member URIs, so the same files always give the same key
+    (and the same output file names) across runs.
+    """
+
+    files: tuple[str, ...]
+    key: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            digest = hashlib.sha256("\n".join(self.files).encode()).hexdigest()[:20]
+            object.__setattr__(self, "key", digest)
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    """How to turn a shard's files into rows (the `input` section, minus the URI)."""
+
+    format: InputFormat
+    root: str
+    value_column: str | None = None
+    value_key: str = "input.text_column"
+    id_column: str | None = None
+    reference_column: str | None = None
+    extensions: tuple[str, ...] = ()
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+def _protocol_prefix(uri: str, fs: fsspec.AbstractFileSystem) -> str:
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    return "" if protocol in ("file", "local") else f"{protocol}://"
+
+
+def list_input_files(
+    uri: str,
+    *,
+    format: InputFormat,
+    extensions: Sequence[str] = (),
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Files under `uri` (a file, a folder/prefix, or a glob) that hold inputs.
+
+    Returns (files, ignored): sorted full URIs of input files, and the files that
+    were skipped because their name does not fit `format`. Paths with a component
+    starting with '_' or '.' (_SUCCESS, .crc, our own _errors/) are not inputs.
+    """
+    fs, path = url_to_fs(uri, **(storage_options or {}))
+    prefix = _protocol_prefix(uri, fs)
+    wanted = tuple(e.lower() for e in (extensions or _FORMAT_EXTENSIONS.get(format, ())))
+    if any(ch in path for ch in "*?["):
+        found = [p for p in fs.glob(path) if fs.isfile(p)]
+        base = path.split("*")[0].rsplit("/", 1)[0]
+    elif fs.isdir(path):
+        found = fs.find(path)
+        base = path.rstrip("/")
+    elif fs.isfile(path):
+        return [prefix + path], []
+    else:
+        raise InputListingError(
+            f"input.uri {uri!r}: no such file, folder or prefix; check the path (and, for s3://, "
+            "the bucket and credentials)"
+        )
+    files, ignored = [], []
+    for p in sorted(found):
+        rel = posixpath.relpath(p, base) if base else p
+        if any(part.startswith(("_", ".")) for part in rel.split("/")):
+            continue
+        if wanted and not p.lower().endswith(wanted):
+            ignored.append(prefix + p)
+            continue
+        files.append(prefix + p)
+    return files, ignored
+
+
+def plan_shards(files: Sequence[str], *, format: InputFormat, files_per_shard: int = 1) -> list[Shard]:
+    """Group input files into shards: image files by `files_per_shard`, others one per file."""
+    size = files_per_shard if format == "images" else 1
+    return [Shard(files=tuple(files[i : i + size])) for i in range(0, len(files), size)]
+
+
+def _relative_id(file_uri: str, root: str) -> str:
+    def bare(u: str) -> str:
+        return u.split("://", 1)[1] if "://" in u else u
+
+    file_path, root_path = bare(file_uri), bare(root).rstrip("/")
+    if file_path == root_path:
+        return posixpath.basename(file_path)
+    if any(ch in root_path for ch in "*?["):
+        root_path = root_path.split("*")[0].rsplit("/", 1)[0]
+    if file_path.startswith(root_path + "/"):
+        return file_path[len(root_path) + 1 :]
+    return file_path
+
+
+class _Rows:
+    """Accumulates rows of one shard in ROW_SCHEMA column order."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self.columns: dict[str, list[Any]] = {name: [] for name in ROW_SCHEMA.names}
+
+    def add(
+        self,
+        *,
+        id: str,
+        source_uri: str,
+        source_row: int,
+        payload: bytes | None = None,
+        reference: str | None = None,
+        error: tuple[str, str, str] | None = None,
+    ) -> None:
+        c = self.columns
+        c["id"].append(id)
+        c["shard_key"].append(self.shard.key)
+        c["row_index"].append(len(c["id"]) - 1)
+        c["source_uri"].append(source_uri)
+        c["source_row"].append(source_row)
+        c["payload"].append(payload)
+        c["reference"].append(reference)
+        # "" (not None) means "no error": an all-null column would not survive Ray Data's
+        # numpy batches as strings.
+        stage, cause, message = error or ("", "", "")
+        c["error_stage"].append(stage)
+        c["error_cause"].append(cause)
+        c["error_message"].append(message)
+
+    def table(self) -> pa.Table:
+        n = len(self.columns["id"])
+        self.columns["shard_rows"] = [n] * n
+        return pa.table(self.columns, schema=ROW_SCHEMA)
+
+
+def _as_bytes(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):  # Hugging Face datasets Image feature: {"bytes": ..., "path": ...}
+        value = value.get("bytes")
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    return None
+
+
+def _read_table_rows(rows: _Rows, uri: str, records: Iterable[dict[str, Any]], opts: ReaderOptions) -> None:
+    for i, record in enumerate(records):
+        rid = record.get(opts.id_column) if opts.id_column else None
+        rid = f"{_relative_id(uri, opts.root)}#{i}" if rid is None else str(rid)
+        ref = record.get(opts.reference_column) if opts.reference_column else None
+        ref = None if ref is None else str(ref)
+        value = record.get(opts.value_column) if opts.value_column else None
+        if opts.value_column not in record:
+            rows.add(
+                id=rid, source_uri=uri, source_row=i, reference=ref,
+                error=("read", "missing_column", f"row has no '{opts.value_column}' field; "
+                       f"set {opts.value_key} to the field that holds the input"),
+            )
+            continue
+        data = _as_bytes(value)
+        if data is None and value is not None:
+            rows.add(
+                id=rid, source_uri=uri, source_row=i, reference=ref,
+                error=("read", "wrong_type", f"field '{opts.value_column}' holds a "
+                       f"{type(value).__name__}, not bytes or text"),
+            )
+            continue
+        rows.add(id=rid, source_uri=uri, source_row=i, payload=data if data is not None else b"", reference=ref)
+
+
+def _parquet_records(fs: fsspec.AbstractFileSystem, path: str, opts: ReaderOptions) -> list[dict[str, Any]]:
+    wanted = [c for c in (opts.value_column, opts.id_column, opts.reference_column) if c]
+    with fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        names = set(pf.schema_arrow.names)
+        missing = [c for c in wanted if c not in names]
+        if missing:
+            raise _ShardError(
+                "missing_column",
+                f"columns {missing} not in the file (it has {sorted(names)}); set input.*_column "
+                "to existing columns",
+            )
+        return pf.read(columns=wanted).to_pylist()
+
+
+def _jsonl_records(data: bytes, uri: str) -> list[dict[str, Any] | _BadLine]:
+    out: list[dict[str, Any] | _BadLine] = []
+    for line in data.splitlines():
+        if not line.strip():
+            continue  # blank separator lines are not documents
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            out.append(_BadLine(f"line is not valid JSON ({exc.__class__.__name__}: {exc})"))
+            continue
+        if not isinstance(record, dict):
+            out.append(_BadLine(f"line is JSON {type(record).__name__}, not an object"))
+            continue
+        out.append(record)
+    return out
+
+
+@dataclass
+class _BadLine:
+    message: str
+
+
+class _ShardError(Exception):
+    def __init__(self, cause: str, message: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+def read_shard(shard: Shard, opts: ReaderOptions) -> pa.Table:
+    """All rows of `shard` as a ROW_SCHEMA table.
+
+    A file that cannot be read at all (missing, not Parquet...) becomes one error
+    row with id '<file>#file', so the failure is counted and visible in _errors.
+    """
+    rows = _Rows(shard)
+    for uri in shard.files:
+        fs, path = url_to_fs(uri, **opts.storage_options)
+        try:
+            _read_file(rows, fs, path, uri, opts)
+        except Exception as exc:  # noqa: BLE001 - any failure to read a file is reported as a row
+            cause = exc.cause if isinstance(exc, _ShardError) else "unreadable_file"
+            rows.add(
+                id=f"{_relative_id(uri, opts.root)}#file",
+                source_uri=uri,
+                source_row=-1,
+                error=("read", cause, f"cannot read {uri}: {type(exc).__name__}: {exc}"),
+            )
+    return rows.table()
+
+
+def _read_file(rows: _Rows, fs: fsspec.AbstractFileSystem, path: str, uri: str, opts: ReaderOptions) -> None:
+    if opts.format == "images" or opts.format == "text_files":
+        with fs.open(path, "rb") as f:
+            rows.add(id=_relative_id(uri, opts.root), source_uri=uri, source_row=0, payload=f.read())
+        return
+    if opts.format == "parquet":
+        _read_table_rows(rows, uri, _parquet_records(fs, path, opts), opts)
+        return
+    with fs.open(path, "rb", compression="infer") as f:
+        data = f.read()
+    if opts.format == "text_lines":
+        base = _relative_id(uri, opts.root)
+        for i, line in enumerate(io.BytesIO(data).read().splitlines()):
+            rows.add(id=f"{base}#{i}", source_uri=uri, source_row=i, payload=line)
+        return
+    # jsonl: parse errors are per line, so one bad line does not lose the file
+    records = _jsonl_records(data, uri)
+    base = _relative_id(uri, opts.root)
+    for i, record in enumerate(records):
+        if isinstance(record, _BadLine):
+            rows.add(id=f"{base}#{i}", source_uri=uri, source_row=i, error=("read", "bad_json", record.message))
+        else:
+            start = len(rows.columns["id"])
+            _read_table_rows(rows, uri, [record], opts)
+            # _read_table_rows numbers rows from 0 per call; fix the row number and derived id.
+            rows.columns["source_row"][start] = i
+            if not opts.id_column or record.get(opts.id_column) is None:
+                rows.columns["id"][start] = f"{base}#{i}"
