@@ -227,3 +227,29 @@ def sequence_loss(
     )
     count = (labels != IGNORE_INDEX).sum()
     return loss_sum, count
+
+
+def freeze_encoder(model: torch.nn.Module) -> int:
+    """Stop gradients into the encoder; returns how many parameters were frozen.
+
+    Cross-attention, the decoder and the encoder-to-decoder projection stay trainable.
+    """
+    inner = _unwrap(model)
+    encoder = inner.get_encoder()
+    frozen = 0
+    for param in encoder.parameters():
+        if param.requires_grad:
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
+
+
+def parameters_digest(model: torch.nn.Module) -> str:
+    """sha256 over every parameter's bytes in name order: equal digests, equal weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in sorted(_unwrap(model).named_parameters(), key=lambda kv: kv[0]):
+        digest.update(name.encode())
+        digest.update(param.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,42 @@
+"""Fine-tuning combiners on Ray Train (TorchTrainer, DDP), with checkpoints, resume and export."""
+
+from .data import read_pairs
+from .run import FinetuneResult, export_checkpoint, plot_loss_curve, preflight, run_finetune
+from .shapes import caption_words, iter_examples, write_split, write_vocabulary
+from .spec import (
+    DataSource,
+    DataSpec,
+    EvaluationSpec,
+    ExportSpec,
+    FinetuneSpec,
+    ModelSpec,
+    RandomSource,
+    RunSpec,
+    ScalingSpec,
+    TrainingSpec,
+    WarmStartSource,
+)
+
+__all__ = [
+    "DataSource",
+    "DataSpec",
+    "EvaluationSpec",
+    "ExportSpec",
+    "FinetuneResult",
+    "FinetuneSpec",
+    "ModelSpec",
+    "RandomSource",
+    "RunSpec",
+    "ScalingSpec",
+    "TrainingSpec",
+    "WarmStartSource",
+    "caption_words",
+    "export_checkpoint",
+    "iter_examples",
+    "plot_loss_curve",
+    "preflight",
+    "read_pairs",
+    "run_finetune",
+    "write_split",
+    "write_vocabulary",
+]

@@ -1,0 +1,178 @@
+"""The driver side of a fine-tuning job: validate, start Ray Train, export the result."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from combiner_core import load_combiner, save_combiner
+
+from ..specs import SpecError, spec_hash
+from .data import arrow_filesystem, is_remote, read_pairs
+from .loop import METRICS_FILE, MODEL_DIR, STATE_FILE, train_loop, worker_env
+from .model import check_model_paths
+from .spec import FinetuneSpec
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What a finished run produced.
+
+    Attributes:
+        export_uri: where the trained combiner was exported.
+        metrics: the final report's metrics (eval_*, test_*, step, skipped_rows...).
+        history: one entry per report: step, epoch, train_loss, eval_loss, eval_exact_match.
+        checkpoint_path: the checkpoint the export came from.
+        resumed_from_step: the step this invocation resumed from, None for a fresh start.
+    """
+
+    export_uri: str
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    checkpoint_path: str
+    resumed_from_step: int | None
+
+
+def preflight(spec: FinetuneSpec, *, source: str = "spec") -> None:
+    """Checks that need the filesystem, run on the driver before Ray starts."""
+    problems = check_model_paths(spec.model)
+    for key in ("train", "eval", "test"):
+        data = getattr(spec.data, key)
+        if data is None or is_remote(data.uri):
+            continue
+        if not Path(data.uri.removeprefix("file://")).exists():
+            problems.append(f"data.{key}.uri: {data.uri} does not exist; fix the path")
+    if problems:
+        raise SpecError(source, problems)
+
+
+def _run_config(spec: FinetuneSpec) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    storage_filesystem, storage_path = None, spec.run.storage_path
+    if is_remote(storage_path):
+        storage_filesystem, storage_path = arrow_filesystem(storage_path)
+    else:
+        storage_path = str(Path(storage_path.removeprefix("file://")).expanduser().resolve())
+    return RunConfig(
+        name=spec.run.name,
+        storage_path=storage_path,
+        storage_filesystem=storage_filesystem,
+        checkpoint_config=CheckpointConfig(num_to_keep=spec.run.num_to_keep),
+        failure_config=FailureConfig(max_failures=spec.run.max_failures),
+        worker_runtime_env={"env_vars": worker_env()},
+    )
+
+
+def run_finetune(spec: FinetuneSpec) -> FinetuneResult:
+    """Train with TorchTrainer as the spec says, then export the final checkpoint.
+
+    Starts a local Ray when none is running (or joins RAY_ADDRESS / the job's
+    cluster). Started again with the same run.name and run.storage_path, a killed
+    run resumes from its latest checkpoint; a finished one only exports again.
+    """
+    import ray
+    from ray.train import DataConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    preflight(spec)
+    if not ray.is_initialized():
+        ray.init(runtime_env={"env_vars": worker_env()}, log_to_driver=True)
+    datasets = {"train": read_pairs(spec.data.train, key="data.train"), "eval": read_pairs(spec.data.eval, key="data.eval")}
+    if spec.data.test is not None:
+        datasets["test"] = read_pairs(spec.data.test, key="data.test")
+    # Row count sets the learning-rate schedule's length; for Parquet it comes from
+    # file footers, not from reading the rows.
+    train_rows = datasets["train"].count()
+    if train_rows == 0:
+        raise SpecError("spec", [f"data.train.uri: no rows in {spec.data.train.uri}"])
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "train_rows": train_rows},
+        scaling_config=ScalingConfig(
+            num_workers=spec.scaling.num_workers,
+            use_gpu=spec.scaling.use_gpu,
+            resources_per_worker={"CPU": spec.scaling.cpus_per_worker, **({"GPU": 1} if spec.scaling.use_gpu else {})},
+        ),
+        run_config=_run_config(spec),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {spec.run.name} ended without a checkpoint in {spec.run.storage_path}")
+    return export_checkpoint(result.checkpoint, spec)
+
+
+def export_checkpoint(checkpoint: Any, spec: FinetuneSpec) -> FinetuneResult:
+    """Copy a training checkpoint's model to export.uri with the loss curve and metrics."""
+    with checkpoint.as_directory() as folder:
+        folder = Path(folder)
+        state = json.loads((folder / STATE_FILE).read_text())
+        metrics = json.loads((folder / METRICS_FILE).read_text())
+        combiner = load_combiner(str(folder / MODEL_DIR))
+    summary = {
+        "run": spec.run.name,
+        "spec_sha256": spec_hash(spec),
+        "step": state["step"],
+        "epoch": state["epoch"],
+        "finished": state["finished"],
+        "metrics": metrics,
+        "history": state["history"],
+        "skipped_rows": state["skipped"],
+    }
+    save_combiner(combiner, spec.export.uri, extra={"training": {k: summary[k] for k in ("run", "spec_sha256", "step")}})
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "loss_curve.png"
+        plot_loss_curve(state["history"], png, title=spec.run.name)
+        _put(png, f"{spec.export.uri.rstrip('/')}/loss_curve.png")
+        metrics_path = Path(tmp) / "metrics.json"
+        metrics_path.write_text(json.dumps(summary, indent=2, default=str))
+        _put(metrics_path, f"{spec.export.uri.rstrip('/')}/metrics.json")
+    return FinetuneResult(
+        export_uri=spec.export.uri,
+        metrics=metrics,
+        history=state["history"],
+        checkpoint_path=str(checkpoint.path),
+        resumed_from_step=metrics.get("resumed_from_step"),
+    )
+
+
+def _put(local: Path, uri: str) -> None:
+    if not is_remote(uri):
+        target = Path(uri.removeprefix("file://"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(local.read_bytes())
+        return
+    with fsspec.open(uri, "wb") as fh:
+        fh.write(local.read_bytes())
+
+
+def plot_loss_curve(history: list[dict[str, Any]], path: str | os.PathLike[str], *, title: str) -> None:
+    """Train and eval loss against optimizer step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on workers and CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for key, style in (("train_loss", "-o"), ("eval_loss", "-s")):
+        points = [(h["step"], h[key]) for h in history if h.get(key) is not None]
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, label=key.replace("_", " "), markersize=3)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (per target token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

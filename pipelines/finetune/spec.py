@@ -1,0 +1,190 @@
+"""FinetuneSpec: what `jobs/finetune.py` trains, on what data, how, and where it writes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from combiner_core import GenerationParams
+
+from ..specs import ModelSource, StrictModel
+
+
+class WarmStartSource(StrictModel):
+    """Join a pretrained encoder and decoder; cross-attention starts random."""
+
+    encoder_uri: str = Field(description="encoder checkpoint: local folder, s3:// prefix, or hub id when online")
+    decoder_uri: str = Field(description="decoder checkpoint that can cross-attend (BERT, GPT-2, TrOCR, BART...)")
+    tokenizer_uri: str | None = Field(None, description="decoder tokenizer, when not beside the decoder weights")
+    allow_pickle: bool = Field(False, description="permit .bin (pickle) weights when no safetensors exist")
+
+
+class RandomSource(StrictModel):
+    """A combiner built from configs with random weights and a word-level tokenizer."""
+
+    encoder_config: dict[str, Any] = Field(description="encoder config with model_type (e.g. vit, bert)")
+    decoder_config: dict[str, Any] = Field(
+        description="decoder config with model_type (e.g. gpt2, bert); vocab_size and special ids are filled in"
+    )
+    words_file: str = Field(description="text file, one word per line: the word-level tokenizer's vocabulary")
+    image_size: int | None = Field(
+        None, ge=8, description="vision encoders: pixels per side the image processor resizes to"
+    )
+
+
+class ModelSpec(StrictModel):
+    """Where the model to fine-tune comes from. Exactly one of the three sources."""
+
+    checkpoint: ModelSource | None = Field(None, description="continue from a saved combiner")
+    warm_start: WarmStartSource | None = Field(None, description="join a pretrained encoder and decoder")
+    random: RandomSource | None = Field(None, description="build from configs with random weights")
+    freeze_encoder: bool = Field(False, description="train only the decoder (and cross-attention)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        given = [n for n in ("checkpoint", "warm_start", "random") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"set exactly one of model.checkpoint, model.warm_start, model.random (got {given or 'none'})"
+            )
+        return self
+
+
+class DataSource(StrictModel):
+    """One set of (input, target) pairs."""
+
+    uri: str = Field(description="folder or file: local path or s3:// (any fsspec) URI")
+    format: Literal["parquet", "jsonl", "image_folder"] = Field(
+        "parquet", description="parquet or jsonl files, or an image folder with a captions file"
+    )
+    input_column: str = Field("image", description="column with the input: image bytes or text")
+    target_column: str = Field("caption", description="column with the target text")
+    id_column: str = Field("id", description="column with a unique row id (reported for bad rows)")
+    captions_file: str | None = Field(
+        None,
+        description="image_folder only: JSONL of {file, caption} (file relative to uri); "
+        "defaults to captions.jsonl in the folder",
+    )
+    max_rows: int | None = Field(None, ge=1, description="use only the first N rows (quick runs)")
+
+
+class DataSpec(StrictModel):
+    """Training and evaluation data."""
+
+    train: DataSource = Field(description="training pairs")
+    eval: DataSource = Field(description="evaluation pairs, scored every evaluation")
+    test: DataSource | None = Field(None, description="held-out pairs, scored once after training")
+    max_source_tokens: int | None = Field(
+        None, ge=2, description="text inputs: truncate to this many tokens (default: the encoder's limit)"
+    )
+    max_target_tokens: int = Field(64, ge=2, description="targets: truncate to this many tokens, eos included")
+
+
+class TrainingSpec(StrictModel):
+    """Optimization."""
+
+    epochs: int = Field(1, ge=1, description="passes over the training data")
+    batch_size: int = Field(16, ge=1, description="pairs per worker per step (before accumulation)")
+    grad_accum_steps: int = Field(1, ge=1, description="batches whose gradients add up to one optimizer step")
+    learning_rate: float = Field(5e-5, gt=0, description="AdamW peak learning rate")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on biases and norms)")
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup from 0 to the peak")
+    schedule: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="learning-rate decay after warmup"
+    )
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the gradient norm to this; null = off")
+    seed: int = Field(0, description="seeds model init, data order and dropout")
+    bf16: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU, which trains in fp32)")
+    eval_every_steps: int | None = Field(
+        None, ge=1, description="evaluate and checkpoint every N optimizer steps; null = every epoch"
+    )
+    max_eval_rows: int | None = Field(
+        None, ge=1, description="generate for at most this many eval rows per evaluation (loss uses all)"
+    )
+    log_every_steps: int = Field(10, ge=1, description="print the training loss every N optimizer steps")
+
+
+class EvaluationSpec(StrictModel):
+    """Generation metrics on the eval and test sets."""
+
+    generation: GenerationParams = Field(
+        default_factory=lambda: GenerationParams(strategy="greedy", max_new_tokens=32),
+        description="how eval outputs are generated",
+    )
+    metrics: list[Literal["exact_match", "bleu", "chrf", "rouge"]] = Field(
+        default_factory=lambda: ["exact_match", "bleu", "chrf", "rouge"],
+        description="generation metrics to compute",
+    )
+    batch_size: int = Field(32, ge=1, description="rows per generation batch")
+
+
+class ScalingSpec(StrictModel):
+    """Ray Train workers."""
+
+    num_workers: int = Field(1, ge=1, description="training workers (one DDP process each)")
+    use_gpu: bool = Field(False, description="one GPU per worker, nccl; false = CPU with gloo")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker")
+
+
+class RunSpec(StrictModel):
+    """Where checkpoints go and how failures are handled."""
+
+    name: str = Field(
+        description="run name; a run started again with the same name and storage_path resumes "
+        "from its latest checkpoint",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    )
+    storage_path: str = Field(description="checkpoint root: local folder or s3:// prefix")
+    num_to_keep: int = Field(2, ge=1, description="checkpoints kept (the newest ones)")
+    max_failures: int = Field(
+        2, ge=-1, description="worker-group restarts (from the latest checkpoint) before failing; -1 = unlimited"
+    )
+
+
+class ExportSpec(StrictModel):
+    """The final model."""
+
+    uri: str = Field(
+        description="where the trained combiner goes (HF layout + manifest, loss_curve.png, metrics.json)"
+    )
+
+
+class FinetuneSpec(StrictModel):
+    """A fine-tuning job."""
+
+    model: ModelSpec = Field(description="what to train")
+    data: DataSpec = Field(description="train / eval / test pairs")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="optimization")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="generation metrics")
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Ray Train workers")
+    run: RunSpec = Field(description="checkpoints and failure handling")
+    export: ExportSpec = Field(description="final model")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> FinetuneSpec:
+        problems = []
+        for key in ("train", "eval", "test"):
+            source = getattr(self.data, key)
+            if source is not None and source.captions_file and source.format != "image_folder":
+                problems.append(
+                    f"data.{key}.captions_file: only used with format=image_folder (format is "
+                    f"{source.format!r}); remove it"
+                )
+        if self.evaluation.generation.num_return_sequences != 1:
+            problems.append(
+                "evaluation.generation.num_return_sequences: metrics score one output per row; set it to 1"
+            )
+        random = self.model.random
+        if random is not None:
+            if random.encoder_config.get("model_type") is None:
+                problems.append("model.random.encoder_config.model_type: required (e.g. vit or bert)")
+            if random.decoder_config.get("model_type") is None:
+                problems.append("model.random.decoder_config.model_type: required (e.g. gpt2 or bert)")
+        if self.model.freeze_encoder and self.model.checkpoint is None and self.model.warm_start is None:
+            problems.append(
+                "model.freeze_encoder: a random encoder would stay random; train it or warm-start it"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
