@@ -18,7 +18,7 @@ from pipelines.finetune.shapes import write_split, write_vocabulary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="data/shapes", help="output folder (one sub-folder per split)")
-    parser.add_argument("--train", type=int, default=3000, help="training rows")
+    parser.add_argument("--train", type=int, default=6000, help="training rows")
     parser.add_argument("--eval", type=int, default=300, help="evaluation rows")
     parser.add_argument("--heldout", type=int, default=500, help="held-out rows, scored once after training")
     args = parser.parse_args(argv)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray.data
 import ray.train
 import ray.train.torch
 import torch
@@ -234,6 +235,7 @@ def train_loop(config: dict[str, Any]) -> None:
     """TorchTrainer's train_loop_per_worker. config: {"spec": ..., "train_rows": int}."""
     spec = FinetuneSpec.model_validate(config["spec"])
     tr = spec.training
+    ray.data.DataContext.get_current().enable_progress_bars = False
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()

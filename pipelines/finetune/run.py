@@ -52,6 +52,38 @@ def preflight(spec: FinetuneSpec, *, source: str = "spec") -> None:
         raise SpecError(source, problems)
 
 
+def _absolute(uri: str) -> str:
+    if is_remote(uri):
+        return uri
+    path = Path(uri.removeprefix("file://")).expanduser()
+    # Hub ids ("org/name") stay as they are; anything that exists here is a path.
+    if path.exists() or uri.startswith(("/", ".", "~", "file://")):
+        return str(path.resolve())
+    return uri
+
+
+def absolute_local_paths(spec: FinetuneSpec) -> FinetuneSpec:
+    """The spec with local paths made absolute: workers do not share the driver's cwd."""
+    data = spec.model_dump()
+    model = data["model"]
+    if model["checkpoint"]:
+        model["checkpoint"]["uri"] = _absolute(model["checkpoint"]["uri"])
+    if model["warm_start"]:
+        for key in ("encoder_uri", "decoder_uri", "tokenizer_uri"):
+            if model["warm_start"][key]:
+                model["warm_start"][key] = _absolute(model["warm_start"][key])
+    if model["random"]:
+        model["random"]["words_file"] = _absolute(model["random"]["words_file"])
+    for key in ("train", "eval", "test"):
+        if data["data"][key]:
+            data["data"][key]["uri"] = _absolute(data["data"][key]["uri"])
+            if data["data"][key]["captions_file"]:
+                data["data"][key]["captions_file"] = _absolute(data["data"][key]["captions_file"])
+    data["run"]["storage_path"] = _absolute(data["run"]["storage_path"])
+    data["export"]["uri"] = _absolute(data["export"]["uri"])
+    return FinetuneSpec.model_validate(data)
+
+
 def _run_config(spec: FinetuneSpec) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
@@ -78,15 +110,24 @@ def run_finetune(spec: FinetuneSpec) -> FinetuneResult:
     run resumes from its latest checkpoint; a finished one only exports again.
     """
     import ray
+    import ray.data
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     preflight(spec)
+    spec = absolute_local_paths(spec)
     if not ray.is_initialized():
-        ray.init(runtime_env={"env_vars": worker_env()}, log_to_driver=True)
+        ray.init(runtime_env={"env_vars": worker_env()})
+    # Per-operator progress bars from every worker drown the training log.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     datasets = {"train": read_pairs(spec.data.train, key="data.train"), "eval": read_pairs(spec.data.eval, key="data.eval")}
     if spec.data.test is not None:
         datasets["test"] = read_pairs(spec.data.test, key="data.test")
+    # Eval and test sets are read once into the object store (not into the driver):
+    # every evaluation then iterates stored blocks instead of listing and reading files again.
+    for key in ("eval", "test"):
+        if key in datasets:
+            datasets[key] = datasets[key].materialize()
     # Row count sets the learning-rate schedule's length; for Parquet it comes from
     # file footers, not from reading the rows.
     train_rows = datasets["train"].count()
