@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Any
 
 from combiner_core import GenerationParams
@@ -181,14 +180,15 @@ def _process(
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         read_shard_batch, batch_size=1, batch_format="numpy", fn_kwargs={"options": reader},
-        num_cpus=preprocess_cpus,
+        num_cpus=preprocess_cpus, max_retries=-1,
     )
-    # ray_remote_args_fn keeps Ray Data from fusing decoding into the generation actors
-    # (it fuses ops whose remote args match): decoding belongs on CPU tasks, so a GPU
-    # actor only generates.
+    # max_retries=-1: a task lost with its node is retried (application errors are not:
+    # bad rows never raise). On decode it also keeps Ray Data from fusing decoding into the
+    # generation actors (it fuses ops whose remote args are equal): decoding belongs on
+    # CPU tasks, so an actor (a GPU) only generates.
     ds = ds.map_batches(
         decode_batch, batch_size=batch_size, batch_format="numpy", fn_kwargs={"task": task},
-        ray_remote_args_fn=partial(dict, num_cpus=preprocess_cpus),
+        num_cpus=preprocess_cpus, max_retries=-1,
     )
     ds = ds.map_batches(
         GenerateWorker,
@@ -204,6 +204,8 @@ def _process(
             "num_gpus": num_gpus,
         },
         compute=ray.data.ActorPoolStrategy(size=workers),
+        # Fault injection (tests only, see faults.py) must reach the actor processes.
+        runtime_env={"env_vars": {faults.ENV: os.environ[faults.ENV]}} if os.environ.get(faults.ENV) else None,
         num_gpus=num_gpus or None,
         num_cpus=worker_cpus,
     )
@@ -218,6 +220,7 @@ def _process(
             "storage_options": store.storage_options,
         },
         num_cpus=preprocess_cpus,
+        max_retries=-1,
     )
     pending: dict[str, dict[str, Any]] = {}
     rows_now = 0

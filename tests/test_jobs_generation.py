@@ -1,0 +1,310 @@
+"""caption_dataset and summarize_corpus end to end on a real local Ray, with local and
+s3:// (moto server) inputs; outputs read back as a plain directory and compared row by
+row with combiner_core run directly. Also bad inputs, reruns, and killed workers/drivers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import tests.generation_support as gs
+from combiner_core import generate_images, generate_texts, load_combiner
+from pipelines import validate_spec
+from pipelines.generation import (
+    CaptionJobSpec,
+    OutputExistsError,
+    SummarizeJobSpec,
+    normalize_for_match,
+    run_caption_job,
+    run_summarize_job,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3_endpoint):
+    """One local Ray for the module; started after the S3 env is exported, so workers see it."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "captioner": gs.save(gs.captioner(), str(root / "captioner")),
+        "summarizer": gs.save(gs.summarizer(), str(root / "summarizer")),
+    }
+
+
+def caption(spec: dict, **kw):
+    return run_caption_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=None, **kw)
+
+
+def summarize(spec: dict, **kw):
+    return run_summarize_job(validate_spec(SummarizeJobSpec, spec, source="test"), ray_init=None, **kw)
+
+
+def _check_against_core(table, expected: dict[str, list]) -> None:
+    rows = {r["id"]: r for r in table.to_pylist()}
+    assert set(rows) == set(expected)
+    for rid, cands in expected.items():
+        row = rows[rid]
+        assert row["text"] == cands[0].text, rid
+        assert row["score"] == pytest.approx(cands[0].score, abs=1e-4), rid
+        assert row["texts"] == [c.text for c in cands]
+        assert row["output_tokens"] == cands[0].num_tokens
+
+
+def test_caption_image_folder_local_matches_core(ray_cluster, models, tmp_path):
+    src = tmp_path / "images"
+    images = {}
+    for i, (fmt, ext) in enumerate(
+        [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp"), ("BMP", "bmp"), ("GIF", "gif")] * 2
+    ):
+        name = f"sub{i % 2}/img{i:02d}.{ext}"
+        data = gs.image_bytes(i, fmt)
+        gs.write_bytes(str(src / name), data)
+        images[name] = data
+    gs.write_bytes(str(src / "notes.txt"), b"not an input")
+    out = str(tmp_path / "out")
+    summary = caption(gs.caption_spec(str(src), out, models["captioner"]))
+
+    assert summary.files_ignored == 1 and summary.shards_committed_now == 3  # 10 files / 4 per shard
+    ok, bad = gs.assert_exactly_once(out, set(images))
+    assert bad.num_rows == 0
+    combiner = load_combiner(models["captioner"])
+    params = CaptionJobSpec.model_validate(gs.caption_spec("x", "y", "z")).generation
+    _check_against_core(ok, {k: generate_images(combiner, [v], params)[0] for k, v in images.items()})
+    row = ok.to_pylist()[0]
+    assert row["model_uri"] == models["captioner"] and row["model_sha256"] == combiner.weights_sha256
+    assert len(row["spec_hash"]) == 64 and len(row["params_hash"]) == 64 and row["produced_at"] is not None
+    assert row["source_uri"].startswith(str(src)) and row["source_row"] == 0
+
+
+def test_caption_parquet_on_s3_matches_core(ray_cluster, models, s3_bucket):
+    model_uri = gs.save(gs.captioner(), f"{s3_bucket}/models/captioner")
+    rows = [
+        {"key": f"k{i}", "img": {"bytes": gs.image_bytes(i), "path": None}, "cap": f"cap {i}"}
+        for i in range(9)
+    ]
+    # The model's own caption for k0 as its reference: one exact match to count.
+    combiner = load_combiner(models["captioner"])
+    params = CaptionJobSpec.model_validate(
+        gs.caption_spec("x", "y", "z", generation={"strategy": "beam", "num_beams": 2,
+                                                   "num_return_sequences": 2, "max_new_tokens": 5})
+    ).generation
+    expected = {r["key"]: generate_images(combiner, [r["img"]["bytes"]], params)[0] for r in rows}
+    rows[0]["cap"] = "  " + expected["k0"][0].text.upper() + " "
+    gs.write_parquet(f"{s3_bucket}/in/part-0.parquet", rows[:5])
+    gs.write_parquet(f"{s3_bucket}/in/part-1.parquet", rows[5:])
+    out = f"{s3_bucket}/captions/"
+    spec = gs.caption_spec(
+        f"{s3_bucket}/in/", out, model_uri,
+        input={"uri": f"{s3_bucket}/in/", "format": "parquet", "image_column": "img",
+               "id_column": "key", "reference_column": "cap"},
+        generation=params.model_dump(),
+    )
+    summary = caption(spec)
+    ok, _ = gs.assert_exactly_once(out, {r["key"] for r in rows})
+    _check_against_core(ok, expected)
+    refs = dict(zip(ok.column("id").to_pylist(), ok.column("reference").to_pylist(), strict=True))
+    assert refs["k3"] == "cap 3"
+    matches = sum(normalize_for_match(r["text"]) == normalize_for_match(r["reference"]) for r in ok.to_pylist())
+    assert matches >= 1 and summary.reference_rows == 9
+    assert summary.exact_match_rate == pytest.approx(matches / 9, abs=1e-4)
+    assert gs.read_summary(out)["exact_match_rate"] == summary.exact_match_rate
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_summarize_jsonl_date_partition_matches_core(ray_cluster, models, tmp_path, s3_bucket, where):
+    base = str(tmp_path) if where == "local" else s3_bucket
+    docs = {f"d{i}": gs.document(i) for i in range(10)}
+    items = list(docs.items())
+    for k in range(3):
+        gs.write_jsonl(
+            f"{base}/corpus/date=2026-01-31/shard-{k}.jsonl",
+            [{"doc_id": d, "text": t, "ref": t} for d, t in items[k::3]],
+        )
+    spec = gs.summarize_spec(
+        f"{base}/corpus/date={{date}}/", f"{base}/summaries/date={{date}}", models["summarizer"],
+        input={"uri": f"{base}/corpus/date={{date}}/", "format": "jsonl", "id_column": "doc_id",
+               "reference_column": "ref"},
+        date="2026-01-31",
+    )
+    summary = summarize(spec)
+    out = f"{base}/summaries/date=2026-01-31"
+    assert summary.output_uri.rstrip("/").endswith("summaries/date=2026-01-31")
+    ok, _ = gs.assert_exactly_once(out, set(docs))
+    combiner = load_combiner(models["summarizer"])
+    params = SummarizeJobSpec.model_validate(spec).generation
+    _check_against_core(ok, {d: generate_texts(combiner, [t], params)[0] for d, t in docs.items()})
+    by_id = {r["id"]: r for r in ok.to_pylist()}
+    assert by_id["d3"]["input_tokens"] == len(combiner.tokenizer(docs["d3"])["input_ids"])
+    assert by_id["d3"]["reference"] == docs["d3"] and by_id["d3"]["truncated"] is False
+
+
+def test_caption_bad_inputs_go_to_errors(ray_cluster, models, tmp_path):
+    good = [gs.image_bytes(i) for i in range(4)]
+    corrupt = gs.image_bytes(9)[: len(gs.image_bytes(9)) // 2]  # a PNG cut inside its pixel data
+    rows = [
+        {"id": "good0", "image": good[0]},
+        {"id": "corrupt", "image": corrupt},
+        {"id": "zero", "image": b""},
+        {"id": "text", "image": b"hello, I am not an image"},
+        {"id": "null", "image": None},
+        {"id": "good1", "image": good[1]},
+    ]
+    gs.write_parquet(str(tmp_path / "in/mixed.parquet"), rows)
+    gs.write_bytes(str(tmp_path / "in/not-parquet.parquet"), b"PAR1 garbage")
+    out = str(tmp_path / "out")
+    spec = gs.caption_spec(
+        str(tmp_path / "in"), out, models["captioner"],
+        input={"uri": str(tmp_path / "in"), "format": "parquet", "id_column": "id"},
+    )
+    summary = caption(spec)
+    expected_ids = {r["id"] for r in rows} | {"not-parquet.parquet#file"}
+    ok, bad = gs.assert_exactly_once(out, expected_ids)
+    assert sorted(ok.column("id").to_pylist()) == ["good0", "good1"]
+    errors = {r["id"]: r for r in bad.to_pylist()}
+    assert errors["corrupt"]["cause"] == "corrupt_image" and errors["corrupt"]["stage"] == "decode"
+    assert errors["zero"]["cause"] == "empty_image" and "zero bytes" in errors["zero"]["message"]
+    assert errors["null"]["cause"] == "empty_image"
+    assert errors["text"]["cause"] == "unknown_format" and "not an image" in errors["text"]["message"]
+    assert errors["not-parquet.parquet#file"]["stage"] == "read"
+    assert "not-parquet.parquet" in errors["not-parquet.parquet#file"]["message"]
+    assert errors["corrupt"]["source_uri"].endswith("mixed.parquet") and errors["corrupt"]["source_row"] == 1
+    assert summary.rows_in == 7 and summary.rows_ok == 2 and summary.rows_errored == 5
+
+
+def test_summarize_bad_texts_go_to_errors(ray_cluster, models, tmp_path):
+    long_doc = " ".join(["the red circle"] * 40)  # 120 words > the tiny model's 64 tokens
+    rows = [
+        {"id": "ok", "text": b"a red circle on the left"},
+        {"id": "empty", "text": b""},
+        {"id": "blank", "text": b"  \n\t "},
+        {"id": "latin1", "text": "caf\xe9 on the mat".encode("latin-1")},
+        {"id": "long", "text": long_doc.encode()},
+    ]
+    gs.write_parquet(str(tmp_path / "in/docs.parquet"), rows)
+    out = str(tmp_path / "out")
+    spec = gs.summarize_spec(
+        str(tmp_path / "in"), out, models["summarizer"],
+        input={"uri": str(tmp_path / "in"), "format": "parquet", "id_column": "id"}, truncation=False,
+    )
+    summarize(spec)
+    ok, bad = gs.assert_exactly_once(out, {r["id"] for r in rows})
+    assert ok.column("id").to_pylist() == ["ok"]
+    causes = {r["id"]: (r["stage"], r["cause"]) for r in bad.to_pylist()}
+    assert causes == {
+        "empty": ("tokenize", "empty_text"),
+        "blank": ("tokenize", "empty_text"),
+        "latin1": ("tokenize", "not_utf8"),
+        "long": ("tokenize", "too_long"),
+    }
+    messages = {r["id"]: r["message"] for r in bad.to_pylist()}
+    assert "UTF-8" in messages["latin1"] and "truncation" in messages["long"]
+
+
+def test_summarize_plain_text_ids_and_bad_json(ray_cluster, models, tmp_path):
+    gs.write_bytes(str(tmp_path / "lines/a.txt"), b"the cat sat\n\nthe dog sat on the mat\n")
+    gs.write_bytes(str(tmp_path / "files/one.txt"), b"a red square")
+    gs.write_bytes(str(tmp_path / "files/two.txt"), b"\xff\xfe")
+    out1, out2 = str(tmp_path / "o1"), str(tmp_path / "o2")
+    summarize(gs.summarize_spec(str(tmp_path / "lines"), out1, models["summarizer"],
+                                input={"uri": str(tmp_path / "lines"), "format": "text_lines"}))
+    ok, bad = gs.assert_exactly_once(out1, {"a.txt#0", "a.txt#1", "a.txt#2"})
+    assert bad.column("id").to_pylist() == ["a.txt#1"]  # the empty line is a document, and empty
+    summarize(gs.summarize_spec(str(tmp_path / "files"), out2, models["summarizer"],
+                                input={"uri": str(tmp_path / "files"), "format": "text_files"}))
+    ok, bad = gs.assert_exactly_once(out2, {"one.txt", "two.txt"})
+    assert bad.to_pylist()[0]["cause"] == "not_utf8"
+    # a JSONL line that is not JSON is one error row; the file's other lines go on
+    gs.write_bytes(str(tmp_path / "j/x.jsonl"), b'{"text": "a cat"}\n{broken\n{"text": "a dog"}\n')
+    out3 = str(tmp_path / "o3")
+    summarize(gs.summarize_spec(str(tmp_path / "j"), out3, models["summarizer"],
+                                input={"uri": str(tmp_path / "j"), "format": "jsonl"}))
+    ok, bad = gs.assert_exactly_once(out3, {"x.jsonl#0", "x.jsonl#1", "x.jsonl#2"})
+    assert bad.to_pylist()[0]["cause"] == "bad_json"
+
+
+def test_rerun_of_finished_job_does_no_model_work(ray_cluster, models, tmp_path):
+    src = tmp_path / "in"
+    for i in range(5):
+        gs.write_bytes(str(src / f"{i}.png"), gs.image_bytes(i))
+    out = str(tmp_path / "out")
+    spec = gs.caption_spec(str(src), out, models["captioner"])
+    first = caption(spec)
+    assert first.shards_committed_now == 2
+    with pytest.raises(OutputExistsError, match="output.mode=resume"):
+        caption(spec)
+    spec["output"]["mode"] = "resume"
+    calls = []
+    again = run_caption_job(
+        validate_spec(CaptionJobSpec, spec, source="test"), ray_init=lambda: calls.append(1)
+    )
+    assert calls == [] and again.shards_committed_now == 0 and again.rows_processed_now == 0
+    assert again.rows_in == 5 and again.shards_committed_before == 2
+    gs.assert_exactly_once(out, {f"{i}.png" for i in range(5)})
+    spec["generation"]["max_new_tokens"] = 3
+    with pytest.raises(OutputExistsError, match="other inputs, model or generation"):
+        caption(spec)
+
+
+def test_worker_process_killed_mid_job_completes_exactly_once(ray_cluster, models, tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    for i in range(12):
+        gs.write_bytes(str(src / f"{i:02d}.png"), gs.image_bytes(i))
+    marker = tmp_path / "killed"
+    # The generation actor SIGKILLs its own process on its 2nd batch (once); Ray restarts
+    # the actor and Ray Data retries the batch.
+    monkeypatch.setenv("COMBINER_FAULT", f"worker_batch:2:{marker}")
+    out = str(tmp_path / "out")
+    summary = caption(gs.caption_spec(str(src), out, models["captioner"]))
+    assert marker.exists(), "the fault did not fire: no worker was killed"
+    gs.assert_exactly_once(out, {f"{i:02d}.png" for i in range(12)})
+    assert summary.rows_processed_now == 12
+
+
+def _run_driver(spec: dict, spec_path: Path, gcs: str, fault: str) -> subprocess.CompletedProcess:
+    spec_path.write_text(yaml.safe_dump(spec))
+    env = dict(os.environ, RAY_ADDRESS=gcs, COMBINER_FAULT=fault)
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "caption_dataset.py"), "--spec", str(spec_path)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_driver_killed_mid_job_then_resume_exactly_once(ray_cluster, models, tmp_path):
+    src = tmp_path / "in"
+    ids = set()
+    for i in range(16):
+        gs.write_bytes(str(src / f"{i:02d}.png"), gs.image_bytes(i))
+        ids.add(f"{i:02d}.png")
+    out = tmp_path / "out"
+    spec = gs.caption_spec(str(src), str(out), models["captioner"])
+    spec["output"]["mode"] = "resume"
+    # Run 1: the driver is SIGKILLed right after its first commit.
+    run1 = _run_driver(spec, tmp_path / "spec.yaml", ray_cluster, "driver_after_commit:1")
+    assert run1.returncode == -9, run1.stderr[-3000:]
+    assert len(list((out / "_commits").glob("*.json"))) == 1
+    # Run 2 (resume): killed in the middle of its first commit, data file in place, no manifest.
+    run2 = _run_driver(spec, tmp_path / "spec.yaml", ray_cluster, "driver_before_manifest:1")
+    assert run2.returncode == -9, run2.stderr[-3000:]
+    assert len(list((out / "_commits").glob("*.json"))) == 1
+    assert len(list(out.glob("part-*.parquet"))) == 2  # one committed, one orphan a plain reader sees
+    # Run 3 (resume, in-process): cleans the orphan, does only the 3 uncommitted shards.
+    summary = caption(spec)
+    assert summary.shards_committed_before == 1 and summary.shards_committed_now == 3
+    assert summary.rows_processed_now == 12  # 16 rows - the 4 of the shard committed by run 1
+    gs.assert_exactly_once(str(out), ids)
