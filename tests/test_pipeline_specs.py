@@ -1,0 +1,107 @@
+"""Generation job specs: shipped examples validate, bad specs list every problem with its key."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from pipelines import SpecError, load_spec, validate_spec
+from pipelines.generation import CaptionJobSpec, SummarizeJobSpec
+
+REPO = Path(__file__).resolve().parents[1]
+SPECS = sorted((REPO / "jobs" / "specs").glob("*.yaml"))
+GENERATION_SPECS = [p for p in SPECS if p.name.startswith(("caption_", "summarize_"))]
+
+
+def _model(path: Path):
+    return CaptionJobSpec if path.name.startswith("caption_") else SummarizeJobSpec
+
+
+def test_generation_specs_are_shipped():
+    names = {p.name.split("_")[0] for p in GENERATION_SPECS}
+    assert names == {"caption", "summarize"}
+
+
+@pytest.mark.parametrize("path", GENERATION_SPECS, ids=lambda p: p.name)
+def test_shipped_spec_validates(path):
+    spec = load_spec(_model(path), path)
+    assert spec.output.mode in ("error_if_exists", "resume", "overwrite")
+    assert spec.model.uri and spec.input.uri
+
+
+def test_main_job_default_spec_validates_and_points_at_bundled_files():
+    import importlib.util
+
+    loader = importlib.util.spec_from_file_location("caption_dataset", REPO / "jobs" / "caption_dataset.py")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    spec = load_spec(CaptionJobSpec, None, default=module.DEFAULT_SPEC)
+    assert Path(spec.model.uri) == REPO / "models" / "demo-captioner"
+    assert list((REPO / "jobs" / "sample").glob("*.parquet"))
+    assert spec.input.reference_column and spec.output.uri.startswith("outputs/")
+
+
+def test_bad_spec_lists_every_problem_with_its_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "input: {uri: x, format: tiff}\n"
+        "output: {uri: y, mode: append}\n"
+        "model: {uri: m}\n"
+        "batch_size: 0\n"
+        "resources: {workers: 0, gpus: 1}\n"
+        "generation: {strategy: beam, num_beams: 1}\n"
+    )
+    with pytest.raises(SpecError) as err:
+        load_spec(CaptionJobSpec, path)
+    text = str(err.value)
+    for key in ("input.format", "output.mode", "batch_size", "resources.workers", "resources.gpus", "generation"):
+        assert key in text, key
+    assert "unknown key" in text and "num_beams" in text
+
+
+def test_set_overrides_with_dotted_keys():
+    base = {"input": {"uri": "a"}, "output": {"uri": "b"}, "model": {"uri": "c"}}
+    spec = load_spec(
+        CaptionJobSpec, None, ["output.mode=resume", "resources.num_gpus=1", "generation.max_new_tokens=7"],
+        default=base,
+    )
+    assert spec.output.mode == "resume" and spec.resources.num_gpus == 1
+    assert spec.generation.max_new_tokens == 7
+
+
+def test_cross_field_problems_name_keys():
+    data = {
+        "input": {"uri": "a", "format": "images", "id_column": "id"},
+        "output": {"uri": "b"},
+        "model": {"uri": "c"},
+        "resources": {"num_gpus": 1.5},
+    }
+    with pytest.raises(SpecError) as err:
+        validate_spec(CaptionJobSpec, data, source="t")
+    assert "input.id_column" in str(err.value) and "resources.num_gpus" in str(err.value)
+
+
+def test_summarize_date_fills_uris_default_today():
+    data = {
+        "input": {"uri": "s3://b/in/date={date}/"},
+        "output": {"uri": "s3://b/out/date={date}"},
+        "model": {"uri": "m"},
+    }
+    spec = validate_spec(SummarizeJobSpec, data, source="t")
+    filled = spec.with_date(today=dt.date(2026, 2, 3))
+    assert filled.input.uri == "s3://b/in/date=2026-02-03/" and filled.output.uri == "s3://b/out/date=2026-02-03"
+    assert spec.with_date().date == dt.datetime.now(dt.UTC).date().isoformat()
+    pinned = validate_spec(SummarizeJobSpec, {**data, "date": "2025-12-31"}, source="t").with_date()
+    assert pinned.output.uri.endswith("date=2025-12-31")
+    with pytest.raises(SpecError, match="date"):
+        validate_spec(SummarizeJobSpec, {**data, "date": "yesterday"}, source="t")
+
+
+def test_fingerprint_ignores_mode_and_resources_but_not_model():
+    data = {"input": {"uri": "a"}, "output": {"uri": "b"}, "model": {"uri": "c"}}
+    a = validate_spec(CaptionJobSpec, data, source="t")
+    b = validate_spec(CaptionJobSpec, {**data, "output": {"uri": "b", "mode": "resume"}, "batch_size": 3}, source="t")
+    c = validate_spec(CaptionJobSpec, {**data, "model": {"uri": "other"}}, source="t")
+    assert a.job_fingerprint() == b.job_fingerprint() != c.job_fingerprint()
