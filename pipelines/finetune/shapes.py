@@ -110,3 +110,21 @@ def write_vocabulary(path: str | Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("\n".join(caption_words()) + "\n")
     return target
+
+
+def write_sample(folder: str | Path, *, count: int = 48, shards: int = 2) -> list[Path]:
+    """The bundled sample of the main job: the first `count` held-out rows, in `shards` files.
+
+    Same layout as jobs/sample/ (shapes-NN.parquet with id, image, caption), drawn
+    from the held-out split that the demo captioner never trained on.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = list(iter_examples("heldout", count))
+    per = -(-len(rows) // shards)
+    paths = []
+    for k in range(shards):
+        path = folder / f"shapes-{k:02d}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows[k * per : (k + 1) * per], schema=SCHEMA), path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,138 @@
+"""Fine-tuning survives failures: checkpoints on S3 (moto), a killed driver, a killed worker.
+
+Each run is `python jobs/finetune.py` in its own process session, which starts its
+own local Ray; killing that session kills the driver and its cluster, as losing the
+head node would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from tests.test_finetune_ray import tiny_shapes_spec
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _start(spec_file: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / "finetune.py"), "--spec", str(spec_file)],
+        cwd=REPO,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "RAY_ADDRESS": "", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"},
+    )
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver and every process of its session (Ray's GCS, raylet, workers).
+
+    Ray puts workers in process groups of their own, so killpg would miss them.
+    """
+    for process in psutil.process_iter(["pid"]):
+        if process.pid != os.getpid() and _in_session(process, proc.pid):
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+    proc.wait(timeout=60)
+
+
+def _wait_for(predicate, *, proc: subprocess.Popen, log: Path, timeout: float = 240, what: str) -> object:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc.poll() is not None:
+            pytest.fail(f"job exited ({proc.returncode}) before {what}:\n{log.read_text()[-4000:]}")
+        time.sleep(0.5)
+    _kill_session(proc)
+    pytest.fail(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
+
+
+def test_driver_killed_then_restarted_resumes_from_s3_checkpoint(s3_bucket, tmp_path):
+    import s3fs
+
+    raw = tiny_shapes_spec(
+        tmp_path / "data", name="resume", storage=f"{s3_bucket}/runs", export=str(tmp_path / "export"),
+        epochs=3, eval_every_steps=4,
+    )
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(raw))
+    fs = s3fs.S3FileSystem()
+    run_root = f"{s3_bucket}/runs/resume".removeprefix("s3://")
+
+    def saved_steps() -> list[int]:
+        fs.invalidate_cache()
+        steps = []
+        for path in fs.glob(f"{run_root}/*/trainer_state.json"):
+            steps.append(json.loads(fs.cat(path))["step"])
+        return sorted(steps)
+
+    log1 = tmp_path / "first.log"
+    first = _start(spec_file, log1)
+    _wait_for(lambda: any(s >= 4 for s in saved_steps()), proc=first, log=log1, what="a checkpoint at step >= 4")
+    _kill_session(first)
+    before = saved_steps()
+    assert before and max(before) < 36, f"the first run was killed mid-run, saved steps {before}"
+
+    log2 = tmp_path / "second.log"
+    second = _start(spec_file, log2)
+    assert second.wait(timeout=400) == 0, log2.read_text()[-4000:]
+    summary = json.loads((tmp_path / "export" / "metrics.json").read_text())
+    resumed = summary["metrics"]["resumed_from_step"]
+    # The restarted run started from a step the killed run had saved, not from 0.
+    assert resumed in before and resumed >= 4, (resumed, before)
+    assert f"resuming from step {resumed}" in log2.read_text()
+    assert summary["metrics"]["step"] == 36 and summary["finished"]  # 96 rows / batch 8 * 3 epochs
+    # num_to_keep=2: older checkpoints were deleted from the bucket.
+    assert len(fs.glob(f"{run_root}/*/trainer_state.json")) <= 2
+
+
+def test_worker_killed_mid_epoch_is_restarted_by_failure_config(tmp_path):
+    raw = tiny_shapes_spec(
+        tmp_path / "data", name="workerkill", storage=str(tmp_path / "runs"), export=str(tmp_path / "export"),
+        epochs=3, eval_every_steps=4,
+    )
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(raw))
+    log = tmp_path / "job.log"
+    proc = _start(spec_file, log)
+    runs = tmp_path / "runs" / "workerkill"
+
+    def checkpointed_worker() -> int | None:
+        if not list(runs.glob("*/trainer_state.json")):
+            return None
+        session = [p for p in psutil.process_iter(["pid", "cmdline"]) if _in_session(p, proc.pid)]
+        workers = [p.pid for p in session if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+        return workers[0] if workers else None
+
+    pid = _wait_for(checkpointed_worker, proc=proc, log=log, what="a checkpoint and a training worker")
+    os.kill(pid, signal.SIGKILL)
+    assert proc.wait(timeout=400) == 0, log.read_text()[-4000:]
+    text = log.read_text()
+    summary = json.loads((tmp_path / "export" / "metrics.json").read_text())
+    assert summary["metrics"]["step"] == 36 and summary["finished"]
+    assert summary["metrics"]["resumed_from_step"] is not None  # the new worker group restored a checkpoint
+    assert "resuming from step" in text
+
+
+def _in_session(process: psutil.Process, sid: int) -> bool:
+    try:
+        return os.getsid(process.pid) == sid
+    except (ProcessLookupError, PermissionError):
+        return False
