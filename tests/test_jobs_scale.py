@@ -1,0 +1,84 @@
+"""Scale-out on a multi-node ray.cluster_utils.Cluster with fake GPUs: the generation actor
+pool spreads over nodes, and a node removed mid-job still ends exactly once."""
+
+from __future__ import annotations
+
+import pytest
+
+import tests.generation_support as gs
+from pipelines import validate_spec
+from pipelines.generation import CaptionJobSpec, run_caption_job
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A CPU-only head (the driver's node) and three 1-CPU nodes with one fake GPU each."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    gpu_nodes = [c.add_node(num_cpus=1, num_gpus=1) for _ in range(3)]
+    ray.init(address=c.address, log_to_driver=False)
+    c.wait_for_nodes()
+    yield c, gpu_nodes
+    ray.shutdown()
+    c.shutdown()
+
+
+def _generate_workers() -> list[dict]:
+    """Generation actors (alive and dead) from the GCS; no dashboard needed."""
+    from ray._private.state import actors
+
+    return [
+        {"state": a["State"], "node_id": a["Address"]["NodeID"]}
+        for a in actors().values()
+        if "GenerateWorker" in a["ActorClassName"]
+    ]
+
+
+def test_actor_pool_spreads_over_gpu_nodes_and_survives_node_loss(cluster, tmp_path):
+    import ray
+
+    c, gpu_nodes = cluster
+    src = tmp_path / "in"
+    ids = set()
+    for i in range(24):
+        gs.write_bytes(str(src / f"{i:02d}.png"), gs.image_bytes(i))
+        ids.add(f"{i:02d}.png")
+    model = gs.save(gs.captioner(), str(tmp_path / "model"))
+    spec = gs.caption_spec(
+        str(src), str(tmp_path / "out"), model,
+        input={"uri": str(src), "format": "images", "files_per_shard": 2},
+        batch_size=2,
+        resources={"workers": 2, "num_gpus": 1, "worker_cpus": 0, "preprocess_cpus": 0.25},
+    )
+    seen: dict = {}
+
+    def remove_a_worker_node(manifest) -> None:
+        # On the first commit (most shards still uncommitted), take away the node
+        # of one generation actor, as a spot reclaim would.
+        if seen:
+            return
+        alive = [a for a in _generate_workers() if a["state"] == "ALIVE"]
+        seen["actor_nodes"] = {a["node_id"] for a in alive}
+        victim = next(n for n in gpu_nodes if n.node_id in seen["actor_nodes"])
+        seen["removed"] = victim.node_id
+        seen["uncommitted_shards"] = 12 - len(list((tmp_path / "out" / "_commits").glob("*.json")))
+        c.remove_node(victim, allow_graceful=False)
+        # The autoscaler's part: a replacement node joins (a spare GPU node already exists).
+
+    summary = run_caption_job(
+        validate_spec(CaptionJobSpec, spec, source="test"), on_commit=remove_a_worker_node, ray_init=None
+    )
+    # Two actors with one GPU each on 1-GPU nodes: necessarily on two different nodes.
+    assert len(seen["actor_nodes"]) == 2 and seen["actor_nodes"] <= {n.node_id for n in gpu_nodes}
+    assert seen["uncommitted_shards"] > 0
+    alive_nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert seen["removed"] not in alive_nodes
+    gs.assert_exactly_once(str(tmp_path / "out"), ids)
+    assert summary.rows_processed_now == 24 and summary.shards_committed_now == 12
+    # The actor on the lost node was restarted on the spare GPU node.
+    nodes_used = {a["node_id"] for a in _generate_workers()}
+    assert len(nodes_used) >= 2
