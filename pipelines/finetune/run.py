@@ -105,8 +105,8 @@ def _run_config(spec: FinetuneSpec) -> Any:
 def run_finetune(spec: FinetuneSpec) -> FinetuneResult:
     """Train with TorchTrainer as the spec says, then export the final checkpoint.
 
-    Starts a local Ray when none is running (or joins RAY_ADDRESS / the job's
-    cluster). Started again with the same run.name and run.storage_path, a killed
+    Joins the cluster at RAY_ADDRESS (as under `ray job submit`), else starts a
+    private local Ray. Started again with the same run.name and run.storage_path, a killed
     run resumes from its latest checkpoint; a finished one only exports again.
     """
     import ray
@@ -117,7 +117,10 @@ def run_finetune(spec: FinetuneSpec) -> FinetuneResult:
     preflight(spec)
     spec = absolute_local_paths(spec)
     if not ray.is_initialized():
-        ray.init(runtime_env={"env_vars": worker_env()})
+        # RAY_ADDRESS (set by `ray job submit`, or by hand) joins that cluster; without
+        # it the job starts a private local Ray rather than joining whichever local
+        # cluster another process happens to run.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", runtime_env={"env_vars": worker_env()})
     # Per-operator progress bars from every worker drown the training log.
     ray.data.DataContext.get_current().enable_progress_bars = False
     datasets = {"train": read_pairs(spec.data.train, key="data.train"), "eval": read_pairs(spec.data.eval, key="data.eval")}
@@ -169,6 +172,7 @@ def export_checkpoint(checkpoint: Any, spec: FinetuneSpec) -> FinetuneResult:
         "metrics": metrics,
         "history": state["history"],
         "skipped_rows": state["skipped"],
+        "bad_rows": state.get("bad_rows", {}),
     }
     save_combiner(combiner, spec.export.uri, extra={"training": {k: summary[k] for k in ("run", "spec_sha256", "step")}})
     with tempfile.TemporaryDirectory() as tmp:
