@@ -11,12 +11,13 @@ from .build import DecoderOptions, EncoderOptions, random_combiner, warm_start_c
 from .checkpoint import (
     MANIFEST_NAME,
     load_combiner,
+    load_preprocessor,
     read_manifest,
     resolve_checkpoint,
     save_combiner,
     sha256_file,
 )
-from .combiner import Combiner, set_special_tokens, special_tokens_from_tokenizer
+from .combiner import Combiner, Preprocessor, set_special_tokens, special_tokens_from_tokenizer
 from .errors import (
     CheckpointNotFoundError,
     CombinerError,
@@ -63,6 +64,7 @@ __all__ = [
     "MissingImageProcessorError",
     "MissingTokenizerError",
     "NotACombinerError",
+    "Preprocessor",
     "SpecialTokenError",
     "TextInputError",
     "TokenizedText",
@@ -77,6 +79,7 @@ __all__ = [
     "generate_texts",
     "image_to_pixel_values",
     "load_combiner",
+    "load_preprocessor",
     "random_combiner",
     "read_manifest",
     "resolve_checkpoint",

@@ -36,7 +36,14 @@ from transformers import (
     VisionEncoderDecoderModel,
 )
 
-from .combiner import Combiner, set_special_tokens, special_tokens_from_tokenizer
+from .combiner import (
+    Combiner,
+    Layout,
+    Preprocessor,
+    input_token_limit,
+    set_special_tokens,
+    special_tokens_from_tokenizer,
+)
 from .errors import (
     CheckpointNotFoundError,
     ManifestMismatchError,
@@ -68,16 +75,20 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # --- where a checkpoint is ------------------------------------------------------------
 
 
-def resolve_checkpoint(uri: str, *, storage_options: dict[str, Any] | None = None) -> str:
+def resolve_checkpoint(
+    uri: str, *, storage_options: dict[str, Any] | None = None, skip_weights: bool = False
+) -> str:
     """A local folder (fetched from object storage if needed) or a hub id for `uri`.
 
     A URI with a scheme (s3://, gs://) is fetched to the local cache. A path that
     exists is used as is. Anything that looks like a path (starts with /, ., ~ or
     file://) but does not exist is an error; a bare "org/name" that is not a local
-    folder is taken as a hub id, unless HF_HUB_OFFLINE is set.
+    folder is taken as a hub id, unless HF_HUB_OFFLINE is set. With `skip_weights`,
+    a remote checkpoint is fetched without its weight files.
     """
     if is_remote(uri):
-        return str(fetch_dir(uri, storage_options=storage_options))
+        skip = (".safetensors", *_PICKLE_SUFFIXES) if skip_weights else ()
+        return str(fetch_dir(uri, storage_options=storage_options, skip_suffixes=skip))
     path = Path(strip_file_scheme(uri)).expanduser()
     if path.is_dir():
         return str(path)
@@ -121,7 +132,14 @@ def check_weights_policy(resolved: str, *, uri: str, allow_pickle: bool, trust_r
         )
     if not has_safetensors and not pickles:
         raise CheckpointNotFoundError(f"no weights (*.safetensors) in {uri}")
-    config = json.loads((folder / "config.json").read_text())
+    check_remote_code(resolved, uri=uri, trust_remote_code=trust_remote_code)
+
+
+def check_remote_code(resolved: str, *, uri: str, trust_remote_code: bool) -> None:
+    """Refuse a checkpoint whose config maps to custom code, unless explicitly allowed."""
+    if not _is_local_dir(resolved):
+        return  # hub ids: transformers enforces trust_remote_code itself
+    config = json.loads((Path(resolved) / "config.json").read_text())
     if config.get("auto_map") and not trust_remote_code:
         raise UnsafeCheckpointError(
             f"{uri} needs custom code from its auto_map ({sorted(config['auto_map'])}), which "
@@ -244,6 +262,79 @@ def _verified_weights_sha256(folder: Path, uri: str) -> str:
 # --- load ---------------------------------------------------------------------------------
 
 
+def _combiner_class(config: Any, uri: str) -> tuple[type, Layout]:
+    model_type = getattr(config, "model_type", "")
+    if model_type == "encoder-decoder":
+        return EncoderDecoderModel, "encoder-decoder"
+    if model_type == "vision-encoder-decoder":
+        return VisionEncoderDecoderModel, "vision-encoder-decoder"
+    if is_native_seq2seq(config):
+        return AutoModelForSeq2SeqLM, "seq2seq"
+    raise NotACombinerError(
+        f"{uri} holds a '{model_type}' model, which is not an encoder-decoder. To join an "
+        "encoder and a decoder, use warm_start_combiner(encoder_uri=..., decoder_uri=...)."
+    )
+
+
+def _load_preprocessor(
+    resolved: str,
+    config: Any,
+    layout: Layout,
+    *,
+    uri: str,
+    tokenizer_uri: str | None,
+    image_processor_uri: str | None,
+    trust_remote_code: bool,
+    storage_options: dict[str, Any] | None,
+) -> Preprocessor:
+    def source(explicit: str | None) -> str:
+        return resolve_checkpoint(explicit, storage_options=storage_options, skip_weights=True) if explicit else resolved
+
+    tok_source, tok_uri = source(tokenizer_uri), tokenizer_uri or uri
+    root_tokenizer = load_tokenizer(tok_source, uri=tok_uri, trust_remote_code=trust_remote_code)
+    if layout == "vision-encoder-decoder":
+        image_processor = load_image_processor(source(image_processor_uri), uri=image_processor_uri or uri)
+        return Preprocessor(layout=layout, decoder_tokenizer=root_tokenizer, image_processor=image_processor)
+    decoder_tok_dir = Path(tok_source) / DECODER_TOKENIZER_DIR
+    decoder_tokenizer = (
+        load_tokenizer(str(decoder_tok_dir), uri=f"{tok_uri}/{DECODER_TOKENIZER_DIR}", role="decoder tokenizer")
+        if decoder_tok_dir.is_dir()
+        else root_tokenizer
+    )
+    return Preprocessor(
+        layout=layout,
+        decoder_tokenizer=decoder_tokenizer,
+        tokenizer=root_tokenizer,
+        max_input_tokens=input_token_limit(config, root_tokenizer),
+    )
+
+
+def load_preprocessor(
+    uri: str,
+    *,
+    tokenizer_uri: str | None = None,
+    image_processor_uri: str | None = None,
+    trust_remote_code: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> Preprocessor:
+    """A saved combiner's tokenizers / image processor, without loading (or fetching) weights.
+
+    For CPU stages that tokenize or turn images into pixel values ahead of the
+    model. Arguments as for `load_combiner`.
+    """
+    resolved = resolve_checkpoint(uri, storage_options=storage_options, skip_weights=True)
+    if _is_local_dir(resolved) and not (Path(resolved) / "config.json").exists():
+        raise CheckpointNotFoundError(f"no config.json in {uri}: this folder is not a transformers checkpoint")
+    check_remote_code(resolved, uri=uri, trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+    _, layout = _combiner_class(config, uri)
+    return _load_preprocessor(
+        resolved, config, layout, uri=uri, tokenizer_uri=tokenizer_uri,
+        image_processor_uri=image_processor_uri, trust_remote_code=trust_remote_code,
+        storage_options=storage_options,
+    )
+
+
 def load_combiner(
     uri: str,
     *,
@@ -269,47 +360,21 @@ def load_combiner(
     resolved = resolve_checkpoint(uri, storage_options=storage_options)
     check_weights_policy(resolved, uri=uri, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     config = AutoConfig.from_pretrained(resolved, trust_remote_code=trust_remote_code)
-    model_type = getattr(config, "model_type", "")
-    if model_type == "encoder-decoder":
-        cls, layout = EncoderDecoderModel, "encoder-decoder"
-    elif model_type == "vision-encoder-decoder":
-        cls, layout = VisionEncoderDecoderModel, "vision-encoder-decoder"
-    elif is_native_seq2seq(config):
-        cls, layout = AutoModelForSeq2SeqLM, "seq2seq"
-    else:
-        raise NotACombinerError(
-            f"{uri} holds a '{model_type}' model, which is not an encoder-decoder. To join an "
-            "encoder and a decoder, use warm_start_combiner(encoder_uri=..., decoder_uri=...)."
-        )
+    cls, layout = _combiner_class(config, uri)
     kwargs = model_load_kwargs(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if dtype is not None:
         kwargs["dtype"] = dtype
     model = cls.from_pretrained(resolved, **kwargs)
-
-    tok_source = resolve_checkpoint(tokenizer_uri, storage_options=storage_options) if tokenizer_uri else resolved
-    tok_uri = tokenizer_uri or uri
-    root_tokenizer = load_tokenizer(tok_source, uri=tok_uri, trust_remote_code=trust_remote_code)
-    decoder_tok_dir = Path(tok_source) / DECODER_TOKENIZER_DIR
-    if layout == "vision-encoder-decoder":
-        tokenizer, decoder_tokenizer = None, root_tokenizer
-        ip_source = (
-            resolve_checkpoint(image_processor_uri, storage_options=storage_options)
-            if image_processor_uri
-            else resolved
-        )
-        image_processor = load_image_processor(ip_source, uri=image_processor_uri or uri)
-    else:
-        tokenizer, image_processor = root_tokenizer, None
-        decoder_tokenizer = (
-            load_tokenizer(str(decoder_tok_dir), uri=f"{tok_uri}/{DECODER_TOKENIZER_DIR}", role="decoder tokenizer")
-            if decoder_tok_dir.is_dir()
-            else root_tokenizer
-        )
+    pre = _load_preprocessor(
+        resolved, model.config, layout, uri=uri, tokenizer_uri=tokenizer_uri,
+        image_processor_uri=image_processor_uri, trust_remote_code=trust_remote_code,
+        storage_options=storage_options,
+    )
 
     gen, cfg = model.generation_config, model.config
     if None in (gen.decoder_start_token_id, gen.pad_token_id, gen.eos_token_id):
         ids = special_tokens_from_tokenizer(
-            decoder_tokenizer,
+            pre.decoder_tokenizer,
             **{
                 name: _first_set(getattr(gen, name, None), getattr(cfg, name, None))
                 for name in ("decoder_start_token_id", "pad_token_id", "eos_token_id")
@@ -323,9 +388,9 @@ def load_combiner(
         model.to(device)
     return Combiner(
         model=model,
-        decoder_tokenizer=decoder_tokenizer,
-        tokenizer=tokenizer,
-        image_processor=image_processor,
+        decoder_tokenizer=pre.decoder_tokenizer,
+        tokenizer=pre.tokenizer,
+        image_processor=pre.image_processor,
         layout=layout,
         source_uri=uri,
         weights_sha256=digest,

@@ -6,12 +6,58 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import SpecialTokenError
 
 Modality = Literal["text", "image"]
 Layout = Literal["encoder-decoder", "vision-encoder-decoder", "seq2seq"]
+
+
+def input_token_limit(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase | None) -> int | None:
+    """Longest encoder input a text model accepts: the smallest of its position limits."""
+    encoder_config = getattr(config, "encoder", config)
+    limits = [
+        getattr(encoder_config, name, None)
+        for name in ("max_position_embeddings", "n_positions", "max_source_positions")
+    ]
+    limits.append(getattr(tokenizer, "model_max_length", None))
+    # Tokenizers without a limit report a huge sentinel (int(1e30)); T5 has
+    # relative positions and no config limit either.
+    real = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    return min(real) if real else None
+
+
+@dataclass
+class Preprocessor:
+    """A combiner's input side without its weights: what CPU-only stages need.
+
+    Attributes:
+        layout: as Combiner.layout.
+        decoder_tokenizer: decodes generated ids; also tokenizes training targets.
+        tokenizer: input tokenizer of text combiners, None for image ones.
+        image_processor: image processor of image combiners, None for text ones.
+        max_input_tokens: the encoder's input limit (text combiners).
+    """
+
+    layout: Layout
+    decoder_tokenizer: PreTrainedTokenizerBase
+    tokenizer: PreTrainedTokenizerBase | None = None
+    image_processor: object | None = None
+    max_input_tokens: int | None = None
+
+    @property
+    def modality(self) -> Modality:
+        return "image" if self.layout == "vision-encoder-decoder" else "text"
+
+    @property
+    def input_pad_token_id(self) -> int:
+        """The id that pads encoder inputs (text combiners)."""
+        tok = self.tokenizer or self.decoder_tokenizer
+        for candidate in (tok.pad_token_id, tok.eos_token_id):
+            if candidate is not None:
+                return candidate
+        return 0
 
 
 @dataclass
@@ -50,19 +96,18 @@ class Combiner:
     @property
     def max_input_tokens(self) -> int | None:
         """Longest encoder input the model accepts (text combiners), from its config."""
-        if self.modality != "text":
-            return None
-        config = self.model.config
-        encoder_config = getattr(config, "encoder", config)
-        limits = [
-            getattr(encoder_config, name, None)
-            for name in ("max_position_embeddings", "n_positions", "max_source_positions")
-        ]
-        limits.append(getattr(self.tokenizer, "model_max_length", None))
-        # Tokenizers without a limit report a huge sentinel (int(1e30)); T5 has
-        # relative positions and no config limit either.
-        real = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
-        return min(real) if real else None
+        return self.preprocessor.max_input_tokens
+
+    @property
+    def preprocessor(self) -> Preprocessor:
+        """What turns raw inputs into this combiner's model inputs (no weights)."""
+        return Preprocessor(
+            layout=self.layout,
+            decoder_tokenizer=self.decoder_tokenizer,
+            tokenizer=self.tokenizer,
+            image_processor=self.image_processor,
+            max_input_tokens=input_token_limit(self.model.config, self.tokenizer) if self.modality == "text" else None,
+        )
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Combiner:
         self.model.to(device=device, dtype=dtype)

@@ -46,14 +46,17 @@ def cache_root() -> Path:
     return Path(root)
 
 
-def fetch_dir(uri: str, *, storage_options: dict[str, Any] | None = None) -> Path:
+def fetch_dir(
+    uri: str, *, storage_options: dict[str, Any] | None = None, skip_suffixes: tuple[str, ...] = ()
+) -> Path:
     """A local folder holding the files under the remote prefix `uri`.
 
     The copy is keyed by the URI and by the listing (names, sizes, ETags), so a
     checkpoint overwritten in place is fetched again, and a second load of an
     unchanged one (another actor on the same node) reads the cached copy. The copy
     is written to a temporary folder and renamed into place, so concurrent loaders
-    never see a half-written folder.
+    never see a half-written folder. Files ending in `skip_suffixes` are not
+    fetched (a tokenizer-only load skips gigabytes of weights).
     """
     fs, root = get_filesystem(uri, storage_options)
     root = root.rstrip("/")
@@ -61,6 +64,8 @@ def fetch_dir(uri: str, *, storage_options: dict[str, Any] | None = None) -> Pat
         listing = fs.find(root, detail=True)
     except FileNotFoundError:
         listing = {}
+    if skip_suffixes:
+        listing = {name: info for name, info in listing.items() if not name.endswith(skip_suffixes)}
     if not listing:
         raise CheckpointNotFoundError(
             f"no files under {uri}: check the URI and that your credentials can list it "

@@ -184,3 +184,28 @@ def test_config_records_special_tokens(bert2gpt2, tmp_path: Path) -> None:
     gt = bert2gpt2.decoder_tokenizer
     assert config["decoder_start_token_id"] == gen["decoder_start_token_id"] == gt.bos_token_id
     assert config["pad_token_id"] == gen["pad_token_id"] == gt.eos_token_id  # GPT-2: pad = eos
+
+
+def test_preprocessor_loads_without_weights(bert2gpt2, vit2gpt2, s3_bucket: str, tmp_path: Path, monkeypatch) -> None:
+    from combiner_core import load_preprocessor
+    from combiner_core.storage import cache_root
+
+    monkeypatch.setenv("COMBINER_CACHE_DIR", str(tmp_path / "cache"))
+    save_combiner(bert2gpt2, f"{s3_bucket}/text")
+    save_combiner(vit2gpt2, f"{s3_bucket}/vision")
+    text = load_preprocessor(f"{s3_bucket}/text")
+    assert text.modality == "text" and text.image_processor is None
+    assert text.tokenizer("a red circle")["input_ids"] == bert2gpt2.tokenizer("a red circle")["input_ids"]
+    assert text.decoder_tokenizer.get_vocab() == bert2gpt2.decoder_tokenizer.get_vocab()
+    assert text.max_input_tokens == bert2gpt2.max_input_tokens == 64
+    vision = load_preprocessor(f"{s3_bucket}/vision")
+    assert vision.modality == "image" and vision.tokenizer is None
+    image = tiny_image()
+    assert torch.equal(
+        vision.image_processor(images=[image], return_tensors="pt")["pixel_values"],
+        vit2gpt2.image_processor(images=[image], return_tensors="pt")["pixel_values"],
+    )
+    # Only tokenizer and processor files were fetched: no weights on a CPU-only node.
+    fetched = {p.name for p in cache_root().rglob("*") if p.is_file()}
+    assert "tokenizer.json" in fetched and "preprocessor_config.json" in fetched
+    assert not any(name.endswith(".safetensors") for name in fetched)
