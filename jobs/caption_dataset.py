@@ -20,6 +20,7 @@ if str(REPO) not in sys.path:  # `python jobs/x.py` from a checkout that is not 
 from pipelines import SpecError, job_arg_parser, load_spec  # noqa: E402
 from pipelines.generation import (  # noqa: E402
     CaptionJobSpec,
+    ModelSpecError,
     OutputExistsError,
     print_summary,
     run_caption_job,
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         summary = run_caption_job(spec)
-    except OutputExistsError as exc:
+    except (OutputExistsError, ModelSpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_summary(summary)

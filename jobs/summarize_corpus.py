@@ -18,6 +18,7 @@ if str(REPO) not in sys.path:  # `python jobs/x.py` from a checkout that is not 
 
 from pipelines import SpecError, job_arg_parser, load_spec  # noqa: E402
 from pipelines.generation import (  # noqa: E402
+    ModelSpecError,
     OutputExistsError,
     SummarizeJobSpec,
     print_summary,
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         summary = run_summarize_job(spec)
-    except OutputExistsError as exc:
+    except (OutputExistsError, ModelSpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_summary(summary)

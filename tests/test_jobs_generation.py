@@ -308,3 +308,19 @@ def test_driver_killed_mid_job_then_resume_exactly_once(ray_cluster, models, tmp
     assert summary.shards_committed_before == 1 and summary.shards_committed_now == 3
     assert summary.rows_processed_now == 12  # 16 rows - the 4 of the shard committed by run 1
     gs.assert_exactly_once(str(out), ids)
+
+
+def test_wrong_model_fails_on_the_driver_before_ray(models, tmp_path):
+    """No ray_cluster fixture: the check runs before any Ray work (ray_init would be called)."""
+    from pipelines.generation import ModelSpecError
+
+    src = tmp_path / "in"
+    gs.write_bytes(str(src / "0.png"), gs.image_bytes(0))
+    started = []
+    spec = gs.caption_spec(str(src), str(tmp_path / "out"), models["summarizer"])
+    with pytest.raises(ModelSpecError, match=r"is a text combiner \(encoder-decoder\), but caption needs an image combiner"):
+        run_caption_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=lambda: started.append(1))
+    spec = gs.caption_spec(str(src), str(tmp_path / "out2"), str(tmp_path / "no-model"))
+    with pytest.raises(ModelSpecError, match="no checkpoint at .*no-model"):
+        run_caption_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=lambda: started.append(1))
+    assert started == []

@@ -3,6 +3,9 @@ pool spreads over nodes, and a node removed mid-job still ends exactly once."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 import tests.generation_support as gs
@@ -38,7 +41,7 @@ def _generate_workers() -> list[dict]:
     ]
 
 
-def test_actor_pool_spreads_over_gpu_nodes_and_survives_node_loss(cluster, tmp_path):
+def test_actor_pool_spreads_over_gpu_nodes_and_survives_node_loss(cluster, tmp_path, monkeypatch):
     import ray
 
     c, gpu_nodes = cluster
@@ -54,31 +57,48 @@ def test_actor_pool_spreads_over_gpu_nodes_and_survives_node_loss(cluster, tmp_p
         batch_size=2,
         resources={"workers": 2, "num_gpus": 1, "worker_cpus": 0, "preprocess_cpus": 0.25},
     )
+    # The first generation actor to reach its 2nd batch stops there and names its node
+    # in the marker; the watcher then takes that node away (as a spot reclaim would)
+    # while the batch is in flight. Deterministic, whatever the speed of the machine.
+    marker = tmp_path / "paused-on-node"
+    monkeypatch.setenv("COMBINER_FAULT", f"worker_pause:2:{marker}")
     seen: dict = {}
 
-    def remove_a_worker_node(manifest) -> None:
-        # On the first commit (most shards still uncommitted), take away the node
-        # of one generation actor, as a spot reclaim would.
-        if seen:
+    def remove_the_paused_node() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            node_id = marker.read_text().strip() if marker.exists() else ""
+            if node_id:
+                break
+            time.sleep(0.2)
+        else:
             return
-        alive = [a for a in _generate_workers() if a["state"] == "ALIVE"]
-        seen["actor_nodes"] = {a["node_id"] for a in alive}
-        victim = next(n for n in gpu_nodes if n.node_id in seen["actor_nodes"])
-        seen["removed"] = victim.node_id
+        # The paused batch waits for us: let the pool's second actor finish starting too.
+        while time.time() < deadline:
+            seen["actor_nodes"] = {a["node_id"] for a in _generate_workers() if a["state"] == "ALIVE"}
+            if len(seen["actor_nodes"]) == 2:
+                break
+            time.sleep(0.2)
         seen["uncommitted_shards"] = 12 - len(list((tmp_path / "out" / "_commits").glob("*.json")))
+        victim = next(n for n in gpu_nodes if n.node_id == node_id)
+        seen["removed"] = victim.node_id
         c.remove_node(victim, allow_graceful=False)
         # The autoscaler's part: a replacement node joins (a spare GPU node already exists).
 
-    summary = run_caption_job(
-        validate_spec(CaptionJobSpec, spec, source="test"), on_commit=remove_a_worker_node, ray_init=None
-    )
+    watcher = threading.Thread(target=remove_the_paused_node, daemon=True)
+    watcher.start()
+    summary = run_caption_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=None)
+    watcher.join(timeout=10)
+    assert "removed" in seen, "no generation actor reached its 2nd batch"
     # Two actors with one GPU each on 1-GPU nodes: necessarily on two different nodes.
     assert len(seen["actor_nodes"]) == 2 and seen["actor_nodes"] <= {n.node_id for n in gpu_nodes}
+    assert seen["removed"] in seen["actor_nodes"]
     assert seen["uncommitted_shards"] > 0
     alive_nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert seen["removed"] not in alive_nodes
     gs.assert_exactly_once(str(tmp_path / "out"), ids)
     assert summary.rows_processed_now == 24 and summary.shards_committed_now == 12
-    # The actor on the lost node was restarted on the spare GPU node.
+    # The batch in flight on the lost node was redone elsewhere (by the surviving actor,
+    # or by a replacement on the spare GPU node, as Ray Data's pool decides).
     nodes_used = {a["node_id"] for a in _generate_workers()}
     assert len(nodes_used) >= 2

@@ -10,7 +10,7 @@ from .commit import (
     normalize_for_match,
 )
 from .jobs import init_ray, print_summary, run_caption_job, run_summarize_job
-from .run import JobSummary, absolute_uri, run_generation
+from .run import JobSummary, ModelSpecError, absolute_uri, check_model, run_generation
 from .specs import (
     CaptionInput,
     CaptionJobSpec,
@@ -19,7 +19,7 @@ from .specs import (
     SummarizeInput,
     SummarizeJobSpec,
 )
-from .stages import GenerateWorker, decode_batch, params_hash, read_shard_batch, stage_batch
+from .stages import GenerateWorker, params_hash, preprocess_batch, read_shard_batch, stage_batch
 
 __all__ = [
     "ERROR_SCHEMA",
@@ -29,6 +29,7 @@ __all__ = [
     "CommitError",
     "GenerateWorker",
     "JobSummary",
+    "ModelSpecError",
     "OutputExistsError",
     "OutputSpec",
     "OutputStore",
@@ -37,10 +38,11 @@ __all__ = [
     "SummarizeInput",
     "SummarizeJobSpec",
     "absolute_uri",
-    "decode_batch",
+    "check_model",
     "init_ray",
     "normalize_for_match",
     "params_hash",
+    "preprocess_batch",
     "print_summary",
     "read_shard_batch",
     "run_caption_job",

@@ -6,12 +6,16 @@ the data files of the 1st commit are in place, before its manifest: a crash in t
 middle of writing), or "worker_batch:3:/tmp/marker" (a generation actor SIGKILLs its
 own process on its 3rd batch, once: the marker file makes the restarted actor go on).
 A real SIGKILL, as the OOM killer or a lost node would deliver, not an exception.
+"worker_pause:2:/tmp/marker" makes a generation actor stop on its 2nd batch, once,
+after writing its node id to the marker: a test then takes that node away while
+the batch is in flight, deterministically.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 ENV = "COMBINER_FAULT"
 
@@ -20,17 +24,36 @@ def _spec() -> list[str]:
     return os.environ.get(ENV, "").split(":") if os.environ.get(ENV) else []
 
 
+def active() -> bool:
+    return bool(os.environ.get(ENV))
+
+
+def _claim(marker: str, text: str) -> bool:
+    """Create `marker` holding `text`, once across processes; False if it exists."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, text.encode())
+    os.close(fd)
+    return True
+
+
+def maybe_pause(point: str, count: int, node_id: str) -> None:
+    """Block forever (until the process dies) if COMBINER_FAULT names `point` with this `count`."""
+    spec = _spec()
+    if len(spec) < 3 or spec[0] != point or int(spec[1]) != count:
+        return
+    if _claim(":".join(spec[2:]), node_id):
+        while True:
+            time.sleep(3600)
+
+
 def maybe_kill(point: str, count: int) -> None:
     """SIGKILL this process if COMBINER_FAULT names `point` with this `count`."""
     spec = _spec()
     if len(spec) < 2 or spec[0] != point or int(spec[1]) != count:
         return
-    if len(spec) >= 3:
-        marker = ":".join(spec[2:])
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return  # already fired once
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
+    if len(spec) >= 3 and not _claim(":".join(spec[2:]), str(os.getpid())):
+        return  # already fired once
     os.kill(os.getpid(), signal.SIGKILL)

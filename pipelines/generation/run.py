@@ -10,12 +10,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from combiner_core import GenerationParams
+from combiner_core import CombinerError, GenerationParams, load_preprocessor
 
 from ..readers import ReaderOptions, list_input_files, plan_shards
 from . import faults
 from .commit import ERRORS_DIR, SUMMARY_FILE, OutputStore, ShardManifest
-from .stages import GenerateWorker, Task, decode_batch, params_hash, read_shard_batch, stage_batch
+from .stages import (
+    GenerateWorker,
+    Task,
+    params_hash,
+    preprocess_batch,
+    read_shard_batch,
+    stage_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,32 @@ def absolute_uri(uri: str) -> str:
     if "://" in uri:
         return uri
     return os.path.abspath(os.path.expanduser(uri))
+
+
+def check_model(
+    task: Task, model_uri: str, *, trust_remote_code: bool, storage_options: Mapping[str, Any] | None
+) -> None:
+    """On the driver, before Ray starts: model.uri names a combiner of the modality the job needs.
+
+    Loads only its config and tokenizer / image processor (no weights), so a wrong
+    URI fails in seconds rather than after the actor pool has started.
+    """
+    try:
+        pre = load_preprocessor(
+            model_uri, trust_remote_code=trust_remote_code, storage_options=dict(storage_options or {}) or None
+        )
+    except CombinerError as exc:
+        raise ModelSpecError(f"model.uri {model_uri}: {exc}") from exc
+    want = "image" if task == "caption" else "text"
+    if pre.modality != want:
+        raise ModelSpecError(
+            f"model.uri {model_uri} is a {pre.modality} combiner ({pre.layout}), but {task} needs "
+            f"{'an image' if want == 'image' else 'a text'} combiner; point model.uri at one"
+        )
+
+
+class ModelSpecError(ValueError):
+    """model.uri cannot serve this job."""
 
 
 def run_generation(
@@ -112,6 +145,7 @@ def run_generation(
     rows_now = 0
     new_commits = 0
     if shards:
+        check_model(task, model_uri, trust_remote_code=trust_remote_code, storage_options=storage_options)
         if ray_init is not None:
             ray_init()
         rows_now, new_commits = _process(
@@ -183,11 +217,12 @@ def _process(
         num_cpus=preprocess_cpus, max_retries=-1,
     )
     # max_retries=-1: a task lost with its node is retried (application errors are not:
-    # bad rows never raise). On decode it also keeps Ray Data from fusing decoding into the
-    # generation actors (it fuses ops whose remote args are equal): decoding belongs on
-    # CPU tasks, so an actor (a GPU) only generates.
+    # bad rows never raise). On preprocessing it also keeps Ray Data from fusing it into
+    # the generation actors (it fuses ops whose remote args are equal): decoding and
+    # tokenizing belong on CPU tasks, so an actor (a GPU) only generates.
     ds = ds.map_batches(
-        decode_batch, batch_size=batch_size, batch_format="numpy", fn_kwargs={"task": task},
+        preprocess_batch, batch_size=batch_size, batch_format="numpy",
+        fn_kwargs={"task": task, "model_uri": model_uri, "trust_remote_code": trust_remote_code, "truncation": truncation},
         num_cpus=preprocess_cpus, max_retries=-1,
     )
     ds = ds.map_batches(
@@ -200,7 +235,6 @@ def _process(
             "allow_pickle": allow_pickle,
             "trust_remote_code": trust_remote_code,
             "params": params.model_dump(mode="json"),
-            "truncation": truncation,
             "num_gpus": num_gpus,
         },
         compute=ray.data.ActorPoolStrategy(size=workers),

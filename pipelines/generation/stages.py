@@ -1,6 +1,6 @@
 """Ray Data stages of a generation job.
 
-read_shard_batch and decode_batch are plain functions (CPU tasks); GenerateWorker is
+read_shard_batch and preprocess_batch are plain functions (CPU tasks); GenerateWorker is
 the actor class that loads the combiner once and generates batch by batch;
 stage_batch writes each block's results as staged Parquet files for the commit
 protocol (see commit.py). Rows carry error_stage/error_cause/error_message from the
@@ -9,6 +9,7 @@ first stage that rejected them, and every later stage passes such rows through.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -18,16 +19,19 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import torch
+from PIL import Image
 
 from combiner_core import (
     GenerationParams,
     InputError,
+    Preprocessor,
     collate_token_ids,
     decode_image,
     generate,
     image_to_pixel_values,
     load_combiner,
-    text_from_bytes,
+    load_preprocessor,
     tokenize_text,
 )
 
@@ -63,46 +67,89 @@ def _error_columns(batch: dict[str, np.ndarray]) -> tuple[list, list, list]:
     return clean(batch["error_stage"]), clean(batch["error_cause"]), clean(batch["error_message"])
 
 
-def decode_batch(batch: dict[str, np.ndarray], *, task: Task) -> dict[str, np.ndarray]:
-    """Ray Data CPU stage: image bytes -> RGB pixels (+height, width); text bytes -> checked UTF-8.
+@functools.lru_cache(maxsize=4)
+def _preprocessor(model_uri: str, trust_remote_code: bool) -> Preprocessor:
+    """One tokenizer / image processor per CPU worker process, not one per batch."""
+    return load_preprocessor(model_uri, trust_remote_code=trust_remote_code)
 
-    A row that fails gets error_stage/cause/message from combiner_core's InputError.
+
+def preprocess_batch(
+    batch: dict[str, np.ndarray],
+    *,
+    task: Task,
+    model_uri: str,
+    trust_remote_code: bool = False,
+    truncation: bool = True,
+) -> dict[str, np.ndarray]:
+    """Ray Data CPU stage: raw payloads -> model inputs, so the actors (GPUs) only generate.
+
+    caption: image bytes -> decoded RGB -> the combiner's image processor ->
+    `pixel_values` (n, C, H, W) float32. summarize: text bytes -> UTF-8 check ->
+    the combiner's tokenizer (truncated to the encoder's limit, or rejected when
+    truncation is off) -> `input_ids` (one int64 array per row), `input_tokens`
+    (length before truncation) and `truncated`. A row that fails gets
+    error_stage/cause/message from combiner_core's InputError; its inputs are empty.
     """
+    pre = _preprocessor(model_uri, trust_remote_code)
     stages, causes, messages = _error_columns(batch)
-    payloads = list(batch["payload"])
+    payloads = batch["payload"]
     n = len(payloads)
-    heights, widths = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-    for i, data in enumerate(payloads):
-        if stages[i]:
-            payloads[i] = b""
-            continue
-        try:
-            if task == "caption":
-                image = np.asarray(decode_image(data))
-                heights[i], widths[i] = image.shape[0], image.shape[1]
-                payloads[i] = image.tobytes()
-            else:
-                text_from_bytes(data)
-        except InputError as exc:
-            stages[i], causes[i], messages[i] = exc.stage, exc.cause, str(exc)
-            payloads[i] = b""
-    out = dict(batch)
+    out = {k: v for k, v in batch.items() if k != "payload"}
+    if task == "caption":
+        images: dict[int, Image.Image] = {}
+        for i in range(n):
+            if stages[i]:
+                continue
+            try:
+                images[i] = decode_image(payloads[i])
+            except InputError as exc:
+                stages[i], causes[i], messages[i] = exc.stage, exc.cause, str(exc)
+        pixels = None
+        if images:
+            values = image_to_pixel_values(pre.image_processor, list(images.values())).numpy()
+            pixels = np.zeros((n, *values.shape[1:]), dtype=np.float32)
+            pixels[list(images)] = values
+        else:
+            # Shape for an all-error batch: any row of a later batch may not match,
+            # but no actor reads pixels of error rows, and the column is dropped there.
+            pixels = np.zeros((n, 0), dtype=np.float32)
+        out["pixel_values"] = pixels
+    else:
+        ids: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * n
+        in_tokens = np.full(n, -1, dtype=np.int64)
+        truncated = np.zeros(n, dtype=bool)
+        for i in range(n):
+            if stages[i]:
+                continue
+            try:
+                tok = tokenize_text(
+                    pre.tokenizer, bytes(payloads[i]), max_tokens=pre.max_input_tokens, truncation=truncation
+                )
+            except InputError as exc:
+                stages[i], causes[i], messages[i] = exc.stage, exc.cause, str(exc)
+                continue
+            ids[i] = np.asarray(tok.input_ids, dtype=np.int64)
+            in_tokens[i], truncated[i] = tok.original_num_tokens, tok.truncated
+        out.update(input_ids=_object_array(ids), input_tokens=in_tokens, truncated=truncated)
     out.update(
-        payload=np.array(payloads + [None], dtype=object)[:-1],
-        height=heights,
-        width=widths,
-        error_stage=np.array(stages, dtype=object),
-        error_cause=np.array(causes, dtype=object),
-        error_message=np.array(messages, dtype=object),
+        error_stage=_object_array(stages), error_cause=_object_array(causes), error_message=_object_array(messages)
     )
     return out
+
+
+def _object_array(values: list) -> np.ndarray:
+    """A 1-D object array, even when every element is an array of the same length."""
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
 
 
 class GenerateWorker:
     """Ray Data actor: loads the combiner once, then generates for each batch.
 
-    Output columns added to each row: text, score, candidates (JSON list of
-    {text, score, num_tokens}), input_tokens, output_tokens, truncated, model_sha256.
+    Inputs arrive preprocessed (see preprocess_batch). Output columns added to each
+    row: text, score, candidates (JSON list of {text, score, num_tokens}),
+    output_tokens, model_sha256.
     """
 
     def __init__(
@@ -113,14 +160,12 @@ class GenerateWorker:
         allow_pickle: bool = False,
         trust_remote_code: bool = False,
         params: dict[str, Any],
-        truncation: bool = True,
         num_gpus: float = 0,
     ) -> None:
         import torch
 
         self.task = task
         self.params = GenerationParams.model_validate(params)
-        self.truncation = truncation
         device = "cpu"
         if num_gpus > 0:
             if torch.cuda.is_available():
@@ -130,87 +175,47 @@ class GenerateWorker:
         self.combiner = load_combiner(
             model_uri, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device=device
         )
-        want = "image" if task == "caption" else "text"
-        if self.combiner.modality != want:
-            raise ValueError(
-                f"model.uri {model_uri} is a {self.combiner.modality} combiner "
-                f"({self.combiner.layout}), but {task} needs a {want} combiner; point model.uri at one"
-            )
         self.model_sha256 = self.combiner.weights_sha256 or ""
         self.batches = 0
 
-    def _inputs(self, batch: dict[str, np.ndarray], rows: list[int], errors: tuple[list, list, list]):
-        """Model inputs for the good rows; rows that fail here get an error."""
-        stages, causes, messages = errors
+    def _inputs(self, batch: dict[str, np.ndarray], rows: list[int]) -> dict[str, torch.Tensor]:
         if self.task == "caption":
-            from PIL import Image
-
-            images = []
-            for i in rows:
-                h, w = int(batch["height"][i]), int(batch["width"][i])
-                pixels = np.frombuffer(batch["payload"][i], dtype=np.uint8).reshape(h, w, 3)
-                images.append(Image.fromarray(pixels, mode="RGB"))
-            pixel_values = image_to_pixel_values(self.combiner.image_processor, images)
-            return rows, {"pixel_values": pixel_values}, [None] * len(rows)
-        good, ids, tokenized = [], [], []
-        for i in rows:
-            try:
-                tok = tokenize_text(
-                    self.combiner.tokenizer,
-                    bytes(batch["payload"][i]),
-                    max_tokens=self.combiner.max_input_tokens,
-                    truncation=self.truncation,
-                )
-            except InputError as exc:
-                stages[i], causes[i], messages[i] = exc.stage, exc.cause, str(exc)
-                continue
-            good.append(i)
-            ids.append(tok.input_ids)
-            tokenized.append(tok)
-        if not good:
-            return [], None, []
-        pad = self.combiner.tokenizer.pad_token_id
-        if pad is None:
-            pad = self.combiner.special_token_ids()["pad_token_id"]
-        return good, collate_token_ids(ids, pad_token_id=pad), tokenized
+            return {"pixel_values": torch.from_numpy(np.stack([batch["pixel_values"][i] for i in rows]))}
+        return collate_token_ids(
+            [batch["input_ids"][i] for i in rows], pad_token_id=self.combiner.preprocessor.input_pad_token_id
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.batches += 1
         faults.maybe_kill("worker_batch", self.batches)
+        if faults.active():
+            import ray
+
+            faults.maybe_pause("worker_pause", self.batches, ray.get_runtime_context().get_node_id())
         n = len(batch["id"])
-        errors = _error_columns(batch)
-        todo = [i for i in range(n) if not errors[0][i]]
+        stages, causes, messages = _error_columns(batch)
+        rows = [i for i in range(n) if not stages[i]]
         text: list[str] = [""] * n
         candidates: list[str] = [""] * n
         score = np.full(n, np.nan)
-        in_tokens = np.full(n, -1, dtype=np.int64)
         out_tokens = np.full(n, -1, dtype=np.int64)
-        truncated = np.zeros(n, dtype=bool)
-        if todo:
-            rows, inputs, tokenized = self._inputs(batch, todo, errors)
-            if rows:
-                results = generate(self.combiner, inputs, self.params)
-                for i, cands, tok in zip(rows, results, tokenized, strict=True):
-                    best = cands[0]
-                    text[i], score[i], out_tokens[i] = best.text, best.score, best.num_tokens
-                    candidates[i] = json.dumps(
-                        [{"text": c.text, "score": c.score, "num_tokens": c.num_tokens} for c in cands]
-                    )
-                    if tok is not None:
-                        in_tokens[i], truncated[i] = tok.original_num_tokens, tok.truncated
-        out = {k: v for k, v in batch.items() if k not in ("payload", "height", "width")}
-        stages, causes, messages = errors
+        if rows:
+            results = generate(self.combiner, self._inputs(batch, rows), self.params)
+            for i, cands in zip(rows, results, strict=True):
+                best = cands[0]
+                text[i], score[i], out_tokens[i] = best.text, best.score, best.num_tokens
+                candidates[i] = json.dumps(
+                    [{"text": c.text, "score": c.score, "num_tokens": c.num_tokens} for c in cands]
+                )
+        out = {k: v for k, v in batch.items() if k not in ("pixel_values", "input_ids")}
+        if "input_tokens" not in out:  # captions have no input tokens
+            out.update(input_tokens=np.full(n, -1, dtype=np.int64), truncated=np.zeros(n, dtype=bool))
         out.update(
-            text=np.array(text + [None], dtype=object)[:-1],
-            candidates=np.array(candidates + [None], dtype=object)[:-1],
+            text=_object_array(text),
+            candidates=_object_array(candidates),
             score=score,
-            input_tokens=in_tokens,
             output_tokens=out_tokens,
-            truncated=truncated,
-            model_sha256=np.array([self.model_sha256] * n, dtype=object),
-            error_stage=np.array(stages, dtype=object),
-            error_cause=np.array(causes, dtype=object),
-            error_message=np.array(messages, dtype=object),
+            model_sha256=_object_array([self.model_sha256] * n),
         )
         return out
 
