@@ -88,9 +88,27 @@ def _run(task, spec, reader, input_uri, files_per_shard, truncation, on_commit, 
     )
 
 
-def print_summary(summary: JobSummary) -> None:
-    """The end-of-job report, as a block a person reads and a JSON line a tool parses."""
+def print_summary(summary: JobSummary, *, examples: int = 5) -> None:
+    """The end-of-job report, as a block a person reads and a JSON line a tool parses.
+
+    The first `examples` output rows (by id) are shown too, so a person sees what the
+    model wrote, not only counts.
+    """
     s = summary
+    if examples and s.rows_ok:
+        import pyarrow.dataset as pads
+
+        columns = ["id", "text", "reference"] if s.reference_rows else ["id", "text"]
+        rows = sorted(
+            pads.dataset(s.output_uri, format="parquet").to_table(columns=columns).to_pylist(),
+            key=lambda r: r["id"],
+        )[:examples]
+        print(f"\n--- first {len(rows)} of {s.rows_ok} outputs ---")
+        for r in rows:
+            line = f"  {r['id']}: {r['text']!r}"
+            if r.get("reference") is not None:
+                line += f"  (reference: {r['reference']!r})"
+            print(line)
     print(
         f"\n=== {s.rows_in} rows in: {s.rows_ok} ok, {s.rows_errored} errored "
         f"({s.rows_processed_now} processed in this run, {s.shards_committed_now} shard(s) committed, "
