@@ -129,6 +129,30 @@ def test_two_worker_ddp_trains_exports_and_reloads(ray_cluster, tmp_path):
     )
     assert [o[0].text for o in ours] == [t.strip() for t in stock_texts]
 
+    # ... and caption_dataset, on this Ray, writes the same captions.
+    from pipelines import validate_spec
+    from pipelines.generation import CaptionJobSpec, run_caption_job
+
+    heldout = tmp_path / "heldout4"
+    heldout.mkdir()
+    pq.write_table(pa.Table.from_pylist(list(iter_examples("heldout", 4))), heldout / "part-0.parquet")
+    job = validate_spec(
+        CaptionJobSpec,
+        {
+            "input": {"uri": str(heldout), "format": "parquet", "image_column": "image", "id_column": "id"},
+            "output": {"uri": str(tmp_path / "captions"), "mode": "overwrite"},
+            "model": {"uri": str(export)},
+            "generation": {"strategy": "greedy", "max_new_tokens": 12},
+        },
+        source="test",
+    )
+    summary_job = run_caption_job(job, ray_init=None)
+    assert summary_job.rows_ok == 4
+    captions = pq.read_table(tmp_path / "captions", columns=["id", "text"]).to_pylist()
+    by_id = {r["id"]: r["text"] for r in captions}
+    ids = [r["id"] for r in iter_examples("heldout", 4)]
+    assert [by_id[i] for i in ids] == [t.strip() for t in stock_texts]
+
     # Started again with the same spec, a finished run trains nothing and exports again.
     again = run_finetune(spec)
     assert again.metrics["step"] == 12 and again.history == result.history

@@ -189,3 +189,47 @@ def test_bad_spec_lists_every_problem(tmp_path):
         assert key in text
     with pytest.raises(SpecError, match="exactly one of model.checkpoint"):
         load_spec(FinetuneSpec, REPO / "jobs" / "specs" / "finetune_demo_captioner.yaml", ["model.checkpoint={uri: x}"])
+
+
+def test_minilm_bert2bert_warm_start_learns_the_reverse_task(minilm_dir):
+    """Real pretrained weights, the training building blocks, no Ray: eval loss falls far.
+
+    The full run (jobs/specs/finetune_minilm_reverse.yaml, 125 steps on Ray Train)
+    took eval loss from 10.95 to 2.30; here 30 steps must at least halve it.
+    """
+    from combiner_core import warm_start_combiner
+    from pipelines.finetune.synthetic_text import iter_reverse_examples
+
+    torch.manual_seed(0)
+    combiner = warm_start_combiner(encoder_uri=str(minilm_dir), decoder_uri=str(minilm_dir), seed=0)
+    ids = check_special_tokens(combiner.model)
+
+    def batch(rows):
+        pairs = [
+            encode_pair(combiner, r["text"], r["target"], max_source_tokens=32, max_target_tokens=16,
+                        eos_token_id=ids["eos_token_id"])
+            for r in rows
+        ]
+        return collate_pairs(combiner, pairs)
+
+    eval_batch = batch(list(iter_reverse_examples("eval", 32)))
+
+    def eval_loss() -> float:
+        combiner.model.eval()
+        with torch.no_grad():
+            total, count = sequence_loss(combiner.model, eval_batch, special_ids=ids)
+        return float(total / count)
+
+    before = eval_loss()
+    optimizer = torch.optim.AdamW(combiner.model.parameters(), lr=1e-4)
+    train = list(iter_reverse_examples("train", 30 * 16))
+    combiner.model.train()
+    for step in range(30):
+        total, count = sequence_loss(combiner.model, batch(train[step * 16 : (step + 1) * 16]), special_ids=ids)
+        (total / count).backward()
+        torch.nn.utils.clip_grad_norm_(combiner.model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        combiner.model.train()
+    after = eval_loss()
+    assert after < 0.5 * before, (before, after)

@@ -365,7 +365,7 @@ def train_loop(config: dict[str, Any]) -> None:
                         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                             loss_sum, count = sequence_loss(model, batch, special_ids=special)
                         loss = loss_sum * world / max(global_tokens, 1.0)
-                        window_loss += float(loss_sum)
+                        window_loss += float(loss_sum.detach())
                         window_tokens += int(count)
                     else:
                         # A batch of only bad rows still joins DDP's gradient all-reduce.
