@@ -14,6 +14,11 @@ Modality = Literal["text", "image"]
 Layout = Literal["encoder-decoder", "vision-encoder-decoder", "seq2seq"]
 
 
+def modality_of(layout: Layout) -> Modality:
+    """What a combiner of this layout reads: images (vision-encoder-decoder) or text."""
+    return "image" if layout == "vision-encoder-decoder" else "text"
+
+
 def input_token_limit(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase | None) -> int | None:
     """Longest encoder input a text model accepts: the smallest of its position limits."""
     encoder_config = getattr(config, "encoder", config)
@@ -48,7 +53,7 @@ class Preprocessor:
 
     @property
     def modality(self) -> Modality:
-        return "image" if self.layout == "vision-encoder-decoder" else "text"
+        return modality_of(self.layout)
 
     @property
     def input_pad_token_id(self) -> int:
@@ -87,7 +92,7 @@ class Combiner:
 
     @property
     def modality(self) -> Modality:
-        return "image" if self.layout == "vision-encoder-decoder" else "text"
+        return modality_of(self.layout)
 
     @property
     def device(self) -> torch.device:

@@ -89,20 +89,28 @@ def tokenize_text(
     )
 
 
+def pad_sequences(
+    rows: Sequence[Sequence[int]], *, value: int, pad_to_multiple_of: int | None = None
+) -> torch.Tensor:
+    """Right-pad int lists with `value` into one (batch, longest) long tensor."""
+    if not rows:
+        raise ValueError("pad_sequences needs at least one row")
+    longest = max(len(r) for r in rows)
+    if pad_to_multiple_of:
+        longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    out = torch.full((len(rows), longest), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
+    return out
+
+
 def collate_token_ids(
     rows: Sequence[Sequence[int]], *, pad_token_id: int, pad_to_multiple_of: int | None = None
 ) -> dict[str, torch.Tensor]:
     """Right-pad token id lists into input_ids and attention_mask tensors."""
-    if not rows:
-        raise ValueError("collate_token_ids needs at least one row")
-    longest = max(len(r) for r in rows)
-    if pad_to_multiple_of:
-        longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
-    input_ids = torch.full((len(rows), longest), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
-        attention_mask[i, : len(row)] = 1
+    input_ids = pad_sequences(rows, value=pad_token_id, pad_to_multiple_of=pad_to_multiple_of)
+    lengths = torch.tensor([len(r) for r in rows])
+    attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 

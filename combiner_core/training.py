@@ -25,6 +25,7 @@ from .preprocess import (
     collate_token_ids,
     decode_image,
     image_to_pixel_values,
+    pad_sequences,
     text_from_bytes,
     tokenize_text,
 )
@@ -153,15 +154,7 @@ def encode_pair(
 
 def pad_labels(rows: Sequence[Sequence[int]], *, pad_to_multiple_of: int | None = None) -> torch.Tensor:
     """Right-pad label id lists with -100 into one (batch, longest) tensor."""
-    if not rows:
-        raise ValueError("pad_labels needs at least one row")
-    longest = max(len(r) for r in rows)
-    if pad_to_multiple_of:
-        longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
-    labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
-    for i, row in enumerate(rows):
-        labels[i, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
-    return labels
+    return pad_sequences(rows, value=IGNORE_INDEX, pad_to_multiple_of=pad_to_multiple_of)
 
 
 def collate_pairs(combiner: Combiner, pairs: Sequence[TrainingPair]) -> dict[str, torch.Tensor]:
@@ -175,9 +168,9 @@ def collate_pairs(combiner: Combiner, pairs: Sequence[TrainingPair]) -> dict[str
     if combiner.modality == "image":
         batch = {"pixel_values": image_to_pixel_values(combiner.image_processor, [p.source for p in pairs])}
     else:
-        tok = combiner.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        batch = collate_token_ids([p.source for p in pairs], pad_token_id=0 if pad is None else pad)
+        batch = collate_token_ids(
+            [p.source for p in pairs], pad_token_id=combiner.preprocessor.input_pad_token_id
+        )
     batch["labels"] = pad_labels([p.labels for p in pairs])
     return batch
 
