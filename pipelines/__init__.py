@@ -2,6 +2,7 @@
 
 from .cli import job_arg_parser
 from .readers import ReaderOptions, Shard, list_input_files, plan_shards, read_shard
+from .session import init_ray, worker_env
 from .specs import (
     ModelSource,
     SpecError,
@@ -12,6 +13,7 @@ from .specs import (
     spec_hash,
     validate_spec,
 )
+from .uris import absolute_uri, is_remote
 
 __all__ = [
     "ModelSource",
@@ -19,7 +21,10 @@ __all__ = [
     "Shard",
     "SpecError",
     "StrictModel",
+    "absolute_uri",
     "deep_merge",
+    "init_ray",
+    "is_remote",
     "job_arg_parser",
     "list_input_files",
     "load_spec",
@@ -28,4 +33,5 @@ __all__ = [
     "read_shard",
     "spec_hash",
     "validate_spec",
+    "worker_env",
 ]

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 InputFormat = Literal["images", "parquet", "jsonl", "text_lines", "text_files"]
 _FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "images": IMAGE_EXTENSIONS,

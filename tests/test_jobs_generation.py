@@ -33,7 +33,7 @@ def ray_cluster(s3_endpoint):
     """One local Ray for the module; started after the S3 env is exported, so workers see it."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

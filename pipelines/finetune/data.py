@@ -12,9 +12,9 @@ from typing import Any
 
 import ray.data
 
+from ..readers import IMAGE_EXTENSIONS
+from ..uris import is_remote
 from .spec import DataSource
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def arrow_filesystem(uri: str) -> tuple[Any, str]:
@@ -30,11 +30,6 @@ def arrow_filesystem(uri: str) -> tuple[Any, str]:
 
     fs, path = url_to_fs(uri)
     return PyFileSystem(FSSpecHandler(fs)), path
-
-
-def is_remote(uri: str) -> bool:
-    """True for URIs with a non-local scheme (s3://, gs://...)."""
-    return "://" in uri and not uri.startswith("file://")
 
 
 def _rename(batch: dict[str, Any], *, id_column: str, input_column: str, target_column: str) -> dict[str, Any]:
@@ -101,7 +96,7 @@ def _read_image_folder(source: DataSource, *, filesystem: Any, path: str, key: s
                 ) from None
     root = path.rstrip("/")
     ds = ray.data.read_binary_files(
-        path, filesystem=filesystem, include_paths=True, file_extensions=[s[1:] for s in IMAGE_SUFFIXES]
+        path, filesystem=filesystem, include_paths=True, file_extensions=[s[1:] for s in IMAGE_EXTENSIONS]
     )
     captions_ref = ray.put(captions)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import tempfile
@@ -405,10 +404,3 @@ class _null:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-def worker_env() -> dict[str, str]:
-    """Environment the workers need from the driver (object-storage settings)."""
-    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
-            "HF_HUB_OFFLINE", "COMBINER_CACHE_DIR")
-    return {k: os.environ[k] for k in keys if k in os.environ}

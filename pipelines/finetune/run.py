@@ -13,9 +13,11 @@ import fsspec
 
 from combiner_core import load_combiner, save_combiner
 
+from ..session import init_ray, worker_env
 from ..specs import SpecError, spec_hash
-from .data import arrow_filesystem, is_remote, read_pairs
-from .loop import METRICS_FILE, MODEL_DIR, STATE_FILE, train_loop, worker_env
+from ..uris import absolute_uri, is_remote
+from .data import arrow_filesystem, read_pairs
+from .loop import METRICS_FILE, MODEL_DIR, STATE_FILE, train_loop
 from .model import check_model_paths
 from .spec import FinetuneSpec
 
@@ -53,13 +55,10 @@ def preflight(spec: FinetuneSpec, *, source: str = "spec") -> None:
 
 
 def _absolute(uri: str) -> str:
-    if is_remote(uri):
-        return uri
-    path = Path(uri.removeprefix("file://")).expanduser()
     # Hub ids ("org/name") stay as they are; anything that exists here is a path.
-    if path.exists() or uri.startswith(("/", ".", "~", "file://")):
-        return str(path.resolve())
-    return uri
+    if is_remote(uri) or not (Path(uri.removeprefix("file://")).expanduser().exists() or uri.startswith(("/", ".", "~", "file://"))):
+        return uri
+    return absolute_uri(uri)
 
 
 def absolute_local_paths(spec: FinetuneSpec) -> FinetuneSpec:
@@ -116,11 +115,7 @@ def run_finetune(spec: FinetuneSpec) -> FinetuneResult:
 
     preflight(spec)
     spec = absolute_local_paths(spec)
-    if not ray.is_initialized():
-        # RAY_ADDRESS (set by `ray job submit`, or by hand) joins that cluster; without
-        # it the job starts a private local Ray rather than joining whichever local
-        # cluster another process happens to run.
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", runtime_env={"env_vars": worker_env()})
+    init_ray()
     # Per-operator progress bars from every worker drown the training log.
     ray.data.DataContext.get_current().enable_progress_bars = False
     datasets = {"train": read_pairs(spec.data.train, key="data.train"), "eval": read_pairs(spec.data.eval, key="data.eval")}

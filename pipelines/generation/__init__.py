@@ -1,5 +1,6 @@
 """Batch generation on Ray Data (caption_dataset, summarize_corpus) with exactly-once commits."""
 
+from ..uris import absolute_uri
 from .commit import (
     ERROR_SCHEMA,
     OUTPUT_SCHEMA,
@@ -9,8 +10,8 @@ from .commit import (
     ShardManifest,
     normalize_for_match,
 )
-from .jobs import init_ray, print_summary, run_caption_job, run_summarize_job
-from .run import JobSummary, ModelSpecError, absolute_uri, check_model, run_generation
+from .jobs import print_summary, run_caption_job, run_summarize_job
+from .run import JobSummary, ModelSpecError, check_model, run_generation
 from .specs import (
     CaptionInput,
     CaptionJobSpec,
@@ -39,7 +40,6 @@ __all__ = [
     "SummarizeJobSpec",
     "absolute_uri",
     "check_model",
-    "init_ray",
     "normalize_for_match",
     "params_hash",
     "preprocess_batch",

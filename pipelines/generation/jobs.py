@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 
 from ..readers import ReaderOptions
+from ..session import init_ray
 from ..specs import spec_hash
 from .commit import ShardManifest
 from .run import JobSummary, run_generation
 from .specs import CaptionJobSpec, SummarizeJobSpec
-
-
-def init_ray() -> None:
-    """Connect to the cluster in RAY_ADDRESS (ray job submit sets it) or start a local one.
-
-    The driver's AWS_* variables travel to the workers: on a laptop they name the S3
-    endpoint and credentials; on a cluster the instance role supplies them instead.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k == "COMBINER_FAULT"}
-    ray.init(runtime_env={"env_vars": env} if env else None)
 
 
 def run_caption_job(

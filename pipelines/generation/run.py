@@ -13,6 +13,7 @@ from typing import Any
 from combiner_core import CombinerError, GenerationParams, load_preprocessor
 
 from ..readers import ReaderOptions, list_input_files, plan_shards
+from ..uris import absolute_uri
 from . import faults
 from .commit import ERRORS_DIR, SUMMARY_FILE, OutputStore, ShardManifest
 from .stages import (
@@ -51,15 +52,6 @@ class JobSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def absolute_uri(uri: str) -> str:
-    """Local paths made absolute (file:// stripped); URIs with a scheme unchanged."""
-    if uri.startswith("file://"):
-        uri = uri[len("file://") :]
-    if "://" in uri:
-        return uri
-    return os.path.abspath(os.path.expanduser(uri))
 
 
 def check_model(

@@ -1,0 +1,33 @@
+"""Starting or joining Ray, the same way for every job."""
+
+from __future__ import annotations
+
+import os
+
+# Settings the workers need from the driver's environment: object-storage access
+# (on a laptop they name the S3 endpoint and credentials; on a cluster the instance
+# role supplies them instead), offline hub mode, the checkpoint cache, and the
+# test-only fault hook.
+_FORWARDED_PREFIXES = ("AWS_",)
+_FORWARDED_NAMES = ("HF_HUB_OFFLINE", "COMBINER_CACHE_DIR", "COMBINER_FAULT")
+
+
+def worker_env() -> dict[str, str]:
+    """The driver's environment variables that Ray workers must see too."""
+    return {
+        k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_PREFIXES) or k in _FORWARDED_NAMES
+    }
+
+
+def init_ray() -> None:
+    """Join the cluster in RAY_ADDRESS (`ray job submit` sets it) or start a private local Ray.
+
+    Without RAY_ADDRESS a job never joins whichever local cluster another process
+    happens to run (`ray.init()`'s default), so a laptop run is self-contained.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = worker_env()
+    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", runtime_env={"env_vars": env} if env else None)
