@@ -23,11 +23,16 @@ def init_ray() -> None:
     """Join the cluster in RAY_ADDRESS (`ray job submit` sets it) or start a private local Ray.
 
     Without RAY_ADDRESS a job never joins whichever local cluster another process
-    happens to run (`ray.init()`'s default), so a laptop run is self-contained.
+    happens to run (`ray.init()`'s default), so a laptop run is self-contained, and
+    its workers get the driver's storage settings (worker_env). A job that joins a
+    cluster leaves the environment to it: under `ray job submit` the job's own
+    runtime_env already reaches every worker, and Ray refuses a second one that
+    sets the same variables.
     """
     import ray
 
     if ray.is_initialized():
         return
-    env = worker_env()
-    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", runtime_env={"env_vars": env} if env else None)
+    address = os.environ.get("RAY_ADDRESS") or "local"
+    env = worker_env() if address == "local" else {}
+    ray.init(address=address, runtime_env={"env_vars": env} if env else None)

@@ -320,7 +320,12 @@ def test_wrong_model_fails_on_the_driver_before_ray(models, tmp_path):
     spec = gs.caption_spec(str(src), str(tmp_path / "out"), models["summarizer"])
     with pytest.raises(ModelSpecError, match=r"is a text combiner \(encoder-decoder\), but caption needs an image combiner"):
         run_caption_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=lambda: started.append(1))
+    # overwrite mode: the previous output survives a run that fails on its model.
+    previous = tmp_path / "out2" / "part-previous.parquet"
+    previous.parent.mkdir()
+    previous.write_bytes(b"previous results")
     spec = gs.caption_spec(str(src), str(tmp_path / "out2"), str(tmp_path / "no-model"))
+    spec["output"]["mode"] = "overwrite"
     with pytest.raises(ModelSpecError, match="no checkpoint at .*no-model"):
         run_caption_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=lambda: started.append(1))
-    assert started == []
+    assert started == [] and previous.read_bytes() == b"previous results"

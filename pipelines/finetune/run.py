@@ -13,7 +13,7 @@ import fsspec
 
 from combiner_core import load_combiner, save_combiner
 
-from ..session import init_ray, worker_env
+from ..session import init_ray
 from ..specs import SpecError, spec_hash
 from ..uris import absolute_uri, is_remote
 from .data import arrow_filesystem, read_pairs
@@ -97,7 +97,6 @@ def _run_config(spec: FinetuneSpec) -> Any:
         storage_filesystem=storage_filesystem,
         checkpoint_config=CheckpointConfig(num_to_keep=spec.run.num_to_keep),
         failure_config=FailureConfig(max_failures=spec.run.max_failures),
-        worker_runtime_env={"env_vars": worker_env()},
     )
 
 

@@ -403,10 +403,20 @@ class OutputStore:
         return manifest
 
     def finish(self, summary: Mapping[str, Any]) -> None:
-        """Write _summary.json and drop this run's empty staging folder."""
+        """Write _summary.json and drop this run's empty staging folder.
+
+        A folder with no rows (no errors at all, or every row rejected) still gets one
+        empty Parquet file with its schema, so `pd.read_parquet(errors_uri)` and
+        other plain readers return an empty table instead of failing.
+        """
         staging = self._path(STAGING_DIR)
         if self.fs.exists(staging):
             self.fs.rm(staging, recursive=True)
+        for folder, schema in (("", OUTPUT_SCHEMA), (ERRORS_DIR, ERROR_SCHEMA)):
+            base = self._path(folder) if folder else self.root
+            if not self.fs.glob(f"{base}/*.parquet"):
+                self.fs.makedirs(base, exist_ok=True)
+                _write_parquet(self.fs, f"{base}/part-empty.parquet", schema.empty_table())
         _write_json(self.fs, self._path(SUMMARY_FILE), dict(summary))
 
 

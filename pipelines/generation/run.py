@@ -117,6 +117,9 @@ def run_generation(
         model_uri = absolute_uri(model_uri)
     reader = replace(reader, root=input_uri)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    # Before output.mode touches anything (overwrite deletes the old output): a bad
+    # model.uri must not cost the user their previous results.
+    check_model(task, model_uri, trust_remote_code=trust_remote_code, storage_options=storage_options)
     store = OutputStore(output_uri, storage_options=storage_options)
     committed = store.prepare(mode=output_mode, fingerprint=fingerprint)
     files, ignored = list_input_files(
@@ -137,7 +140,6 @@ def run_generation(
     rows_now = 0
     new_commits = 0
     if shards:
-        check_model(task, model_uri, trust_remote_code=trust_remote_code, storage_options=storage_options)
         if ray_init is not None:
             ray_init()
         rows_now, new_commits = _process(
