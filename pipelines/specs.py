@@ -136,7 +136,12 @@ def load_spec(
     return validate_spec(model, data, source=source)
 
 
-def spec_hash(spec: BaseModel) -> str:
-    """sha256 of the spec's canonical JSON: lineage for every output row."""
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+def canonical_sha256(data: Any) -> str:
+    """sha256 of `data` as canonical JSON (sorted keys, no spaces): equal data, equal hash."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def spec_hash(spec: BaseModel) -> str:
+    """sha256 of a spec's (or any pydantic model's) canonical JSON: lineage for every output row."""
+    return canonical_sha256(spec.model_dump(mode="json"))

@@ -13,15 +13,13 @@ The YAML keys are a contract (tools and tests script against them):
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from combiner_core import GenerationParams
 
-from ..specs import ModelSource, StrictModel
+from ..specs import ModelSource, StrictModel, canonical_sha256
 
 OutputMode = Literal["error_if_exists", "resume", "overwrite"]
 
@@ -71,8 +69,7 @@ class _JobBase(StrictModel):
         batch size and resources do not change results, so they are left out.
         """
         data = self.model_dump(mode="json", include={"input", "model", "generation", "truncation"})
-        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return canonical_sha256(data)
 
 
 class CaptionInput(StrictModel):

@@ -10,7 +10,6 @@ first stage that rejected them, and every later stage passes such rows through.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from combiner_core import (
 )
 
 from ..readers import ReaderOptions, Shard, read_shard
+from ..specs import spec_hash
 from . import faults
 from .commit import stage_results
 
@@ -45,8 +45,7 @@ Task = Literal["caption", "summarize"]
 
 def params_hash(params: GenerationParams) -> str:
     """sha256 of the generation parameters' canonical JSON (output lineage)."""
-    canonical = json.dumps(params.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return spec_hash(params)
 
 
 def read_shard_batch(batch: dict[str, np.ndarray], *, options: ReaderOptions) -> pa.Table:
