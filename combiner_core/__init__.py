@@ -34,7 +34,8 @@ from .errors import (
     UnsupportedEncoderError,
 )
 from .families import CROSS_ATTENTION_DECODERS
-from .generation import Generated, GenerationParams, generate, generate_images, generate_texts
+from .generation import Generated, GenerationParams, generate, generate_images, generate_texts, hf_generate
+from .engine import FAST_FAMILIES, EngineStats, GenerationEngine, default_slots, resolve_dtype
 from .preprocess import (
     DEFAULT_MAX_IMAGE_PIXELS,
     TokenizedText,
@@ -51,13 +52,16 @@ from .vocab import build_word_tokenizer
 __all__ = [
     "CROSS_ATTENTION_DECODERS",
     "DEFAULT_MAX_IMAGE_PIXELS",
+    "FAST_FAMILIES",
     "MANIFEST_NAME",
     "CheckpointNotFoundError",
     "Combiner",
     "CombinerError",
     "DecoderOptions",
     "EncoderOptions",
+    "EngineStats",
     "Generated",
+    "GenerationEngine",
     "GenerationParams",
     "ImageDecodeError",
     "InputError",
@@ -75,9 +79,11 @@ __all__ = [
     "build_word_tokenizer",
     "collate_token_ids",
     "decode_image",
+    "default_slots",
     "generate",
     "generate_images",
     "generate_texts",
+    "hf_generate",
     "image_to_pixel_values",
     "load_combiner",
     "load_preprocessor",
@@ -85,6 +91,7 @@ __all__ = [
     "random_combiner",
     "read_manifest",
     "resolve_checkpoint",
+    "resolve_dtype",
     "save_combiner",
     "set_special_tokens",
     "sha256_file",

@@ -1,8 +1,10 @@
-"""Batched generation: greedy, beam search and sampling with a KV cache.
+"""Batched generation: greedy, beam search and sampling.
 
-This wraps transformers' `generate` (the reference for correctness). Every call
-returns, per input row, `num_return_sequences` candidates with text, token ids,
-a score and token counts.
+`generate` runs the generation engine (combiner_core.engine: in-flight batching,
+length-bucketed encoder, shared cross-attention K/V, preallocated KV cache), which
+gives the outputs of transformers' `generate` (the reference for correctness, kept
+here as `hf_generate`) faster. Every call returns, per input row,
+`num_return_sequences` candidates with text, token ids, a score and token counts.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ class Generated:
     num_tokens: int
 
 
-def _trim(ids: list[int], *, pad: int, eos: set[int]) -> list[int]:
+def trim_generated(ids: list[int], *, pad: int, eos: set[int]) -> list[int]:
     """Cut a generated row at its first eos (kept) and drop padding after it."""
     out = []
     for token in ids:
@@ -131,12 +133,39 @@ def _trim(ids: list[int], *, pad: int, eos: set[int]) -> list[int]:
 
 @torch.inference_mode()
 def generate(
-    combiner: Combiner, inputs: dict[str, torch.Tensor], params: GenerationParams | None = None
+    combiner: Combiner,
+    inputs: dict[str, torch.Tensor],
+    params: GenerationParams | None = None,
+    *,
+    row_keys: Sequence[object] | None = None,
 ) -> list[list[Generated]]:
     """Generate for a prepared batch (input_ids/attention_mask, or pixel_values).
 
     Returns one list per input row, each with `params.num_return_sequences`
-    candidates, best first for beam search.
+    candidates, best first for beam search. Runs the generation engine in the
+    model's own dtype; padded rows are unpadded with attention_mask first.
+
+    row_keys: a stable key per row (e.g. its id): sampling then depends only on
+    (seed, key), whatever the batch. Default: the row's position in `inputs`.
+    """
+    from .engine import GenerationEngine  # the engine imports this module
+
+    engine = GenerationEngine(combiner, params, dtype=None)
+    if "pixel_values" in inputs:
+        return engine.generate_pixels(inputs["pixel_values"], row_keys)
+    ids = inputs["input_ids"]
+    mask = inputs.get("attention_mask")
+    rows = [ids[i] if mask is None else ids[i][mask[i].bool()] for i in range(ids.shape[0])]
+    return engine.generate_token_ids(rows, row_keys)
+
+
+@torch.inference_mode()
+def hf_generate(
+    combiner: Combiner, inputs: dict[str, torch.Tensor], params: GenerationParams | None = None
+) -> list[list[Generated]]:
+    """transformers' own `generate` on a padded batch: the engine's fallback and reference.
+
+    Same return value as `generate`.
     """
     params = params or GenerationParams()
     model = combiner.model
@@ -163,7 +192,7 @@ def generate(
     eos_set = set(eos if isinstance(eos, list) else [eos])
     rows = []
     for i in range(generated.shape[0]):
-        tokens = _trim(generated[i].tolist(), pad=ids["pad_token_id"], eos=eos_set)
+        tokens = trim_generated(generated[i].tolist(), pad=ids["pad_token_id"], eos=eos_set)
         if params.strategy != "beam":
             steps = transition[i, : len(tokens)].float()
             steps = steps[torch.isfinite(steps)]

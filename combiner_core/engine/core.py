@@ -1,0 +1,691 @@
+"""GenerationEngine: in-flight batched generation for combiners (no Ray here).
+
+How a call runs:
+
+1. Inputs are sorted by length and encoded in length buckets (the HF encoder module
+   as is, then enc_to_dec_proj when the combiner has one), so the encoder pads only
+   within a bucket. Each input's cross-attention K/V are computed once per layer,
+   right after its bucket is encoded.
+2. A fixed set of decoder slots (each holding one input with all of its beams or
+   samples) steps together. When an input finishes, its slot is refilled at once
+   with the next encoded input, so the decoder batch stays full; only the tail of
+   a call runs part-full, and there the active slots are compacted to a prefix so
+   no finished row is computed.
+3. The step itself is the generic DecoderRunner over a DecoderSpec (see decoder.py);
+   greedy, sampling and beam search are vectorized over slots that sit at different
+   lengths, with HF's logits processors re-done per row and HF's beam bookkeeping
+   (top-2k continuations, finished-beam merge, early-stop heuristic) per slot.
+
+A decoder family without a fast path, or a setting the engine does not implement,
+runs HF `generate` instead (`fast_path` False, `fallback_reason` says why; logged once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..combiner import Combiner
+from ..generation import Generated, GenerationParams, hf_generate, trim_generated
+from .decoder import DecoderRunner, UnsupportedFamily, decoder_family, extract_decoder, is_composite
+from .search import GumbelSampler, Plan, Unsupported, apply, processors_to, resolve_plan, row_stream_key
+
+log = logging.getLogger(__name__)
+
+_LOGGED: set[tuple[str, str]] = set()
+_LOG_LOCK = threading.Lock()
+
+# Default decoder rows (slots x hypotheses per input) in flight.
+# CPU: measured with jobs/benchmark_generation.py on a 2-core machine (README,
+# "Generation engine"): tokens/s grows up to about 64 rows for the small and the
+# base-size models and is flat beyond, while the KV cache and logits grow linearly.
+# GPU: a decode step is bound by reading the weights until a few hundred rows per
+# step; 256 rows keeps an H100-class GPU busy for base-size decoders while the cache
+# of a 12-layer, 768-wide decoder at 128 new tokens stays near 1.2 GB (bf16).
+DEFAULT_ROWS = {"cpu": 64, "cuda": 256}
+
+
+def default_slots(device: torch.device, group: int) -> int:
+    """Slots for a device when the caller gives none: a row budget split among inputs' hypotheses."""
+    rows = DEFAULT_ROWS.get(device.type, DEFAULT_ROWS["cpu"])
+    return max(1, rows // max(1, group))
+
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str) -> torch.dtype:
+    """The engine dtype for a spec value: auto = bfloat16 on CUDA, float32 elsewhere.
+
+    Accepts auto, float32/fp32, bfloat16/bf16, float16/fp16, or a torch.dtype.
+    """
+    if isinstance(name, torch.dtype):
+        return name
+    device = torch.device(device)
+    if name is None or name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return _DTYPES[str(name).lower()]
+    except KeyError:
+        raise ValueError(f"dtype {name!r}: expected one of auto, {', '.join(_DTYPES)}") from None
+
+
+@dataclass
+class EngineStats:
+    """Cumulative counters of an engine (all calls).
+
+    Attributes:
+        rows: inputs generated for.
+        candidates: candidates returned (rows x num_return_sequences).
+        generated_tokens: tokens in the returned candidates.
+        decoder_steps: decode steps run.
+        decoder_positions: decoder token-positions computed (rows per step, summed).
+        active_positions: of those, positions of rows still generating.
+        encoder_positions: encoder token-positions computed (padding included).
+        encoder_tokens: of those, real (non-padding) input positions.
+        encoder_batches: encoder forward calls.
+        refills: inputs that took a slot freed by a finished input mid-call.
+    """
+
+    rows: int = 0
+    candidates: int = 0
+    generated_tokens: int = 0
+    decoder_steps: int = 0
+    decoder_positions: int = 0
+    active_positions: int = 0
+    encoder_positions: int = 0
+    encoder_tokens: int = 0
+    encoder_batches: int = 0
+    refills: int = 0
+
+    @property
+    def decoder_efficiency(self) -> float:
+        """Share of computed decoder positions that belonged to unfinished rows (limit 1.0)."""
+        return self.active_positions / self.decoder_positions if self.decoder_positions else 1.0
+
+    @property
+    def encoder_efficiency(self) -> float:
+        """Share of computed encoder positions that were not padding."""
+        return self.encoder_tokens / self.encoder_positions if self.encoder_positions else 1.0
+
+    def as_dict(self) -> dict[str, float]:
+        out: dict[str, float] = dict(asdict(self))
+        out.update(decoder_efficiency=self.decoder_efficiency, encoder_efficiency=self.encoder_efficiency)
+        return out
+
+
+@dataclass
+class _Bucket:
+    """One encoder batch: cross-attention K/V per layer [b, H, L, d] and its key bias [b, L]."""
+
+    inputs: list[int]
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    bias: torch.Tensor
+    lengths: list[int]
+    width: int
+
+
+class _State:
+    """Per-slot decoding state beside the runner's buffers (rows = slots x group)."""
+
+    def __init__(self, slots: int, group: int, T: int, device: torch.device, beam: bool) -> None:
+        rows = slots * group
+        long = dict(dtype=torch.long, device=device)
+        self.hist = torch.zeros(rows, T + 1, **long)  # token history, [:, 0] = start token
+        self.age = torch.zeros(rows, **long)  # position of the row's next input token
+        self.row_len = torch.zeros(rows, **long)  # tokens generated when the row finished
+        self.row_done = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.step_logp = torch.zeros(rows, T, dtype=torch.float32, device=device)
+        self.stream = torch.zeros(rows, **long)  # sampling stream ids
+        self.beam = beam
+        if beam:
+            f32 = dict(dtype=torch.float32, device=device)
+            self.run_scores = torch.zeros(slots, group, **f32)
+            self.fin_seq = torch.zeros(slots, group, T + 1, **long)
+            self.fin_scores = torch.zeros(slots, group, **f32)
+            self.fin_flag = torch.zeros(slots, group, dtype=torch.bool, device=device)
+            self.fin_len = torch.zeros(slots, group, **long)
+            self.heur = torch.ones(slots, dtype=torch.bool, device=device)
+        self.slots, self.group = slots, group
+
+    def slot_tensors(self) -> list[torch.Tensor]:
+        S, G = self.slots, self.group
+        views = [t.view(S, G, *t.shape[1:]) for t in (self.hist, self.age, self.row_len, self.row_done, self.step_logp, self.stream)]
+        if self.beam:
+            views += [self.run_scores, self.fin_seq, self.fin_scores, self.fin_flag, self.fin_len, self.heur]
+        return views
+
+
+class GenerationEngine:
+    """Generates for a combiner with in-flight batching; reusable across calls (actors).
+
+    Args:
+        combiner: the model with its tokenizers.
+        params: decoding parameters (greedy / beam / sample and their settings).
+        slots: inputs decoded at once (each with all of its beams or samples). None:
+            `default_slots` for the device (64 decoder rows on CPU, 256 on CUDA).
+        dtype: engine dtype (auto, float32, bfloat16, float16, a torch.dtype, or None
+            for the model's own). A dtype different from the model's casts the
+            combiner's model in place: an engine owns its model for generation.
+        cuda_graphs: capture the decode step in CUDA graphs on CUDA devices.
+
+    Attributes:
+        fast_path: True when the engine runs its own decoder; False when it runs HF
+            `generate` (family without a fast path, or an unsupported setting).
+        fallback_reason: why fast_path is False, else None.
+        stats: cumulative EngineStats.
+    """
+
+    def __init__(
+        self,
+        combiner: Combiner,
+        params: GenerationParams | None = None,
+        *,
+        slots: int | None = None,
+        dtype: str | torch.dtype | None = "auto",
+        cuda_graphs: bool = True,
+    ) -> None:
+        self.combiner = combiner
+        self.params = params or GenerationParams()
+        model = combiner.model
+        self.device = model.device
+        self.dtype = model.dtype if dtype is None else resolve_dtype(dtype, self.device)
+        if model.dtype != self.dtype:
+            log.info("casting the combiner's model from %s to %s for generation", model.dtype, self.dtype)
+            model.to(dtype=self.dtype)
+        self.cuda_graphs = cuda_graphs
+        self.stats = EngineStats()
+        self.family = decoder_family(model)
+        self.ids = combiner.special_token_ids()  # raises SpecialTokenError when ids are missing
+        self.hf_config = self.params.to_generation_config(model.generation_config)
+        self.fallback_reason: str | None = None
+        self.plan: Plan | None = None
+        try:
+            if model.training:
+                raise Unsupported("the model is in training mode (dropout would differ)")
+            self.spec = extract_decoder(model)
+            self.plan = resolve_plan(model, self.hf_config, seed=self.params.seed, vocab=self.spec.vocab_size)
+            processors_to(self.plan.processors, self.device)
+        except (UnsupportedFamily, Unsupported) as exc:
+            self.fallback_reason = str(exc)
+            key = (self.family, self.fallback_reason)
+            with _LOG_LOCK:
+                first = key not in _LOGGED
+                _LOGGED.add(key)
+            if first:
+                log.warning(
+                    "generation engine: decoder family '%s' runs HF generate instead of the fast path: %s",
+                    self.family,
+                    self.fallback_reason,
+                )
+        group = self.plan.group if self.plan else 1
+        self.slots = slots if slots is not None else default_slots(self.device, group)
+        if self.slots < 1:
+            raise ValueError(f"slots={self.slots}: need at least 1")
+        self._runner: DecoderRunner | None = None
+        self._state: _State | None = None
+        if self.fast_path:
+            self._sampler = GumbelSampler(self.spec.vocab_size, self.device) if self.plan.mode == "sample" else None
+            self._eos = torch.tensor(self.plan.eos_ids, dtype=torch.long, device=self.device)
+            lp = self.plan.length_penalty
+            T = self.plan.max_new_tokens
+            # float32(len ** length_penalty), the divisor HF applies as a Python float
+            self._denom = torch.tensor([float(max(i, 1)) ** lp for i in range(T + 2)], dtype=torch.float32, device=self.device)
+            composite = is_composite(model)
+            self._encoder = model.get_encoder()
+            self._proj = None
+            if composite and (
+                model.encoder.config.hidden_size != model.decoder.config.hidden_size
+                and getattr(model.decoder.config, "cross_attention_hidden_size", None) is None
+            ):
+                self._proj = model.enc_to_dec_proj
+
+    @property
+    def fast_path(self) -> bool:
+        return self.fallback_reason is None
+
+    # ------------------------------------------------------------------ public API
+
+    @torch.inference_mode()
+    def generate_token_ids(
+        self, inputs: Sequence[torch.Tensor], row_keys: Sequence[object] | None = None
+    ) -> list[list[Generated]]:
+        """Generate for unpadded encoder token ids (one 1-D tensor per input), in input order.
+
+        row_keys: one stable key per input (row id); sampling draws depend only on
+        (seed, key), so a row samples the same output in any batch or slot. Default:
+        the input's position in this call.
+        """
+        rows = [torch.as_tensor(x, dtype=torch.long).reshape(-1) for x in inputs]
+        if not rows:
+            return []
+        if any(len(r) == 0 for r in rows):
+            raise ValueError("an input has no tokens; tokenize with special tokens or drop it")
+        if self.combiner.modality != "text":
+            raise ValueError(f"this combiner takes images ({self.combiner.layout}); use generate_pixels")
+        if not self.fast_path:
+            return self._fallback_tokens(rows)
+        lengths = [len(r) for r in rows]
+        return self._run(lengths, row_keys, lambda idx: self._encode_text(rows, lengths, idx))
+
+    @torch.inference_mode()
+    def generate_pixels(
+        self, pixel_values: torch.Tensor, row_keys: Sequence[object] | None = None
+    ) -> list[list[Generated]]:
+        """Generate for a batch of preprocessed images [n, channels, height, width], in input order."""
+        if self.combiner.modality != "image":
+            raise ValueError(f"this combiner takes text ({self.combiner.layout}); use generate_token_ids")
+        n = int(pixel_values.shape[0])
+        if n == 0:
+            return []
+        if not self.fast_path:
+            return self._fallback_pixels(pixel_values)
+        return self._run([1] * n, row_keys, lambda idx: self._encode_pixels(pixel_values, idx))
+
+    # ------------------------------------------------------------------ fallback
+
+    def _record(self, results: list[list[Generated]]) -> list[list[Generated]]:
+        self.stats.rows += len(results)
+        self.stats.candidates += sum(len(r) for r in results)
+        self.stats.generated_tokens += sum(c.num_tokens for r in results for c in r)
+        return results
+
+    def _fallback_tokens(self, rows: list[torch.Tensor]) -> list[list[Generated]]:
+        pad = self.combiner.preprocessor.input_pad_token_id
+        out: list[list[Generated]] = []
+        for start in range(0, len(rows), self.slots):
+            chunk = rows[start : start + self.slots]
+            width = max(len(r) for r in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, r in enumerate(chunk):
+                ids[i, : len(r)] = r
+                mask[i, : len(r)] = 1
+            out += hf_generate(self.combiner, {"input_ids": ids, "attention_mask": mask}, self.params)
+        return self._record(out)
+
+    def _fallback_pixels(self, pixel_values: torch.Tensor) -> list[list[Generated]]:
+        out: list[list[Generated]] = []
+        for start in range(0, pixel_values.shape[0], self.slots):
+            out += hf_generate(self.combiner, {"pixel_values": pixel_values[start : start + self.slots]}, self.params)
+        return self._record(out)
+
+    # ------------------------------------------------------------------ encoder side
+
+    def _source_states(self, out: torch.Tensor) -> torch.Tensor:
+        return self._proj(out) if self._proj is not None else out
+
+    def _buckets(self, order: list[int], lengths: list[int], cap: int) -> list[list[int]]:
+        """Split inputs sorted by length (longest first) into encoder batches whose padding
+        stays under ~10% of their tokens, of at most `cap` inputs each."""
+        buckets, cur, total = [], [], 0
+        for i in order:
+            n = lengths[i]
+            if cur and (len(cur) >= cap or lengths[cur[0]] * (len(cur) + 1) > 1.1 * (total + n)):
+                buckets.append(cur)
+                cur, total = [], 0
+            cur.append(i)
+            total += n
+        if cur:
+            buckets.append(cur)
+        return buckets
+
+    def _make_bucket(self, idx: list[int], states: torch.Tensor, lengths: list[int]) -> _Bucket:
+        runner = self._runner
+        width = states.shape[1]
+        mask = torch.arange(width, device=self.device)[None, :] < torch.tensor(lengths, device=self.device)[:, None]
+        bias = torch.zeros(len(idx), width, dtype=self.dtype, device=self.device)
+        bias.masked_fill_(~mask, runner.min_value)
+        self.stats.encoder_batches += 1
+        self.stats.encoder_positions += len(idx) * width
+        self.stats.encoder_tokens += sum(lengths)
+        return _Bucket(inputs=idx, kv=runner.project_source(self._source_states(states)), bias=bias, lengths=lengths, width=width)
+
+    def _encode_text(self, rows: list[torch.Tensor], lengths: list[int], idx: list[int]) -> list[_Bucket]:
+        pad = self.combiner.preprocessor.input_pad_token_id
+        out = []
+        for bucket in self._buckets(idx, lengths, cap=max(self.slots, 1)):
+            width = max(lengths[i] for i in bucket)
+            ids = torch.full((len(bucket), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(bucket), width), dtype=torch.long)
+            for j, i in enumerate(bucket):
+                ids[j, : lengths[i]] = rows[i]
+                mask[j, : lengths[i]] = 1
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            states = self._encoder(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
+            out.append(self._make_bucket(bucket, states, [lengths[i] for i in bucket]))
+        return out
+
+    def _encode_pixels(self, pixel_values: torch.Tensor, idx: list[int]) -> list[_Bucket]:
+        out = []
+        for start in range(0, len(idx), self.slots):
+            bucket = idx[start : start + self.slots]
+            pixels = pixel_values[bucket].to(device=self.device, dtype=self.dtype)
+            states = self._encoder(pixel_values=pixels, return_dict=True).last_hidden_state
+            out.append(self._make_bucket(bucket, states, [states.shape[1]] * len(bucket)))
+        return out
+
+    # ------------------------------------------------------------------ buffers
+
+    def _prepare(self, slots: int, src: int) -> None:
+        """(Re)allocate the runner and state for `slots` slots, keeping them across calls."""
+        plan = self.plan
+        if self._runner is None or self._runner.slots < slots:
+            self._runner = DecoderRunner(
+                self.spec,
+                slots=slots,
+                group=plan.group,
+                max_new_tokens=plan.max_new_tokens,
+                src_cap=src,
+                device=self.device,
+                dtype=self.dtype,
+                cuda_graphs=self.cuda_graphs,
+            )
+            self._state = _State(slots, plan.group, plan.max_new_tokens, self.device, plan.mode == "beam")
+        self._runner.grow_source(src)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run(self, lengths: list[int], row_keys, encode) -> list[list[Generated]]:
+        plan = self.plan
+        n_inputs = len(lengths)
+        if row_keys is None:
+            row_keys = list(range(n_inputs))
+        elif len(row_keys) != n_inputs:
+            raise ValueError(f"{len(row_keys)} row_keys for {n_inputs} inputs")
+        seed = plan.seed
+        if plan.mode == "sample" and seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        # Longest first: the cross buffers reach their size at once, and a bucket's
+        # inputs have similar lengths.
+        order = sorted(range(n_inputs), key=lambda i: -lengths[i])
+        slots = min(self.slots, n_inputs)
+        self._prepare(slots, max(lengths) if self.combiner.modality == "text" else 1)
+        runner, st = self._runner, self._state
+        G, T = plan.group, plan.max_new_tokens
+        results: list[list[Generated] | None] = [None] * n_inputs
+        pending = deque(order)
+        ready: deque[tuple[_Bucket, int]] = deque()
+        slot_input = [-1] * runner.slots
+        slot_src = [0] * runner.slots
+        active_acc = torch.zeros((), dtype=torch.long, device=self.device)
+        col = 0
+
+        def take(count: int) -> list[tuple[_Bucket, int]]:
+            got = []
+            while len(got) < count:
+                if not ready:
+                    if not pending:
+                        break
+                    chunk = [pending.popleft() for _ in range(min(len(pending), max(slots, count)))]
+                    for bucket in encode(chunk):
+                        if bucket.width > runner.src_cap:
+                            runner.grow_source(bucket.width)
+                        ready.extend((bucket, j) for j in range(len(bucket.inputs)))
+                got.append(ready.popleft())
+            return got
+
+        n_active = 0
+        first = take(slots)
+        self._admit(list(range(len(first))), first, slot_input, slot_src, row_keys, seed)
+        n_active = len(first)
+        ar_T = torch.arange(T, device=self.device)
+        pos_offset = self.spec.pos_offset
+        pad_pos = self.spec.pos_padding_idx
+        while n_active:
+            n, N = n_active, n_active * G
+            # stage the step's inputs in the runner's static buffers
+            age = st.age[:N]
+            if pad_pos is None:
+                runner.pos_in[:N].copy_(age + pos_offset)
+            else:
+                runner.pos_in[:N].copy_(torch.where(runner.tok_in[:N] != pad_pos, age + (pad_pos + 1), pad_pos))
+            # ring cache: column c holds this row's position age - ((col - c) mod T) when that is >= 0
+            dist = (col - ar_T) % T
+            self_bias = runner.self_bias[:N]
+            self_bias.zero_()
+            self_bias.masked_fill_(dist[None, :] > age[:, None], runner.min_value)
+            runner.col.fill_(col)
+            src_w = runner.src_cap if runner.use_graphs else max(slot_src[:n])
+            logits = runner.forward(n, src_w)
+            self.stats.decoder_steps += 1
+            self.stats.decoder_positions += (runner.computed_rows(n) if runner.use_graphs else N)
+            if plan.mode == "beam":
+                active_acc += N
+                done = self._beam_step(logits, n)
+            else:
+                active_acc += (~st.row_done[:N]).sum()
+                done = self._token_step(logits, n)
+            col = (col + 1) % T
+            finished = [s for s, d in enumerate(done.tolist()) if d]
+            if not finished:
+                continue
+            self._collect(finished, slot_input, results)
+            # refill freed slots at once; compact what cannot be refilled
+            fill = take(len(finished))
+            if fill:
+                self.stats.refills += len(fill)
+                self._admit(finished[: len(fill)], fill, slot_input, slot_src, row_keys, seed)
+            holes = finished[len(fill) :]
+            if holes:
+                n_active = self._compact(holes, n_active, slot_input, slot_src)
+        self.stats.active_positions += int(active_acc)
+        assert all(r is not None for r in results)
+        return self._record(results)  # type: ignore[arg-type]
+
+    def _admit(self, slots: list[int], items: list[tuple[_Bucket, int]], slot_input, slot_src, row_keys, seed) -> None:
+        """Put encoded inputs into slots: their cross K/V and bias, a fresh decoding state."""
+        runner, st, plan = self._runner, self._state, self.plan
+        G = plan.group
+        by_bucket: dict[int, tuple[_Bucket, list[int], list[int]]] = {}
+        for s, (bucket, j) in zip(slots, items):
+            entry = by_bucket.setdefault(id(bucket), (bucket, [], []))
+            entry[1].append(s)
+            entry[2].append(j)
+            slot_input[s] = bucket.inputs[j]
+            slot_src[s] = bucket.lengths[j]
+        for bucket, ss, js in by_bucket.values():
+            s_t = torch.tensor(ss, device=self.device)
+            j_t = torch.tensor(js, device=self.device)
+            W = bucket.width
+            for layer, (k, v) in enumerate(bucket.kv):
+                runner.cross_k[layer][s_t, :, :W] = k[j_t]
+                runner.cross_v[layer][s_t, :, :W] = v[j_t]
+            runner.cross_bias[s_t] = runner.min_value
+            runner.cross_bias[s_t, :W] = bucket.bias[j_t]
+        s_t = torch.tensor(slots, device=self.device)
+        rows = (s_t[:, None] * G + torch.arange(G, device=self.device)[None, :]).reshape(-1)
+        st.age[rows] = 0
+        st.hist[rows, 0] = plan.start_id
+        st.row_done[rows] = False
+        st.row_len[rows] = 0
+        runner.tok_in[rows] = plan.start_id
+        if plan.mode == "sample":
+            streams = [row_stream_key(seed, row_keys[slot_input[s]], g) for s in slots for g in range(G)]
+            st.stream[rows] = torch.tensor(streams, dtype=torch.long, device=self.device)
+        if plan.mode == "beam":
+            st.run_scores[s_t] = -1e9
+            st.run_scores[s_t, 0] = 0.0
+            st.fin_scores[s_t] = -1e9
+            st.fin_flag[s_t] = False
+            st.fin_len[s_t] = 0
+            st.heur[s_t] = True
+
+    def _compact(self, holes: list[int], n_active: int, slot_input, slot_src) -> int:
+        """Move the last active slots into the holes so active slots stay a prefix."""
+        hole_set = set(holes)
+        new_n = n_active - len(holes)
+        movers = [s for s in range(new_n, n_active) if s not in hole_set]
+        targets = [h for h in sorted(holes) if h < new_n]
+        assert len(movers) == len(targets)
+        if movers:
+            dst = torch.tensor(targets, device=self.device)
+            src = torch.tensor(movers, device=self.device)
+            for t in (*self._runner.slot_tensors(), *self._state.slot_tensors(), self._runner.tok_in.view(self._runner.slots, -1)):
+                t[dst] = t[src]
+            for d, s in zip(targets, movers):
+                slot_input[d], slot_src[d] = slot_input[s], slot_src[s]
+        for s in range(new_n, n_active):
+            slot_input[s] = -1
+        return new_n
+
+    # ------------------------------------------------------------------ greedy / sampling
+
+    def _token_step(self, logits: torch.Tensor, n: int) -> torch.Tensor:
+        plan, st, runner = self.plan, self._state, self._runner
+        G = plan.group
+        N = n * G
+        age = st.age[:N]
+        cur_len = age + 1
+        scores = logits.float() if logits.dtype != torch.float32 else logits
+        if plan.processors:
+            scores = apply(plan.processors, st.hist[:N], cur_len, scores)
+        logp = torch.log_softmax(scores, dim=-1)
+        if plan.mode == "sample":
+            tok = torch.argmax(logp + self._sampler.gumbel(st.stream[:N], age), dim=-1)
+        else:
+            tok = torch.argmax(scores, dim=-1)
+        rows = torch.arange(N, device=self.device)
+        st.step_logp[rows, age] = logp.gather(1, tok[:, None]).squeeze(1)
+        st.hist[rows, cur_len] = tok
+        ends = torch.isin(tok, self._eos) | (cur_len + 1 >= plan.max_length)
+        newly = ends & ~st.row_done[:N]
+        st.row_len[:N] = torch.where(newly, cur_len, st.row_len[:N])
+        st.row_done[:N] |= ends
+        runner.tok_in[:N] = tok
+        st.age[:N] += 1
+        return st.row_done[:N].view(n, G).all(dim=1)
+
+    # ------------------------------------------------------------------ beam search
+
+    def _beam_step(self, logits: torch.Tensor, n: int) -> torch.Tensor:
+        """One step of HF's beam search (_beam_search) for n slots at their own lengths."""
+        plan, st, runner = self.plan, self._state, self._runner
+        G, K = plan.group, plan.beams_to_keep
+        N = n * G
+        V = logits.shape[-1]
+        T1 = st.hist.shape[1]
+        cur_len_rows = st.age[:N] + 1
+        cur_len = cur_len_rows.view(n, G)[:, 0]  # tokens in each slot's running sequences
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        if plan.processors:
+            log_probs = apply(plan.processors, st.hist[:N], cur_len_rows, log_probs)
+        log_probs = log_probs.view(n, G, V) + st.run_scores[:n, :, None]
+        topk_log_probs, topk_indices = torch.topk(log_probs.view(n, G * V), k=K)
+        parent = topk_indices // V
+        tok = topk_indices % V
+        hist = st.hist.view(-1, G, T1)[:n]
+        topk_seqs = torch.gather(hist, 1, parent[:, :, None].expand(n, K, T1))
+        topk_seqs.scatter_(2, cur_len.view(n, 1, 1).expand(n, K, 1), tok[:, :, None])
+        hits = torch.isin(tok, self._eos) | (cur_len + 1 >= plan.max_length)[:, None]
+        # running beams for the next step: the best non-finished continuations
+        running_lp = topk_log_probs + hits.to(torch.float32) * -1.0e9
+        nxt = torch.topk(running_lp, k=G)[1]
+        new_seqs = torch.gather(topk_seqs, 1, nxt[:, :, None].expand(n, G, T1))
+        new_scores = torch.gather(running_lp, 1, nxt)
+        new_parent = torch.gather(parent, 1, nxt)
+        # finished beams: merge new top-num_beams finished candidates, keep the best num_beams
+        did_finish = hits & self._top_mask(K, G)[None, :]
+        denom = self._denom[cur_len][:, None]
+        cand = topk_log_probs / denom
+        if plan.early_stopping is True:
+            full = st.fin_flag[:n].all(dim=-1, keepdim=True)
+            cand += full.to(torch.float32) * -1.0e9
+        cand += (~st.heur[:n, None]).to(torch.float32) * -1.0e9
+        cand += (~did_finish) * -1.0e9
+        merged_seqs = torch.cat((st.fin_seq[:n], topk_seqs), dim=1)
+        merged_scores = torch.cat((st.fin_scores[:n], cand), dim=1)
+        merged_flag = torch.cat((st.fin_flag[:n], did_finish), dim=1)
+        merged_len = torch.cat((st.fin_len[:n], cur_len[:, None].expand(n, K)), dim=1)
+        keep = torch.topk(merged_scores, k=G)[1]
+        st.fin_seq[:n] = torch.gather(merged_seqs, 1, keep[:, :, None].expand(n, G, T1))
+        st.fin_scores[:n] = torch.gather(merged_scores, 1, keep)
+        st.fin_flag[:n] = torch.gather(merged_flag, 1, keep)
+        st.fin_len[:n] = torch.gather(merged_len, 1, keep)
+        # beams continue from their parents: reorder the self-attention cache rows
+        src = (torch.arange(n, device=self.device)[:, None] * G + new_parent).reshape(-1)
+        self._reorder(src, N)
+        hist.copy_(new_seqs)
+        st.run_scores[:n] = new_scores
+        runner.tok_in[:N] = torch.gather(new_seqs, 2, cur_len.view(n, 1, 1).expand(n, G, 1)).reshape(-1)
+        st.age[:N] += 1
+        # HF's early-stop heuristic, evaluated after the step (cur_len + 1 tokens)
+        if plan.early_stopping == "never" and plan.length_penalty > 0.0:
+            best_denom = self._denom[plan.max_length - 1]
+        else:
+            best_denom = self._denom[cur_len][:, None]
+        best_possible = new_scores[:, :1] / best_denom
+        worst = torch.where(st.fin_flag[:n], torch.min(st.fin_scores[:n], dim=1, keepdim=True)[0], -1.0e9)
+        st.heur[:n] &= torch.any(best_possible > worst, dim=-1)
+        done = ~st.heur[:n] | hits.all(dim=-1)
+        if plan.early_stopping is True:
+            done |= st.fin_flag[:n].all(dim=-1)
+        return done
+
+    def _top_mask(self, K: int, G: int) -> torch.Tensor:
+        mask = getattr(self, "_top_mask_t", None)
+        if mask is None:
+            mask = torch.zeros(K, dtype=torch.bool, device=self.device)
+            mask[:G] = True
+            self._top_mask_t = mask
+        return mask
+
+    def _reorder(self, src: torch.Tensor, N: int) -> None:
+        """Rows i of the self-attention caches become rows src[i] (only rows that change move)."""
+        changed = (src != torch.arange(N, device=self.device)).nonzero().squeeze(1)
+        if changed.numel() == 0:
+            return
+        from_rows = src[changed]
+        runner = self._runner
+        for cache in (*runner.k_cache, *runner.v_cache):
+            cache[changed] = cache[from_rows]
+
+    # ------------------------------------------------------------------ results
+
+    def _collect(self, finished: list[int], slot_input: list[int], results: list) -> None:
+        plan, st = self.plan, self._state
+        G = plan.group
+        pad = self.ids["pad_token_id"]  # trimmed as hf_generate trims
+        eos = set(plan.eos_ids)
+        decode = self.combiner.decoder_tokenizer.decode
+        s_t = torch.tensor(finished, device=self.device)
+        if plan.mode == "beam":
+            R = plan.num_return
+            seqs = st.fin_seq[s_t, :R].cpu().tolist()
+            lens = st.fin_len[s_t, :R].cpu().tolist()
+            scores = st.fin_scores[s_t, :R].cpu().tolist()
+            for k, s in enumerate(finished):
+                cands = []
+                for r in range(R):
+                    tokens = trim_generated(seqs[k][r][1 : 1 + lens[k][r]], pad=pad, eos=eos)
+                    text = decode(tokens, skip_special_tokens=True).strip()
+                    cands.append(Generated(text=text, token_ids=tuple(tokens), score=float(scores[k][r]), num_tokens=len(tokens)))
+                results[slot_input[s]] = cands
+            return
+        rows = (s_t[:, None] * G + torch.arange(G, device=self.device)[None, :]).reshape(-1)
+        hist = st.hist[rows].cpu()
+        logp = st.step_logp[rows].cpu()
+        lens = st.row_len[rows].cpu().tolist()
+        for k, s in enumerate(finished):
+            cands = []
+            for g in range(G):
+                r = k * G + g
+                tokens = trim_generated(hist[r, 1 : 1 + lens[r]].tolist(), pad=pad, eos=eos)
+                steps = logp[r, : len(tokens)]
+                steps = steps[torch.isfinite(steps)]
+                score = float(steps.mean()) if len(steps) else 0.0
+                text = decode(tokens, skip_special_tokens=True).strip()
+                cands.append(Generated(text=text, token_ids=tuple(tokens), score=score, num_tokens=len(tokens)))
+            results[slot_input[s]] = cands

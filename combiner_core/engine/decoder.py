@@ -1,0 +1,619 @@
+"""One uniform description of a cross-attending decoder, per-family adapters that
+fill it from a Hugging Face model, and ONE generic decode step over it.
+
+Why a description instead of calling the HF decoder: HF's decoder forward costs tens
+of Python-level module calls, cache objects, mask builders and a torch.cat per layer
+per step; for small models that overhead dominates. Every supported family is the
+same transformer decoder with a few switches (pre- vs post-LN, positional kind and
+offset, embedding scale / layernorm, BERT's LM-head transform, final_logits_bias),
+so one step function covers them all. The weights are the model's own tensors
+(views, not copies) except the fused self-attention q|k|v projection.
+
+No Ray here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+
+class UnsupportedFamily(Exception):
+    """The decoder has no fast path; the message says which family and why."""
+
+
+@dataclass
+class Linear:
+    """y = x @ weight.T + bias, weight shaped [out, in] (a transposed view for GPT-2's Conv1D)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+
+@dataclass
+class Norm:
+    """A LayerNorm's parameters."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    eps: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+
+
+@dataclass
+class LayerSpec:
+    """One decoder layer: self-attention, cross-attention, feed-forward.
+
+    `qkv` is the fused self-attention projection (rows: q, then k, then v);
+    `scale` multiplies the queries (1/sqrt(head_dim), and GPT-2's optional
+    1/(layer+1)). The three norms sit before their block (pre_ln) or after the
+    residual add (post_ln) as DecoderSpec.pre_ln says.
+    """
+
+    qkv: Linear
+    self_out: Linear
+    self_norm: Norm
+    cross_q: Linear
+    cross_k: Linear
+    cross_v: Linear
+    cross_out: Linear
+    cross_norm: Norm
+    fc1: Linear
+    fc2: Linear
+    act: Callable[[torch.Tensor], torch.Tensor]
+    ffn_norm: Norm
+    scale: float
+
+
+@dataclass
+class DecoderSpec:
+    """Everything the generic step needs to run one decoder family.
+
+    Attributes:
+        family: the decoder's model_type (bert, roberta, gpt2, trocr, bart, mbart, marian...).
+        hidden, heads, head_dim: the decoder's width.
+        pre_ln: True for GPT-2 / mBART (norm before each block), False for BERT / BART.
+        word_emb: [vocab, hidden] input embedding; multiplied by emb_scale.
+        pos_emb: [positions, hidden] absolute positional table, indexed by
+            position + pos_offset (BART's learned table has offset 2).
+        pos_padding_idx: RoBERTa / TrOCR-sinusoidal style positions: a token equal to
+            this id gets position padding_idx, others padding_idx + 1 + position.
+        type_emb: a [hidden] vector added to every input (BERT token type 0).
+        emb_norm: the embedding LayerNorm (BERT, BART, TrOCR) or None.
+        layers: per-layer weights.
+        final_norm: GPT-2's ln_f, mBART's layer_norm, or None.
+        head_dense, head_act, head_norm: BERT/RoBERTa prediction-head transform.
+        lm_head: [vocab, hidden] output projection (with BERT's bias).
+        logits_bias: BART / Marian final_logits_bias, added after the projection.
+        cross_dim: width of the states cross-attention reads (after enc_to_dec_proj).
+    """
+
+    family: str
+    hidden: int
+    heads: int
+    head_dim: int
+    pre_ln: bool
+    word_emb: torch.Tensor
+    emb_scale: float
+    pos_emb: torch.Tensor
+    pos_offset: int
+    layers: list[LayerSpec]
+    lm_head: Linear
+    cross_dim: int
+    pos_padding_idx: int | None = None
+    type_emb: torch.Tensor | None = None
+    emb_norm: Norm | None = None
+    final_norm: Norm | None = None
+    head_dense: Linear | None = None
+    head_act: Callable[[torch.Tensor], torch.Tensor] | None = None
+    head_norm: Norm | None = None
+    logits_bias: torch.Tensor | None = None
+    max_positions: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.max_positions = self.pos_emb.shape[0] - self.pos_offset
+
+    @property
+    def vocab_size(self) -> int:
+        return self.lm_head.out_features
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+def _lin(module: torch.nn.Module) -> Linear:
+    return Linear(module.weight, module.bias)
+
+
+def _conv1d(module: torch.nn.Module) -> Linear:
+    # GPT-2's Conv1D stores [in, out]; the transposed view feeds F.linear without a copy.
+    return Linear(module.weight.t(), module.bias)
+
+
+def _norm(module: torch.nn.Module | None) -> Norm | None:
+    if module is None:
+        return None
+    return Norm(module.weight, module.bias, float(module.eps))
+
+
+def _fuse(q: Linear, k: Linear, v: Linear, scale: float) -> Linear:
+    """q|k|v in one matmul; the query rows carry the attention scale, so the step
+    never multiplies scores (one op less per layer)."""
+    weight = torch.cat([q.weight * scale, k.weight, v.weight], dim=0)
+    bias = None
+    if q.bias is not None:
+        bias = torch.cat([q.bias * scale, k.bias, v.bias], dim=0)
+    return Linear(weight, bias)
+
+
+def _scaled(lin: Linear, scale: float) -> Linear:
+    return Linear(lin.weight * scale, None if lin.bias is None else lin.bias * scale)
+
+
+def _bert_like(decoder: torch.nn.Module, family: str) -> DecoderSpec:
+    """BertLMHeadModel, RobertaForCausalLM (and its clones xlm-roberta, camembert)."""
+    config = decoder.config
+    base = decoder.bert if family == "bert" else decoder.roberta
+    emb = base.embeddings
+    if getattr(config, "position_embedding_type", "absolute") not in (None, "absolute"):
+        raise UnsupportedFamily(f"position_embedding_type={config.position_embedding_type} (only absolute)")
+    heads = config.num_attention_heads
+    head_dim = config.hidden_size // heads
+    scale = head_dim**-0.5
+    layers = []
+    for layer in base.encoder.layer:
+        sa, ca = layer.attention, layer.crossattention
+        layers.append(
+            LayerSpec(
+                qkv=_fuse(_lin(sa.self.query), _lin(sa.self.key), _lin(sa.self.value), scale),
+                self_out=_lin(sa.output.dense),
+                self_norm=_norm(sa.output.LayerNorm),
+                cross_q=_scaled(_lin(ca.self.query), scale),
+                cross_k=_lin(ca.self.key),
+                cross_v=_lin(ca.self.value),
+                cross_out=_lin(ca.output.dense),
+                cross_norm=_norm(ca.output.LayerNorm),
+                fc1=_lin(layer.intermediate.dense),
+                fc2=_lin(layer.output.dense),
+                act=layer.intermediate.intermediate_act_fn,
+                ffn_norm=_norm(layer.output.LayerNorm),
+                scale=scale,
+            )
+        )
+    if family == "bert":
+        head = decoder.cls.predictions
+        dense, act, norm = head.transform.dense, head.transform.transform_act_fn, head.transform.LayerNorm
+        out = head.decoder
+        lm_bias = out.bias if out.bias is not None else head.bias
+    else:
+        head = decoder.lm_head
+        dense, norm, out = head.dense, head.layer_norm, head.decoder
+        # RobertaLMHead.forward calls its module-level gelu: use that very function.
+        act = sys.modules[type(head).__module__].gelu
+        lm_bias = out.bias if out.bias is not None else head.bias
+    pos_padding = None if family == "bert" else emb.padding_idx
+    return DecoderSpec(
+        family=family,
+        hidden=config.hidden_size,
+        heads=heads,
+        head_dim=head_dim,
+        pre_ln=False,
+        word_emb=emb.word_embeddings.weight,
+        emb_scale=1.0,
+        pos_emb=emb.position_embeddings.weight,
+        pos_offset=0,
+        pos_padding_idx=pos_padding,
+        type_emb=emb.token_type_embeddings.weight[0],
+        emb_norm=_norm(emb.LayerNorm),
+        layers=layers,
+        head_dense=_lin(dense),
+        head_act=act,
+        head_norm=_norm(norm),
+        lm_head=Linear(out.weight, lm_bias),
+        cross_dim=layers[0].cross_k.weight.shape[1],
+    )
+
+
+def _gpt2(decoder: torch.nn.Module) -> DecoderSpec:
+    config = decoder.config
+    tr = decoder.transformer
+    heads = config.n_head
+    head_dim = config.n_embd // heads
+    layers = []
+    for i, block in enumerate(tr.h):
+        attn, cross = block.attn, block.crossattention
+        scale = attn.scaling  # 1/sqrt(d) and, when configured, 1/(layer_idx+1)
+        c_attn = _conv1d(attn.c_attn)  # already fused q|k|v, [3D, D] view
+        d = config.n_embd
+        qkv = Linear(
+            torch.cat([c_attn.weight[:d] * scale, c_attn.weight[d:]], dim=0),
+            torch.cat([c_attn.bias[:d] * scale, c_attn.bias[d:]], dim=0),
+        )
+        kv = _conv1d(cross.c_attn)
+        layers.append(
+            LayerSpec(
+                qkv=qkv,
+                self_out=_conv1d(attn.c_proj),
+                self_norm=_norm(block.ln_1),
+                cross_q=_scaled(_conv1d(cross.q_attn), cross.scaling),
+                cross_k=Linear(kv.weight[:d], kv.bias[:d]),
+                cross_v=Linear(kv.weight[d:], kv.bias[d:]),
+                cross_out=_conv1d(cross.c_proj),
+                cross_norm=_norm(block.ln_cross_attn),
+                fc1=_conv1d(block.mlp.c_fc),
+                fc2=_conv1d(block.mlp.c_proj),
+                act=block.mlp.act,
+                ffn_norm=_norm(block.ln_2),
+                scale=scale,
+            )
+        )
+    return DecoderSpec(
+        family="gpt2",
+        hidden=config.n_embd,
+        heads=heads,
+        head_dim=head_dim,
+        pre_ln=True,
+        word_emb=tr.wte.weight,
+        emb_scale=1.0,
+        pos_emb=tr.wpe.weight,
+        pos_offset=0,
+        layers=layers,
+        final_norm=_norm(tr.ln_f),
+        lm_head=Linear(decoder.lm_head.weight, decoder.lm_head.bias),
+        cross_dim=layers[0].cross_k.weight.shape[1],
+    )
+
+
+def _bart_layers(decoder_layers, heads: int, head_dim: int) -> list[LayerSpec]:
+    """BART / mBART / Marian / TrOCR decoder layers (identical structure, norms named alike)."""
+    scale = head_dim**-0.5
+    layers = []
+    for layer in decoder_layers:
+        sa, ca = layer.self_attn, layer.encoder_attn
+        layers.append(
+            LayerSpec(
+                qkv=_fuse(_lin(sa.q_proj), _lin(sa.k_proj), _lin(sa.v_proj), scale),
+                self_out=_lin(sa.out_proj),
+                self_norm=_norm(layer.self_attn_layer_norm),
+                cross_q=_scaled(_lin(ca.q_proj), scale),
+                cross_k=_lin(ca.k_proj),
+                cross_v=_lin(ca.v_proj),
+                cross_out=_lin(ca.out_proj),
+                cross_norm=_norm(layer.encoder_attn_layer_norm),
+                fc1=_lin(layer.fc1),
+                fc2=_lin(layer.fc2),
+                act=layer.activation_fn,
+                ffn_norm=_norm(layer.final_layer_norm),
+                scale=scale,
+            )
+        )
+    return layers
+
+
+def _bart_family(
+    stack: torch.nn.Module, lm_head: torch.nn.Module, logits_bias: torch.Tensor | None, family: str
+) -> DecoderSpec:
+    """The decoder stack of BART, mBART or Marian (native seq2seq or *ForCausalLM)."""
+    config = stack.config
+    heads = config.decoder_attention_heads
+    d_model = config.d_model
+    head_dim = d_model // heads
+    if family == "marian":
+        emb_scale = float(stack.embed_scale)
+        pos_emb, pos_offset = stack.embed_positions.weight, 0
+    else:
+        emb_scale = float(getattr(stack.embed_tokens, "embed_scale", 1.0))
+        pos_emb, pos_offset = stack.embed_positions.weight, int(stack.embed_positions.offset)
+    return DecoderSpec(
+        family=family,
+        hidden=d_model,
+        heads=heads,
+        head_dim=head_dim,
+        pre_ln=family == "mbart",
+        word_emb=stack.embed_tokens.weight,
+        emb_scale=emb_scale,
+        pos_emb=pos_emb,
+        pos_offset=pos_offset,
+        emb_norm=_norm(getattr(stack, "layernorm_embedding", None)),
+        layers=_bart_layers(stack.layers, heads, head_dim),
+        final_norm=_norm(getattr(stack, "layer_norm", None)),
+        lm_head=Linear(lm_head.weight, lm_head.bias),
+        logits_bias=None if logits_bias is None else logits_bias.reshape(-1),
+        cross_dim=stack.layers[0].encoder_attn.k_proj.weight.shape[1],
+    )
+
+
+def _trocr(decoder: torch.nn.Module) -> DecoderSpec:
+    config = decoder.config
+    stack = decoder.model.decoder
+    heads = config.decoder_attention_heads
+    head_dim = config.hidden_size // heads
+    emb_scale = float(getattr(stack.embed_tokens, "embed_scale", 1.0))
+    pos_padding = None
+    if config.use_learned_position_embeddings:
+        pos_emb, pos_offset = stack.embed_positions.weight, int(stack.embed_positions.offset)
+    else:
+        # Sinusoidal table with fairseq positions: pad tokens get position padding_idx.
+        module = stack.embed_positions
+        pos_emb = module.weights.to(device=stack.embed_tokens.weight.device, dtype=stack.embed_tokens.weight.dtype)
+        pos_offset, pos_padding = 0, module.padding_idx
+    return DecoderSpec(
+        family="trocr",
+        hidden=config.hidden_size,
+        heads=heads,
+        head_dim=head_dim,
+        pre_ln=False,
+        word_emb=stack.embed_tokens.weight,
+        emb_scale=emb_scale,
+        pos_emb=pos_emb,
+        pos_offset=pos_offset,
+        pos_padding_idx=pos_padding,
+        emb_norm=_norm(stack.layernorm_embedding),
+        layers=_bart_layers(stack.layers, heads, head_dim),
+        lm_head=Linear(decoder.output_projection.weight, decoder.output_projection.bias),
+        cross_dim=stack.layers[0].encoder_attn.k_proj.weight.shape[1],
+    )
+
+
+ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")
+BART_LIKE = ("bart", "mbart", "marian")
+FAST_FAMILIES: tuple[str, ...] = ("bert", *ROBERTA_LIKE, "gpt2", "trocr", *BART_LIKE)
+
+
+def decoder_family(model: torch.nn.Module) -> str:
+    """The model_type of a combiner's decoder (the model's own for native seq2seq)."""
+    if is_composite(model):
+        return str(model.config.decoder.model_type)
+    return str(model.config.model_type)
+
+
+def is_composite(model: torch.nn.Module) -> bool:
+    """EncoderDecoderModel / VisionEncoderDecoderModel (two checkpoints joined), not native seq2seq."""
+    return type(model).__name__ in ("EncoderDecoderModel", "VisionEncoderDecoderModel")
+
+
+def extract_decoder(model: torch.nn.Module) -> DecoderSpec:
+    """Fill a DecoderSpec from a combiner's model, or raise UnsupportedFamily saying why."""
+    family = decoder_family(model)
+    if family not in FAST_FAMILIES:
+        raise UnsupportedFamily(f"decoder family '{family}' has no fast path (fast: {', '.join(FAST_FAMILIES)})")
+    native = not is_composite(model)
+    try:
+        if native:
+            if family not in BART_LIKE:
+                raise UnsupportedFamily(f"native seq2seq family '{family}' has no fast path")
+            stack = model.get_decoder() if hasattr(model, "get_decoder") else model.model.decoder
+            return _bart_family(stack, model.lm_head, getattr(model, "final_logits_bias", None), family)
+        decoder = model.decoder
+        if family == "bert" or family in ROBERTA_LIKE:
+            return _bert_like(decoder, "bert" if family == "bert" else "roberta")
+        if family == "gpt2":
+            return _gpt2(decoder)
+        if family == "trocr":
+            return _trocr(decoder)
+        return _bart_family(decoder.model.decoder, decoder.lm_head, None, family)
+    except UnsupportedFamily:
+        raise
+    except (AttributeError, IndexError, TypeError) as exc:
+        # A checkpoint whose module layout differs from the installed transformers' one.
+        raise UnsupportedFamily(f"decoder family '{family}': unexpected module layout ({exc})") from exc
+
+
+# --------------------------------------------------------------------------- the step
+
+
+class DecoderRunner:
+    """Static buffers for a fixed set of slots and ONE decode step over a DecoderSpec.
+
+    Rows are slot-major: row = slot * group + g, where group is the number of
+    hypotheses per input (beams, or samples per input). Buffers:
+
+    - self-attention cache per layer, [rows, heads, T, head_dim], T = max_new_tokens,
+      written in place at one global column per step (a ring: a row admitted at any
+      step owns the columns it writes; a per-row bias masks the others, so no
+      torch.cat and no shifting);
+    - cross-attention K/V per layer, [slots, heads, src_cap, head_dim], computed once
+      per input and shared by its beams: queries [slots, heads, group, d] broadcast
+      against them (no repeat_interleave);
+    - step inputs (token, position, column, biases) that a CUDA graph can read.
+
+    `forward(n, src_w)` runs the first n slots over the first src_w source positions.
+    On CUDA it replays a graph captured per (n bucket, src_cap); on CPU it runs eagerly
+    on exactly n slots (shapes vary, which costs nothing there).
+    """
+
+    def __init__(
+        self,
+        spec: DecoderSpec,
+        *,
+        slots: int,
+        group: int,
+        max_new_tokens: int,
+        src_cap: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        cuda_graphs: bool = True,
+    ) -> None:
+        self.spec = spec
+        self.slots, self.group = slots, group
+        self.rows = slots * group
+        self.T = max_new_tokens
+        self.device, self.dtype = device, dtype
+        self.min_value = torch.finfo(dtype).min
+        H, d, L = spec.heads, spec.head_dim, len(spec.layers)
+        z = dict(device=device, dtype=dtype)
+        self.k_cache = [torch.zeros(self.rows, H, self.T, d, **z) for _ in range(L)]
+        self.v_cache = [torch.zeros(self.rows, H, self.T, d, **z) for _ in range(L)]
+        self.use_graphs = cuda_graphs and device.type == "cuda"
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._pool = None
+        self.src_cap = 0
+        self.cross_k: list[torch.Tensor] = []
+        self.cross_v: list[torch.Tensor] = []
+        self.cross_bias = torch.zeros(0, device=device, dtype=dtype)
+        self.grow_source(src_cap)
+        self.tok_in = torch.zeros(self.rows, dtype=torch.long, device=device)
+        self.pos_in = torch.zeros(self.rows, dtype=torch.long, device=device)
+        self.col = torch.zeros(1, dtype=torch.long, device=device)
+        self.self_bias = torch.zeros(self.rows, self.T, **z)
+
+    # -- buffers
+
+    def grow_source(self, needed: int) -> None:
+        """Make the cross-attention buffers hold `needed` source positions (keeps contents)."""
+        if needed <= self.src_cap:
+            return
+        quantum = 64 if self.device.type == "cuda" else 8
+        cap = max(quantum, -(-needed // quantum) * quantum)
+        H, d = self.spec.heads, self.spec.head_dim
+        z = dict(device=self.device, dtype=self.dtype)
+        old = self.src_cap
+
+        def grown(t: torch.Tensor | None) -> torch.Tensor:
+            new = torch.zeros(self.slots, H, cap, d, **z)
+            if t is not None and old:
+                new[:, :, :old] = t
+            return new
+
+        L = len(self.spec.layers)
+        self.cross_k = [grown(self.cross_k[i] if self.cross_k else None) for i in range(L)]
+        self.cross_v = [grown(self.cross_v[i] if self.cross_v else None) for i in range(L)]
+        bias = torch.full((self.slots, cap), self.min_value, **z)
+        if old:
+            bias[:, :old] = self.cross_bias
+        self.cross_bias = bias
+        self.src_cap = cap
+        self._graphs.clear()  # captured graphs point at the old buffers
+
+    def project_source(self, states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Cross-attention K/V of every layer for encoder states [b, src, cross_dim] -> [b, H, src, d]."""
+        b, src, _ = states.shape
+        H, d = self.spec.heads, self.spec.head_dim
+        out = []
+        for layer in self.spec.layers:
+            k = layer.cross_k(states).view(b, src, H, d).transpose(1, 2)
+            v = layer.cross_v(states).view(b, src, H, d).transpose(1, 2)
+            out.append((k, v))
+        return out
+
+    def slot_tensors(self) -> list[torch.Tensor]:
+        """Every buffer indexed by slot (views shaped [slots, ...]), for moving slots."""
+        G = self.group
+        views = []
+        for t in (*self.k_cache, *self.v_cache):
+            views.append(t.view(self.slots, G, *t.shape[1:]))
+        views += [*self.cross_k, *self.cross_v, self.cross_bias]
+        return views
+
+    # -- the step
+
+    def _forward(self, n: int, src_w: int) -> torch.Tensor:
+        """Logits [n*group, vocab] for the staged inputs of the first n slots."""
+        spec = self.spec
+        G, H, d = self.group, spec.heads, spec.head_dim
+        N = n * G
+        tok = self.tok_in[:N]
+        x = F.embedding(tok, spec.word_emb)
+        if spec.emb_scale != 1.0:
+            x = x * spec.emb_scale
+        if spec.type_emb is not None:
+            x = x + spec.type_emb
+        x = x + F.embedding(self.pos_in[:N], spec.pos_emb)
+        if spec.emb_norm is not None:
+            x = spec.emb_norm(x)
+        self_bias = self.self_bias[:N].view(N, 1, 1, self.T)
+        cross_bias = self.cross_bias[:n, :src_w].view(n, 1, 1, src_w)
+        col = self.col
+        pre = spec.pre_ln
+        D = spec.hidden
+        for i, layer in enumerate(spec.layers):
+            # self-attention over the ring cache
+            h = layer.self_norm(x) if pre else x
+            qkv = layer.qkv(h).view(N, 3, H, d)
+            q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+            kc, vc = self.k_cache[i][:N], self.v_cache[i][:N]
+            kc.index_copy_(2, col, k.unsqueeze(2))
+            vc.index_copy_(2, col, v.unsqueeze(2))
+            att = torch.matmul(q.unsqueeze(2), kc.transpose(2, 3)) + self_bias  # [N, H, 1, T]
+            att = torch.softmax(att, dim=-1)
+            a = torch.matmul(att, vc).view(N, D)
+            a = layer.self_out(a)
+            x = x + a if pre else layer.self_norm(x + a)
+            # cross-attention: the group's queries share their slot's K/V
+            h = layer.cross_norm(x) if pre else x
+            cq = layer.cross_q(h).view(n, G, H, d).transpose(1, 2)  # [n, H, G, d]
+            ck = self.cross_k[i][:n, :, :src_w]
+            cv = self.cross_v[i][:n, :, :src_w]
+            att = torch.matmul(cq, ck.transpose(2, 3)) + cross_bias  # [n, H, G, src]
+            att = torch.softmax(att, dim=-1)
+            a = torch.matmul(att, cv).transpose(1, 2).reshape(N, D)
+            a = layer.cross_out(a)
+            x = x + a if pre else layer.cross_norm(x + a)
+            # feed-forward
+            h = layer.ffn_norm(x) if pre else x
+            a = layer.fc2(layer.act(layer.fc1(h)))
+            x = x + a if pre else layer.ffn_norm(x + a)
+        if spec.final_norm is not None:
+            x = spec.final_norm(x)
+        if spec.head_dense is not None:
+            x = spec.head_norm(spec.head_act(spec.head_dense(x)))
+        logits = spec.lm_head(x)
+        if spec.logits_bias is not None:
+            logits = logits + spec.logits_bias
+        return logits
+
+    def bucket(self, n: int) -> int:
+        """Slots a CUDA graph computes for n active ones: the next power of two (capped at
+        `slots`), so a handful of graphs serve every n and at most half the rows idle."""
+        return min(self.slots, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+    def computed_rows(self, n: int) -> int:
+        return (self.bucket(n) if self.use_graphs else n) * self.group
+
+    def forward(self, n: int, src_w: int) -> torch.Tensor:
+        """Run the step for the first n slots; returns logits [n*group, vocab] (a view)."""
+        if not self.use_graphs:
+            return self._forward(n, src_w)
+        bucket = self.bucket(n)
+        key = (bucket, self.src_cap)
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(bucket, self.src_cap)
+            self._graphs[key] = entry
+        graph, out = entry
+        graph.replay()
+        return out[: n * self.group]
+
+    def _capture(self, n: int, src_w: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Capture the step for (n, src_w). Inputs are already staged for the real step, and
+        the step only writes K/V at the staged column from staged inputs, so the warm-up
+        and capture runs write exactly what the replay will: capturing is side-effect free."""
+        stream = torch.cuda.Stream(device=self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._forward(n, src_w)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = self._forward(n, src_w)
+        return graph, out
