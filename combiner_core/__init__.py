@@ -5,66 +5,131 @@ No Ray here: this package works alone on a laptop. Quick start:
     from combiner_core import warm_start_combiner, generate_texts, GenerationParams
     c = warm_start_combiner(encoder_uri="path/to/bert", decoder_uri="path/to/gpt2")
     print(generate_texts(c, ["some text"], GenerationParams(strategy="beam"))[0][0].text)
+
+Names are imported on first use (PEP 562): `from combiner_core import GenerationParams`
+costs only pydantic, so a job's driver, which validates specs and never runs a model,
+does not pay for torch and transformers (several seconds per job start).
 """
 
-from .build import DecoderOptions, EncoderOptions, random_combiner, warm_start_combiner
-from .checkpoint import (
-    MANIFEST_NAME,
-    load_combiner,
-    load_preprocessor,
-    read_manifest,
-    resolve_checkpoint,
-    save_combiner,
-    sha256_file,
-)
-from .combiner import Combiner, Preprocessor, set_special_tokens, special_tokens_from_tokenizer
-from .errors import (
-    CheckpointNotFoundError,
-    CombinerError,
-    ImageDecodeError,
-    InputError,
-    ManifestMismatchError,
-    MissingImageProcessorError,
-    MissingTokenizerError,
-    NotACombinerError,
-    SpecialTokenError,
-    TextInputError,
-    UnsafeCheckpointError,
-    UnsupportedDecoderError,
-    UnsupportedEncoderError,
-)
-from .families import CROSS_ATTENTION_DECODERS
-from .generation import Generated, GenerationParams, generate, generate_images, generate_texts, hf_generate
-from .engine import FAST_FAMILIES, EngineStats, GenerationEngine, default_slots, resolve_dtype
-from .preprocess import (
-    DEFAULT_MAX_IMAGE_PIXELS,
-    TokenizedText,
-    collate_token_ids,
-    decode_image,
-    image_to_pixel_values,
-    pad_sequences,
-    text_from_bytes,
-    tokenize_batch,
-    tokenize_text,
-)
-from .vocab import build_word_tokenizer
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .build import DecoderOptions, EncoderOptions, random_combiner, warm_start_combiner
+    from .checkpoint import (
+        MANIFEST_NAME,
+        load_combiner,
+        load_preprocessor,
+        read_manifest,
+        resolve_checkpoint,
+        save_combiner,
+        sha256_file,
+    )
+    from .combiner import Combiner, Preprocessor, set_special_tokens, special_tokens_from_tokenizer
+    from .engine import FAST_FAMILIES, EngineStats, GenerationEngine, default_slots, resolve_dtype
+    from .errors import (
+        CheckpointNotFoundError,
+        CombinerError,
+        ImageDecodeError,
+        InputError,
+        ManifestMismatchError,
+        MissingImageProcessorError,
+        MissingTokenizerError,
+        NotACombinerError,
+        SpecialTokenError,
+        TextInputError,
+        UnsafeCheckpointError,
+        UnsupportedDecoderError,
+        UnsupportedEncoderError,
+    )
+    from .families import CROSS_ATTENTION_DECODERS
+    from .generation import Generated, generate, generate_images, generate_texts, hf_generate
+    from .params import GenerationParams
+    from .preprocess import (
+        DEFAULT_MAX_IMAGE_PIXELS,
+        TokenizedText,
+        collate_token_ids,
+        decode_image,
+        image_to_pixel_values,
+        pad_sequences,
+        text_from_bytes,
+        tokenize_batch,
+        tokenize_text,
+    )
+    from .vocab import build_word_tokenizer
+
+# public name -> the submodule that defines it
+_WHERE: dict[str, str] = {
+    "CROSS_ATTENTION_DECODERS": "families",
+    "DEFAULT_MAX_IMAGE_PIXELS": "preprocess",
+    "FAST_FAMILIES": "engine",
+    "MANIFEST_NAME": "checkpoint",
+    "CheckpointNotFoundError": "errors",
+    "Combiner": "combiner",
+    "CombinerError": "errors",
+    "DecoderOptions": "build",
+    "EncoderOptions": "build",
+    "EngineStats": "engine",
+    "Generated": "generation",
+    "GenerationEngine": "engine",
+    "GenerationParams": "params",
+    "ImageDecodeError": "errors",
+    "InputError": "errors",
+    "ManifestMismatchError": "errors",
+    "MissingImageProcessorError": "errors",
+    "MissingTokenizerError": "errors",
+    "NotACombinerError": "errors",
+    "Preprocessor": "combiner",
+    "SpecialTokenError": "errors",
+    "TextInputError": "errors",
+    "TokenizedText": "preprocess",
+    "UnsafeCheckpointError": "errors",
+    "UnsupportedDecoderError": "errors",
+    "UnsupportedEncoderError": "errors",
+    "build_word_tokenizer": "vocab",
+    "collate_token_ids": "preprocess",
+    "decode_image": "preprocess",
+    "default_slots": "engine",
+    "generate": "generation",
+    "generate_images": "generation",
+    "generate_texts": "generation",
+    "hf_generate": "generation",
+    "image_to_pixel_values": "preprocess",
+    "load_combiner": "checkpoint",
+    "load_preprocessor": "checkpoint",
+    "pad_sequences": "preprocess",
+    "random_combiner": "build",
+    "read_manifest": "checkpoint",
+    "resolve_checkpoint": "checkpoint",
+    "resolve_dtype": "engine",
+    "save_combiner": "checkpoint",
+    "set_special_tokens": "combiner",
+    "sha256_file": "checkpoint",
+    "special_tokens_from_tokenizer": "combiner",
+    "text_from_bytes": "preprocess",
+    "tokenize_batch": "preprocess",
+    "tokenize_text": "preprocess",
+    "warm_start_combiner": "build",
+}
 
 __all__ = [
     "CROSS_ATTENTION_DECODERS",
-    "DEFAULT_MAX_IMAGE_PIXELS",
-    "FAST_FAMILIES",
-    "MANIFEST_NAME",
     "CheckpointNotFoundError",
     "Combiner",
     "CombinerError",
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "DecoderOptions",
     "EncoderOptions",
     "EngineStats",
+    "FAST_FAMILIES",
     "Generated",
     "GenerationEngine",
     "GenerationParams",
     "ImageDecodeError",
     "InputError",
+    "MANIFEST_NAME",
     "ManifestMismatchError",
     "MissingImageProcessorError",
     "MissingTokenizerError",
@@ -101,3 +166,16 @@ __all__ = [
     "tokenize_text",
     "warm_start_combiner",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'combiner_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

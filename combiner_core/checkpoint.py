@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from datetime import UTC, datetime
@@ -53,13 +52,12 @@ from .errors import (
     UnsafeCheckpointError,
 )
 from .families import is_native_seq2seq
-from .storage import fetch_dir, is_remote, strip_file_scheme, upload_dir
+from .storage import fetch_dir, is_remote, local_path, looks_like_path, upload_dir
 
 MANIFEST_NAME = "combiner_manifest.json"
 DECODER_TOKENIZER_DIR = "decoder_tokenizer"
 MANIFEST_FORMAT = 1
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -89,7 +87,7 @@ def resolve_checkpoint(
     if is_remote(uri):
         skip = (".safetensors", *_PICKLE_SUFFIXES) if skip_weights else ()
         return str(fetch_dir(uri, storage_options=storage_options, skip_suffixes=skip))
-    path = Path(strip_file_scheme(uri)).expanduser()
+    path = local_path(uri)
     if path.is_dir():
         return str(path)
     if path.exists():
@@ -98,9 +96,9 @@ def resolve_checkpoint(
             "pass the folder that holds it"
         )
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
-    looks_like_path = uri.startswith(("/", ".", "~", "file://")) or not _HUB_ID.match(uri)
-    if looks_like_path or offline:
-        reason = "the folder does not exist" if looks_like_path else "HF_HUB_OFFLINE is set"
+    is_path = looks_like_path(uri)
+    if is_path or offline:
+        reason = "the folder does not exist" if is_path else "HF_HUB_OFFLINE is set"
         raise CheckpointNotFoundError(
             f"no checkpoint at '{uri}': {reason}. Pass an existing local folder, an "
             "s3:// (or other fsspec) URI, or a hub id when online."

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from .describe import Layout, Modality, modality_of
 from .errors import SpecialTokenError
-
-Modality = Literal["text", "image"]
-Layout = Literal["encoder-decoder", "vision-encoder-decoder", "seq2seq"]
-
-
-def modality_of(layout: Layout) -> Modality:
-    """What a combiner of this layout reads: images (vision-encoder-decoder) or text."""
-    return "image" if layout == "vision-encoder-decoder" else "text"
 
 
 def input_token_limit(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase | None) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +21,8 @@ from fsspec.core import url_to_fs
 from .errors import CheckpointNotFoundError
 
 _LOCAL_PROTOCOLS = {"file", "local"}
+# A hub id: "name" or "org/name" (letters, digits, '.', '-', '_').
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def is_remote(uri: str) -> bool:
@@ -28,7 +31,37 @@ def is_remote(uri: str) -> bool:
 
 
 def strip_file_scheme(uri: str) -> str:
+    """`file:///x` -> `/x`; anything else unchanged."""
     return uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+def local_path(uri: str) -> Path:
+    """The local path a non-remote URI names (file:// stripped, ~ expanded)."""
+    return Path(strip_file_scheme(uri)).expanduser()
+
+
+def looks_like_path(uri: str) -> bool:
+    """True when `uri` is written as a local path (/, ., ~ or file://), not a hub id."""
+    return uri.startswith(("/", ".", "~", "file://")) or not _HUB_ID.match(uri)
+
+
+def is_hub_id(uri: str) -> bool:
+    """True for a bare "org/name" that is not a local path that exists here."""
+    return not is_remote(uri) and not looks_like_path(uri) and not local_path(uri).exists()
+
+
+def absolute_uri(uri: str, *, hub_ids: bool = False) -> str:
+    """Local paths made absolute (file:// stripped); remote URIs unchanged.
+
+    With `hub_ids` (model URIs), a bare "org/name" that does not exist here is a
+    hub id and stays as it is; data URIs (inputs, outputs) are always paths.
+    Ray workers do not share the driver's working directory (`ray job submit` runs
+    the driver in an unpacked working_dir), so every local path that travels to a
+    worker is made absolute on the driver.
+    """
+    if is_remote(uri) or (hub_ids and is_hub_id(uri)):
+        return uri
+    return os.path.abspath(local_path(uri))
 
 
 def get_filesystem(

@@ -22,7 +22,7 @@ DEFAULT_SPEC = Path(__file__).resolve().parent / "specs" / "finetune_demo_captio
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = job_arg_parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = job_arg_parser(__doc__.splitlines()[0], example_set="training.epochs=2").parse_args(argv)
     try:
         spec = load_spec(FinetuneSpec, args.spec or DEFAULT_SPEC, args.overrides)
         preflight(spec, source=args.spec or str(DEFAULT_SPEC))

@@ -7,10 +7,18 @@ from collections.abc import Iterable, Sequence
 METRICS = ("exact_match", "bleu", "chrf", "rouge")
 
 
-def _normalize(text: str) -> str:
-    # Exact match ignores case and runs of whitespace, nothing else: "A red  circle"
-    # matches "a red circle", "a red circle." does not.
-    return " ".join(text.lower().split())
+def normalize_for_match(text: str | None) -> str:
+    """What exact match compares: case and runs of whitespace ignored, nothing else.
+
+    "A red  circle" matches "a red circle"; "a red circle." does not. casefold, not
+    lower: "Straße" matches "STRASSE", as a reader would expect.
+    """
+    return " ".join((text or "").split()).casefold()
+
+
+def exact_match_count(pairs: Iterable[tuple[str | None, str | None]]) -> int:
+    """How many (prediction, reference) pairs match under normalize_for_match."""
+    return sum(normalize_for_match(p) == normalize_for_match(r) for p, r in pairs)
 
 
 def generation_metrics(
@@ -32,7 +40,7 @@ def generation_metrics(
     if not predictions:
         return out
     if "exact_match" in wanted:
-        hits = sum(_normalize(p) == _normalize(r) for p, r in zip(predictions, references, strict=True))
+        hits = exact_match_count(zip(predictions, references, strict=True))
         out["exact_match"] = hits / len(predictions)
     if "bleu" in wanted or "chrf" in wanted:
         import sacrebleu

@@ -1,14 +1,17 @@
-"""Input shards for generation jobs: listing them (fsspec: local, file://, s3://...) and
-reading one shard into rows.
+"""The reading layer of every job: listing input files (fsspec: local, file://, s3://...)
+and reading one shard into rows.
 
 A *shard* is the unit of work and of commit: one Parquet / JSONL / text file, or a
 group of image files. Every row a shard yields has a stable id, its source (file
-URI and row number) and either a payload (image bytes or text bytes) or a read
-error, so a bad row is reported, never dropped.
+URI and row number), an optional reference text (a reference column, or the captions
+file of an image folder), and either a payload (image bytes or text bytes) or a read
+error, so a bad row is reported, never dropped. Generation jobs and fine-tuning read
+through these same functions (fine-tuning takes the reference as its target).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -72,14 +75,25 @@ class Shard:
 
 @dataclass(frozen=True)
 class ReaderOptions:
-    """How to turn a shard's files into rows (the `input` section, minus the URI)."""
+    """How to turn a shard's files into rows.
+
+    Attributes:
+        format: see InputFormat.
+        root: the input URI that ids are made relative to.
+        input_column: parquet / jsonl: the field holding the input.
+        id_column: parquet / jsonl: the field holding row ids.
+        reference_column: parquet / jsonl: the field holding a reference (or target) text.
+        captions_file: images: JSONL {file, caption}, file relative to root.
+        extensions: file name endings that count as inputs (default per format).
+        storage_options: fsspec options (credentials come from the environment).
+    """
 
     format: InputFormat
     root: str
-    value_column: str | None = None
-    value_key: str = "input.text_column"
+    input_column: str | None = None
     id_column: str | None = None
     reference_column: str | None = None
+    captions_file: str | None = None
     extensions: tuple[str, ...] = ()
     storage_options: dict[str, Any] = field(default_factory=dict)
 
@@ -128,6 +142,21 @@ def list_input_files(
             continue
         files.append(prefix + p)
     return files, ignored
+
+
+def count_rows(files: Sequence[str], opts: ReaderOptions) -> int | None:
+    """Rows in `files` when known without reading them: one per image / text file, or
+    Parquet footers. None for JSONL and text lines (only a full read counts those)."""
+    if opts.format in ("images", "text_files"):
+        return len(files)
+    if opts.format != "parquet":
+        return None
+    total = 0
+    for uri in files:
+        fs, path = url_to_fs(uri, **opts.storage_options)
+        with fs.open(path, "rb") as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
 
 
 def plan_shards(files: Sequence[str], *, format: InputFormat, files_per_shard: int = 1) -> list[Shard]:
@@ -188,6 +217,56 @@ class _Rows:
         return pa.table(self.columns, schema=ROW_SCHEMA)
 
 
+class CaptionsFileError(ValueError):
+    """A captions file that cannot be read (the whole job stops: every row depends on it)."""
+
+
+def _parse_captions(uri: str, storage_options: dict[str, Any]) -> dict[str, str]:
+    fs, path = url_to_fs(uri, **storage_options)
+    captions: dict[str, str] = {}
+    try:
+        with fs.open(path, "rt", encoding="utf-8") as fh:
+            lines = list(fh)
+    except FileNotFoundError:
+        raise CaptionsFileError(f"captions_file {uri}: no such file; fix the path or remove the key") from None
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            name, caption = str(row["file"]), row.get("caption")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CaptionsFileError(
+                f"captions_file {uri} line {line_no}: expected a JSON object with 'file' and "
+                f"'caption' ({type(exc).__name__}: {exc})"
+            ) from None
+        if caption is not None:
+            captions[name] = str(caption)
+    return captions
+
+
+@functools.lru_cache(maxsize=4)
+def _captions_cached(uri: str, options: str, version: str) -> dict[str, str]:
+    return _parse_captions(uri, json.loads(options))
+
+
+def _captions(uri: str, storage_options: dict[str, Any]) -> dict[str, str]:
+    """file (relative to the input root) -> caption; parsed once per worker process and
+    file version (size and modification time), so a rewritten file is read again."""
+    fs, path = url_to_fs(uri, **storage_options)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise CaptionsFileError(f"captions_file {uri}: no such file; fix the path or remove the key") from None
+    version = f"{info.get('size')}:{info.get('mtime') or info.get('LastModified') or info.get('ETag') or ''}"
+    return _captions_cached(uri, json.dumps(storage_options, sort_keys=True), version)
+
+
+def read_captions_file(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+    """Parse a captions file (raises CaptionsFileError): the driver's check before any work."""
+    return _parse_captions(uri, dict(storage_options or {}))
+
+
 def _as_bytes(value: Any) -> bytes | None:
     if value is None:
         return None
@@ -206,19 +285,19 @@ def _read_table_rows(rows: _Rows, uri: str, records: Iterable[dict[str, Any]], o
         rid = f"{_relative_id(uri, opts.root)}#{i}" if rid is None else str(rid)
         ref = record.get(opts.reference_column) if opts.reference_column else None
         ref = None if ref is None else str(ref)
-        value = record.get(opts.value_column) if opts.value_column else None
-        if opts.value_column not in record:
+        value = record.get(opts.input_column) if opts.input_column else None
+        if opts.input_column not in record:
             rows.add(
                 id=rid, source_uri=uri, source_row=i, reference=ref,
-                error=("read", "missing_column", f"row has no '{opts.value_column}' field; "
-                       f"set {opts.value_key} to the field that holds the input"),
+                error=("read", "missing_column", f"row has no '{opts.input_column}' field; "
+                       "set the spec's input_column to the field that holds the input"),
             )
             continue
         data = _as_bytes(value)
         if data is None and value is not None:
             rows.add(
                 id=rid, source_uri=uri, source_row=i, reference=ref,
-                error=("read", "wrong_type", f"field '{opts.value_column}' holds a "
+                error=("read", "wrong_type", f"field '{opts.input_column}' holds a "
                        f"{type(value).__name__}, not bytes or text"),
             )
             continue
@@ -226,7 +305,7 @@ def _read_table_rows(rows: _Rows, uri: str, records: Iterable[dict[str, Any]], o
 
 
 def _parquet_records(fs: fsspec.AbstractFileSystem, path: str, opts: ReaderOptions) -> list[dict[str, Any]]:
-    wanted = [c for c in (opts.value_column, opts.id_column, opts.reference_column) if c]
+    wanted = list(dict.fromkeys(c for c in (opts.input_column, opts.id_column, opts.reference_column) if c))
     with fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
         names = set(pf.schema_arrow.names)
@@ -234,8 +313,8 @@ def _parquet_records(fs: fsspec.AbstractFileSystem, path: str, opts: ReaderOptio
         if missing:
             raise _ShardError(
                 "missing_column",
-                f"columns {missing} not in the file (it has {sorted(names)}); set input.*_column "
-                "to existing columns",
+                f"columns {missing} not in the file (it has {sorted(names)}); set the spec's "
+                "input_column / id_column / reference column to existing columns",
             )
         return pf.read(columns=wanted).to_pylist()
 
@@ -292,8 +371,10 @@ def read_shard(shard: Shard, opts: ReaderOptions) -> pa.Table:
 
 def _read_file(rows: _Rows, fs: fsspec.AbstractFileSystem, path: str, uri: str, opts: ReaderOptions) -> None:
     if opts.format == "images" or opts.format == "text_files":
+        rid = _relative_id(uri, opts.root)
+        reference = _captions(opts.captions_file, opts.storage_options).get(rid) if opts.captions_file else None
         with fs.open(path, "rb") as f:
-            rows.add(id=_relative_id(uri, opts.root), source_uri=uri, source_row=0, payload=f.read())
+            rows.add(id=rid, source_uri=uri, source_row=0, payload=f.read(), reference=reference)
         return
     if opts.format == "parquet":
         _read_table_rows(rows, uri, _parquet_records(fs, path, opts), opts)

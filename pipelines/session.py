@@ -34,5 +34,11 @@ def init_ray() -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS") or "local"
-    env = worker_env() if address == "local" else {}
-    ray.init(address=address, runtime_env={"env_vars": env} if env else None)
+    if address != "local":
+        ray.init(address=address)
+        return
+    env = worker_env()
+    # A private instance lives for one job: no dashboard (its processes cost seconds of
+    # start-up on every run; start a cluster with `ray start --head` and set RAY_ADDRESS
+    # to watch one).
+    ray.init(address="local", runtime_env={"env_vars": env} if env else None, include_dashboard=False)

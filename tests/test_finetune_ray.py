@@ -19,7 +19,8 @@ from combiner_core import (
     load_combiner,
 )
 from pipelines import load_spec
-from pipelines.finetune import FinetuneSpec, iter_examples, run_finetune, write_vocabulary
+from jobs.demo_data.shapes import iter_examples, write_vocabulary
+from pipelines.finetune import FinetuneSpec, run_finetune
 
 pytestmark = pytest.mark.integration
 
@@ -131,7 +132,7 @@ def test_two_worker_ddp_trains_exports_and_reloads(ray_cluster, tmp_path):
 
     # ... and caption_dataset, on this Ray, writes the same captions.
     from pipelines import validate_spec
-    from pipelines.generation import CaptionJobSpec, run_caption_job
+    from pipelines.generation import CaptionJobSpec, run_job
 
     heldout = tmp_path / "heldout4"
     heldout.mkdir()
@@ -139,14 +140,14 @@ def test_two_worker_ddp_trains_exports_and_reloads(ray_cluster, tmp_path):
     job = validate_spec(
         CaptionJobSpec,
         {
-            "input": {"uri": str(heldout), "format": "parquet", "image_column": "image", "id_column": "id"},
+            "input": {"uri": str(heldout), "format": "parquet", "input_column": "image", "id_column": "id"},
             "output": {"uri": str(tmp_path / "captions"), "mode": "overwrite"},
             "model": {"uri": str(export)},
             "generation": {"strategy": "greedy", "max_new_tokens": 12},
         },
         source="test",
     )
-    summary_job = run_caption_job(job, ray_init=None)
+    summary_job = run_job(job, ray_init=None)
     assert summary_job.rows_ok == 4
     captions = pq.read_table(tmp_path / "captions", columns=["id", "text"]).to_pylist()
     by_id = {r["id"]: r["text"] for r in captions}

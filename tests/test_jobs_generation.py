@@ -19,10 +19,9 @@ from pipelines.generation import (
     CaptionJobSpec,
     OutputExistsError,
     SummarizeJobSpec,
-    normalize_for_match,
-    run_caption_job,
-    run_summarize_job,
+    run_job,
 )
+from pipelines.metrics import normalize_for_match
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
@@ -48,11 +47,11 @@ def models(tmp_path_factory):
 
 
 def caption(spec: dict, **kw):
-    return run_caption_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=None, **kw)
+    return run_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=None, **kw)
 
 
 def summarize(spec: dict, **kw):
-    return run_summarize_job(validate_spec(SummarizeJobSpec, spec, source="test"), ray_init=None, **kw)
+    return run_job(validate_spec(SummarizeJobSpec, spec, source="test"), ray_init=None, **kw)
 
 
 def _check_against_core(table, expected: dict[str, list]) -> None:
@@ -111,7 +110,7 @@ def test_caption_parquet_on_s3_matches_core(ray_cluster, models, s3_bucket):
     out = f"{s3_bucket}/captions/"
     spec = gs.caption_spec(
         f"{s3_bucket}/in/", out, model_uri,
-        input={"uri": f"{s3_bucket}/in/", "format": "parquet", "image_column": "img",
+        input={"uri": f"{s3_bucket}/in/", "format": "parquet", "input_column": "img",
                "id_column": "key", "reference_column": "cap"},
         generation=params.model_dump(),
     )
@@ -121,9 +120,9 @@ def test_caption_parquet_on_s3_matches_core(ray_cluster, models, s3_bucket):
     refs = dict(zip(ok.column("id").to_pylist(), ok.column("reference").to_pylist(), strict=True))
     assert refs["k3"] == "cap 3"
     matches = sum(normalize_for_match(r["text"]) == normalize_for_match(r["reference"]) for r in ok.to_pylist())
-    assert matches >= 1 and summary.reference_rows == 9
-    assert summary.exact_match_rate == pytest.approx(matches / 9, abs=1e-4)
-    assert gs.read_summary(out)["exact_match_rate"] == summary.exact_match_rate
+    assert matches >= 1 and summary.metrics["reference_rows"] == 9
+    assert summary.metrics["exact_match"] == pytest.approx(matches / 9, abs=1e-4)
+    assert gs.read_summary(out)["metrics"]["exact_match"] == summary.metrics["exact_match"]
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -250,7 +249,7 @@ def test_rerun_of_finished_job_does_no_model_work(ray_cluster, models, tmp_path)
         caption(spec)
     spec["output"]["mode"] = "resume"
     calls = []
-    again = run_caption_job(
+    again = run_job(
         validate_spec(CaptionJobSpec, spec, source="test"), ray_init=lambda: calls.append(1)
     )
     assert calls == [] and again.shards_committed_now == 0 and again.rows_processed_now == 0
@@ -319,7 +318,7 @@ def test_wrong_model_fails_on_the_driver_before_ray(models, tmp_path):
     started = []
     spec = gs.caption_spec(str(src), str(tmp_path / "out"), models["summarizer"])
     with pytest.raises(ModelSpecError, match=r"is a text combiner \(encoder-decoder\), but caption needs an image combiner"):
-        run_caption_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=lambda: started.append(1))
+        run_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=lambda: started.append(1))
     # overwrite mode: the previous output survives a run that fails on its model.
     previous = tmp_path / "out2" / "part-previous.parquet"
     previous.parent.mkdir()
@@ -327,5 +326,5 @@ def test_wrong_model_fails_on_the_driver_before_ray(models, tmp_path):
     spec = gs.caption_spec(str(src), str(tmp_path / "out2"), str(tmp_path / "no-model"))
     spec["output"]["mode"] = "overwrite"
     with pytest.raises(ModelSpecError, match="no checkpoint at .*no-model"):
-        run_caption_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=lambda: started.append(1))
+        run_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=lambda: started.append(1))
     assert started == [] and previous.read_bytes() == b"previous results"

@@ -10,7 +10,7 @@ import pytest
 
 import tests.generation_support as gs
 from pipelines import validate_spec
-from pipelines.generation import CaptionJobSpec, run_caption_job
+from pipelines.generation import CaptionJobSpec, run_job
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,7 @@ def test_actor_pool_spreads_over_gpu_nodes_and_survives_node_loss(cluster, tmp_p
 
     watcher = threading.Thread(target=remove_the_paused_node, daemon=True)
     watcher.start()
-    summary = run_caption_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=None)
+    summary = run_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=None)
     watcher.join(timeout=10)
     assert "removed" in seen, "no generation actor reached its 2nd batch"
     # Two actors with one GPU each on 1-GPU nodes: necessarily on two different nodes.

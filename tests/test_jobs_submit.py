@@ -90,7 +90,7 @@ def test_ray_job_submit_caption_dataset_with_token_auth(ray_head, tmp_path):
     for shard in sorted((REPO / "jobs" / "sample").glob("*.parquet")):
         sample_ids |= set(pq.read_table(shard, columns=["id"]).column("id").to_pylist())
     ok, _ = gs.assert_exactly_once(str(out), sample_ids)
-    assert summary["rows_in"] == len(sample_ids) and summary["exact_match_rate"] is not None
+    assert summary["rows_in"] == len(sample_ids) and summary["metrics"]["exact_match"] is not None
     assert "exact match vs reference" in result.stdout
     assert set(ok.column("reference").to_pylist()) <= set(
         t for shard in (REPO / "jobs" / "sample").glob("*.parquet")

@@ -8,11 +8,18 @@ import pyarrow as pa
 import pytest
 
 import tests.generation_support as gs
-from pipelines.generation import CommitError, OutputExistsError, OutputStore
-from pipelines.generation.commit import stage_results
+from combiner_core import GenerationParams
+from pipelines.generation import CommitError, OutputExistsError
+from pipelines.generation.commit import OutputStore, output_schema, stage_results
+from pipelines.generation.tasks import CaptionTask
 from pipelines.readers import ReaderOptions, Shard, list_input_files, plan_shards, read_shard
 
 LINEAGE = {"model_uri": "m", "spec_hash": "s" * 64, "params_hash": "p" * 64}
+SCHEMA = output_schema(CaptionTask(params=GenerationParams()).output_fields())
+
+
+def _store(out: str) -> OutputStore:
+    return OutputStore(out, schema=SCHEMA)
 
 
 def _block(key: str, n: int, rows: range, bad: set[int] = frozenset()) -> pa.Table:
@@ -28,24 +35,27 @@ def _block(key: str, n: int, rows: range, bad: set[int] = frozenset()) -> pa.Tab
         "error_stage": ["decode" if i in bad else "" for i in idx],
         "error_cause": ["corrupt_image" if i in bad else "" for i in idx],
         "error_message": ["broken" if i in bad else "" for i in idx],
-        "text": [f"t{i}" for i in idx],
-        "candidates": ["" if i in bad else f'[{{"text": "t{i}", "score": -1.0, "num_tokens": 2}}]' for i in idx],
-        "score": [-1.0] * len(idx),
-        "input_tokens": [-1] * len(idx),
-        "output_tokens": [2] * len(idx),
-        "truncated": [False] * len(idx),
+        "text": [None if i in bad else f"t{i}" for i in idx],
+        "score": [None if i in bad else -1.0 for i in idx],
+        "texts": [None if i in bad else [f"t{i}"] for i in idx],
+        "scores": [None if i in bad else [-1.0] for i in idx],
+        "input_tokens": pa.array([None] * len(idx), pa.int64()),
+        "output_tokens": [None if i in bad else 2 for i in idx],
+        "truncated": pa.array([None] * len(idx), pa.bool_()),
         "model_sha256": ["w"] * len(idx),
     })
 
 
 def _stage(out: str, block: pa.Table, run_id: str = "r1") -> dict:
-    rec = stage_results(block, output_uri=out, run_id=run_id, lineage=LINEAGE, produced_at=datetime.now(UTC))
+    rec = stage_results(
+        block, output_uri=out, run_id=run_id, schema=SCHEMA, lineage=LINEAGE, produced_at=datetime.now(UTC)
+    )
     return rec.to_pylist()[0]
 
 
 def test_commit_merges_blocks_dedupes_a_retried_block_and_orders_rows(tmp_path):
     out = str(tmp_path / "out")
-    store = OutputStore(out)
+    store = _store(out)
     store.prepare(mode="error_if_exists", fingerprint="f")
     a = _stage(out, _block("k1", 5, range(0, 3), bad={1}))
     b = _stage(out, _block("k1", 5, range(3, 5)))
@@ -65,7 +75,7 @@ def test_commit_merges_blocks_dedupes_a_retried_block_and_orders_rows(tmp_path):
 
 def test_missing_rows_are_never_committed(tmp_path):
     out = str(tmp_path / "out")
-    store = OutputStore(out)
+    store = _store(out)
     store.prepare(mode="error_if_exists", fingerprint="f")
     a = _stage(out, _block("k2", 4, range(0, 3)))
     with pytest.raises(CommitError, match="not committed"):
@@ -76,7 +86,7 @@ def test_missing_rows_are_never_committed(tmp_path):
 
 def test_resume_removes_uncommitted_files_and_keeps_committed(tmp_path):
     out = str(tmp_path / "out")
-    store = OutputStore(out)
+    store = _store(out)
     store.prepare(mode="resume", fingerprint="f")
     a = _stage(out, _block("k1", 2, range(2)))
     store.commit_shard(shard_key="k1", inputs=["f1"], shard_rows=2, ok_paths=[a["ok_path"]],
@@ -86,15 +96,15 @@ def test_resume_removes_uncommitted_files_and_keeps_committed(tmp_path):
     orphan.write_bytes((tmp_path / "out" / "part-k1.parquet").read_bytes())
     _stage(out, _block("k3", 2, range(2)), run_id="r2")  # staged leftovers of a killed run
     assert gs.read_dir(out).num_rows == 4
-    committed = OutputStore(out).prepare(mode="resume", fingerprint="f")
+    committed = _store(out).prepare(mode="resume", fingerprint="f")
     assert set(committed) == {"k1"} and committed["k1"].inputs == ["f1"]
     assert not orphan.exists() and not (tmp_path / "out" / "_staging").exists()
     assert gs.read_dir(out).column("id").to_pylist() == ["k1-0", "k1-1"]
     with pytest.raises(OutputExistsError, match="other inputs"):
-        OutputStore(out).prepare(mode="resume", fingerprint="g")
+        _store(out).prepare(mode="resume", fingerprint="g")
     with pytest.raises(OutputExistsError, match="output.mode=resume"):
-        OutputStore(out).prepare(mode="error_if_exists", fingerprint="f")
-    assert OutputStore(out).prepare(mode="overwrite", fingerprint="g") == {}
+        _store(out).prepare(mode="error_if_exists", fingerprint="f")
+    assert _store(out).prepare(mode="overwrite", fingerprint="g") == {}
     assert gs.read_dir(out).num_rows == 0
 
 
@@ -113,14 +123,38 @@ def test_listing_filters_and_shards_are_deterministic(tmp_path):
 
 def test_read_shard_ids_sources_and_read_errors(tmp_path):
     gs.write_jsonl(str(tmp_path / "d.jsonl"), [{"text": "a cat", "id": 7}, {"body": "no text field"}])
-    opts = ReaderOptions(format="jsonl", root=str(tmp_path), value_column="text", id_column="id")
+    opts = ReaderOptions(format="jsonl", root=str(tmp_path), input_column="text", id_column="id")
     table = read_shard(Shard(files=(str(tmp_path / "d.jsonl"),)), opts)
     rows = table.to_pylist()
     assert [r["id"] for r in rows] == ["7", "d.jsonl#1"]
     assert rows[0]["payload"] == b"a cat" and rows[0]["error_stage"] == ""
-    assert rows[1]["error_cause"] == "missing_column" and "input.text_column" in rows[1]["error_message"]
+    assert rows[1]["error_cause"] == "missing_column" and "input_column" in rows[1]["error_message"]
     assert {r["shard_rows"] for r in rows} == {2} and [r["row_index"] for r in rows] == [0, 1]
     gs.write_parquet(str(tmp_path / "p.parquet"), [{"img": b"x"}])
-    opts = ReaderOptions(format="parquet", root=str(tmp_path), value_column="image", value_key="input.image_column")
+    opts = ReaderOptions(format="parquet", root=str(tmp_path), input_column="image")
     rows = read_shard(Shard(files=(str(tmp_path / "p.parquet"),)), opts).to_pylist()
     assert rows[0]["id"] == "p.parquet#file" and rows[0]["error_cause"] == "missing_column"
+
+
+def test_image_folder_references_come_from_its_captions_file(tmp_path):
+    """Generation (references) and fine-tuning (targets) read an image folder the same way."""
+    from pipelines.finetune.data import plan_pairs
+    from pipelines.finetune.spec import DataSource
+    from pipelines.readers import count_rows
+
+    for name in ("a.png", "sub/b.png", "c.png"):
+        gs.write_bytes(str(tmp_path / name), gs.image_bytes(len(name)))
+    gs.write_jsonl(str(tmp_path / "captions.jsonl"), [{"file": "a.png", "caption": "red"},
+                                                      {"file": "sub/b.png", "caption": "blue"}])
+    opts = ReaderOptions(format="images", root=str(tmp_path), captions_file=str(tmp_path / "captions.jsonl"))
+    files, _ = list_input_files(str(tmp_path), format="images")
+    rows = read_shard(Shard(files=tuple(files)), opts).to_pylist()
+    assert {r["id"]: r["reference"] for r in rows} == {"a.png": "red", "c.png": None, "sub/b.png": "blue"}
+    assert count_rows(files, opts) == 3
+    shards, train_opts, n = plan_pairs(DataSource(uri=str(tmp_path), format="images"), key="data.train")
+    assert n == 3 and train_opts.captions_file == str(tmp_path / "captions.jsonl") and len(shards) == 1
+    gs.write_bytes(str(tmp_path / "captions.jsonl"), b'{"file": "a.png"}\nnot json\n')
+    from pipelines.finetune.data import DataSourceError
+
+    with pytest.raises(DataSourceError, match="data.train: captions_file .* line 2"):
+        plan_pairs(DataSource(uri=str(tmp_path), format="images"), key="data.train")

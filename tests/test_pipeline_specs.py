@@ -90,10 +90,10 @@ def test_summarize_date_fills_uris_default_today():
         "model": {"uri": "m"},
     }
     spec = validate_spec(SummarizeJobSpec, data, source="t")
-    filled = spec.with_date(today=dt.date(2026, 2, 3))
+    filled = spec.resolved(today=dt.date(2026, 2, 3))
     assert filled.input.uri == "s3://b/in/date=2026-02-03/" and filled.output.uri == "s3://b/out/date=2026-02-03"
-    assert spec.with_date().date == dt.datetime.now(dt.UTC).date().isoformat()
-    pinned = validate_spec(SummarizeJobSpec, {**data, "date": "2025-12-31"}, source="t").with_date()
+    assert spec.resolved().date == dt.datetime.now(dt.UTC).date().isoformat()
+    pinned = validate_spec(SummarizeJobSpec, {**data, "date": "2025-12-31"}, source="t").resolved()
     assert pinned.output.uri.endswith("date=2025-12-31")
     with pytest.raises(SpecError, match="date"):
         validate_spec(SummarizeJobSpec, {**data, "date": "yesterday"}, source="t")
@@ -105,3 +105,41 @@ def test_fingerprint_ignores_mode_and_resources_but_not_model():
     b = validate_spec(CaptionJobSpec, {**data, "output": {"uri": "b", "mode": "resume"}, "batch_size": 3}, source="t")
     c = validate_spec(CaptionJobSpec, {**data, "model": {"uri": "other"}}, source="t")
     assert a.job_fingerprint() == b.job_fingerprint() != c.job_fingerprint()
+
+
+def test_one_input_vocabulary_with_deprecated_names(caplog):
+    """image_column / text_column / image_folder still work for a release, each logged once."""
+    from pipelines.finetune import FinetuneSpec
+
+    data = {"input": {"uri": "a", "format": "parquet", "image_column": "img"}, "output": {"uri": "b"},
+            "model": {"uri": "c"}}
+    with caplog.at_level("WARNING", logger="pipelines"):
+        spec = validate_spec(CaptionJobSpec, data, source="t")
+    assert spec.input.input_column == "img" and spec.reader_options().input_column == "img"
+    assert "input.image_column is deprecated; it is now input.input_column" in caplog.text
+    text = validate_spec(
+        SummarizeJobSpec, {**data, "input": {"uri": "a", "format": "jsonl", "text_column": "body"}}, source="t"
+    )
+    assert text.input.input_column == "body"
+    both = {**data, "input": {"uri": "a", "format": "parquet", "image_column": "x", "input_column": "y"}}
+    with pytest.raises(SpecError, match="input.image_column: unknown key"):
+        validate_spec(CaptionJobSpec, both, source="t")
+    source = FinetuneSpec.model_fields["data"].annotation.model_fields["train"].annotation
+    folder = source.model_validate({"uri": "/data/pics", "format": "image_folder"})
+    assert folder.format == "images" and folder.pairs_reader().captions_file == "/data/pics/captions.jsonl"
+
+
+def test_input_cross_checks_name_their_keys():
+    bad = {
+        "input": {"uri": "a", "format": "images", "reference_column": "cap", "input_column": None},
+        "output": {"uri": "b"},
+        "model": {"uri": "c"},
+    }
+    with pytest.raises(SpecError) as err:
+        validate_spec(CaptionJobSpec, {**bad, "input": {**bad["input"], "captions_file": None}}, source="t")
+    assert "input.reference_column: only used with format parquet or jsonl" in str(err.value)
+    with pytest.raises(SpecError, match="input.format: images, but this job reads texts"):
+        validate_spec(SummarizeJobSpec, {**bad, "input": {"uri": "a", "format": "images"}}, source="t")
+    with pytest.raises(SpecError, match="input.captions_file: only used with format images"):
+        validate_spec(CaptionJobSpec, {**bad, "input": {"uri": "a", "format": "parquet", "captions_file": "c"}},
+                      source="t")

@@ -24,7 +24,8 @@ from combiner_core.training import (
     target_token_ids,
 )
 from pipelines import SpecError, load_spec
-from pipelines.finetune import FinetuneSpec, caption_words, iter_examples, plot_loss_curve
+from jobs.demo_data.shapes import caption_words, iter_examples
+from pipelines.finetune import FinetuneSpec, plot_loss_curve
 from pipelines.metrics import generation_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,7 +199,7 @@ def test_minilm_bert2bert_warm_start_learns_the_reverse_task(minilm_dir):
     took eval loss from 10.95 to 2.30; here 30 steps must at least halve it.
     """
     from combiner_core import warm_start_combiner
-    from pipelines.finetune.synthetic_text import iter_reverse_examples
+    from jobs.demo_data.reverse_words import iter_reverse_examples
 
     torch.manual_seed(0)
     combiner = warm_start_combiner(encoder_uri=str(minilm_dir), decoder_uri=str(minilm_dir), seed=0)

@@ -2,7 +2,6 @@
 
 from .data import read_pairs
 from .run import FinetuneResult, export_checkpoint, plot_loss_curve, preflight, run_finetune
-from .shapes import caption_words, iter_examples, write_split, write_vocabulary
 from .spec import (
     DataSource,
     DataSpec,
@@ -30,13 +29,9 @@ __all__ = [
     "ScalingSpec",
     "TrainingSpec",
     "WarmStartSource",
-    "caption_words",
     "export_checkpoint",
-    "iter_examples",
     "plot_loss_curve",
     "preflight",
     "read_pairs",
     "run_finetune",
-    "write_split",
-    "write_vocabulary",
 ]

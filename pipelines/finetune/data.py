@@ -1,109 +1,98 @@
 """Reading (input, target) pairs with Ray Data, lazily: rows stream into the workers.
 
-Every dataset comes out with three columns: `id` (string), `source` (image bytes
-or text) and `target` (text), whatever the input format called them.
+Pairs are read by the same reading layer as every generation job (pipelines.readers:
+one shard per file or group of images, the same ids, formats and column keys); the
+reference text it reads is the target. Every dataset comes out with four columns:
+`id` (string), `source` (image bytes or text bytes), `target` (text) and `error`
+(the read error's cause, "" for a good row), so a row that cannot be read is counted
+by the trainer like any other bad row, never dropped.
 """
 
 from __future__ import annotations
 
-import json
-import posixpath
+from dataclasses import replace
 from typing import Any
 
-import ray.data
+import numpy as np
+import pyarrow as pa
 
-from ..readers import IMAGE_EXTENSIONS
-from ..uris import is_remote
+from combiner_core.storage import absolute_uri
+
+from ..readers import (
+    CaptionsFileError,
+    InputListingError,
+    Shard,
+    count_rows,
+    list_input_files,
+    plan_shards,
+    read_captions_file,
+    read_shard,
+)
 from .spec import DataSource
 
+# Image files per shard (one read task): enough to amortize a task, small enough to
+# spread a folder over the cluster's CPUs.
+_IMAGES_PER_SHARD = 256
 
-def arrow_filesystem(uri: str) -> tuple[Any, str]:
-    """(pyarrow filesystem or None, path) for Ray Data readers.
 
-    Remote URIs go through fsspec (s3fs honours AWS_* variables and
-    AWS_ENDPOINT_URL, as every other part of this project does).
+class DataSourceError(ValueError):
+    """A data source names nothing readable (raised on the driver, before training)."""
+
+
+def _read(batch: dict[str, np.ndarray], *, options: Any) -> pa.Table:
+    tables = [
+        read_shard(Shard(files=tuple(str(f) for f in files), key=str(key)), options)
+        for files, key in zip(batch["files"], batch["shard_key"], strict=True)
+    ]
+    rows = pa.concat_tables(tables)
+    return pa.table(
+        {
+            "id": rows.column("id"),
+            "source": rows.column("payload"),
+            "target": rows.column("reference").cast(pa.string()),
+            "error": rows.column("error_cause"),
+        }
+    )
+
+
+def plan_pairs(source: DataSource, *, key: str) -> tuple[list[Shard], Any, int | None]:
+    """(shards, reader options, row count if known without reading) for one data source.
+
+    Raises DataSourceError naming `key` (data.train...) when nothing can be read.
     """
-    if not is_remote(uri):
-        return None, uri.removeprefix("file://")
-    from fsspec.core import url_to_fs
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
+    options = source.pairs_reader()
+    options = replace(
+        options,
+        root=absolute_uri(options.root),
+        captions_file=absolute_uri(options.captions_file) if options.captions_file else None,
+    )
+    try:
+        files, _ = list_input_files(options.root, format=options.format, extensions=options.extensions)
+        if options.captions_file:
+            read_captions_file(options.captions_file)
+    except (InputListingError, CaptionsFileError) as exc:
+        raise DataSourceError(f"{key}: {exc}") from None
+    if not files:
+        raise DataSourceError(f"{key}.uri: no {source.format} files under {source.uri}")
+    shards = plan_shards(files, format=options.format, files_per_shard=_IMAGES_PER_SHARD)
+    rows = count_rows(files, options)
+    if rows is not None and source.max_rows is not None:
+        rows = min(rows, source.max_rows)
+    return shards, options, rows
 
-    fs, path = url_to_fs(uri)
-    return PyFileSystem(FSSpecHandler(fs)), path
 
-
-def _rename(batch: dict[str, Any], *, id_column: str, input_column: str, target_column: str) -> dict[str, Any]:
-    return {
-        "id": [str(x) for x in batch[id_column]],
-        "source": batch[input_column],
-        "target": batch[target_column],
-    }
-
-
-def read_pairs(source: DataSource, *, key: str) -> ray.data.Dataset:
-    """A lazy Ray Dataset of {id, source, target} for one DataSource.
+def read_pairs(source: DataSource, *, key: str) -> Any:
+    """A lazy Ray Dataset of {id, source, target, error} for one DataSource.
 
     `key` is the spec key (data.train...), named in errors.
     """
-    filesystem, path = arrow_filesystem(source.uri)
-    if source.format == "parquet":
-        ds = ray.data.read_parquet(
-            path,
-            filesystem=filesystem,
-            columns=[source.id_column, source.input_column, source.target_column],
-            file_extensions=["parquet"],
-        )
-    elif source.format == "jsonl":
-        ds = ray.data.read_json(path, filesystem=filesystem, lines=True, file_extensions=["jsonl", "json"])
-    else:
-        ds = _read_image_folder(source, filesystem=filesystem, path=path, key=key)
-    if source.format != "image_folder":
-        ds = ds.map_batches(
-            _rename,
-            fn_kwargs={
-                "id_column": source.id_column,
-                "input_column": source.input_column,
-                "target_column": source.target_column,
-            },
-            batch_format="pandas" if source.format == "jsonl" else "numpy",
-        )
+    import ray.data
+
+    shards, options, _ = plan_pairs(source, key=key)
+    items = [{"shard_key": s.key, "files": list(s.files)} for s in shards]
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _read, batch_size=1, batch_format="numpy", fn_kwargs={"options": options}
+    )
     if source.max_rows is not None:
         ds = ds.limit(source.max_rows)
     return ds
-
-
-def _read_image_folder(source: DataSource, *, filesystem: Any, path: str, key: str) -> ray.data.Dataset:
-    """Images under the folder, joined to their captions from a JSONL file {file, caption}.
-
-    The captions file is read on the driver (one short line per image); the
-    image bytes are read by Ray Data tasks.
-    """
-    import fsspec
-
-    captions_uri = source.captions_file or posixpath.join(source.uri.rstrip("/"), "captions.jsonl")
-    captions: dict[str, str] = {}
-    with fsspec.open(captions_uri, "rt") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                captions[str(row["file"])] = row.get("caption")
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(
-                    f"{key}.captions_file {captions_uri} line {line_no}: expected a JSON object with "
-                    f"'file' and 'caption' ({exc})"
-                ) from None
-    root = path.rstrip("/")
-    ds = ray.data.read_binary_files(
-        path, filesystem=filesystem, include_paths=True, file_extensions=[s[1:] for s in IMAGE_EXTENSIONS]
-    )
-    captions_ref = ray.put(captions)
-
-    def attach(batch: dict[str, Any]) -> dict[str, Any]:
-        table = ray.get(captions_ref)
-        rel = [str(p)[len(root) :].lstrip("/") if str(p).startswith(root) else str(p) for p in batch["path"]]
-        # A picture without a caption is a bad row (empty target): counted, not dropped silently.
-        return {"id": rel, "source": batch["bytes"], "target": [table.get(r) or "" for r in rel]}
-
-    return ds.map_batches(attach, batch_format="numpy")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import fsspec
 
 from combiner_core import (
@@ -14,6 +12,7 @@ from combiner_core import (
     random_combiner,
     warm_start_combiner,
 )
+from combiner_core.storage import is_hub_id, is_remote, local_path
 
 from .spec import ModelSpec, RandomSource
 
@@ -98,9 +97,9 @@ def check_model_paths(spec: ModelSpec) -> list[str]:
     if spec.random is not None:
         candidates.append(("model.random.words_file", spec.random.words_file))
     for key, uri in candidates:
-        local = "://" not in uri or uri.startswith("file://")
-        path = Path(uri.removeprefix("file://")).expanduser()
-        looks_local = uri.startswith(("/", ".", "~", "file://")) or path.exists() or key.endswith("words_file")
-        if local and looks_local and not path.exists():
+        # A words file is always a path; a checkpoint may be a hub id ("org/name").
+        if is_remote(uri) or (is_hub_id(uri) and not key.endswith("words_file")):
+            continue
+        if not local_path(uri).exists():
             problems.append(f"{key}: {uri} does not exist; fix the path")
     return problems

@@ -12,11 +12,11 @@ from typing import Any
 import fsspec
 
 from combiner_core import load_combiner, save_combiner
+from combiner_core.storage import absolute_uri, get_filesystem, is_remote, local_path
 
 from ..session import init_ray
 from ..specs import SpecError, spec_hash
-from ..uris import absolute_uri, is_remote
-from .data import arrow_filesystem, read_pairs
+from .data import DataSourceError, plan_pairs, read_pairs
 from .loop import METRICS_FILE, MODEL_DIR, STATE_FILE, train_loop
 from .model import check_model_paths
 from .spec import FinetuneSpec
@@ -46,19 +46,19 @@ def preflight(spec: FinetuneSpec, *, source: str = "spec") -> None:
     problems = check_model_paths(spec.model)
     for key in ("train", "eval", "test"):
         data = getattr(spec.data, key)
-        if data is None or is_remote(data.uri):
+        if data is None:
             continue
-        if not Path(data.uri.removeprefix("file://")).exists():
-            problems.append(f"data.{key}.uri: {data.uri} does not exist; fix the path")
+        try:
+            plan_pairs(data, key=f"data.{key}")
+        except DataSourceError as exc:
+            problems.append(str(exc))
     if problems:
         raise SpecError(source, problems)
 
 
 def _absolute(uri: str) -> str:
-    # Hub ids ("org/name") stay as they are; anything that exists here is a path.
-    if is_remote(uri) or not (Path(uri.removeprefix("file://")).expanduser().exists() or uri.startswith(("/", ".", "~", "file://"))):
-        return uri
-    return absolute_uri(uri)
+    # Hub ids ("org/name") stay as they are; anything else local is made absolute.
+    return absolute_uri(uri, hub_ids=True)
 
 
 def absolute_local_paths(spec: FinetuneSpec) -> FinetuneSpec:
@@ -88,9 +88,14 @@ def _run_config(spec: FinetuneSpec) -> Any:
 
     storage_filesystem, storage_path = None, spec.run.storage_path
     if is_remote(storage_path):
-        storage_filesystem, storage_path = arrow_filesystem(storage_path)
+        # Through fsspec, so s3fs honours AWS_* variables and AWS_ENDPOINT_URL as the
+        # rest of this project does.
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        fs, storage_path = get_filesystem(storage_path)
+        storage_filesystem = PyFileSystem(FSSpecHandler(fs))
     else:
-        storage_path = str(Path(storage_path.removeprefix("file://")).expanduser().resolve())
+        storage_path = str(local_path(storage_path).resolve())
     return RunConfig(
         name=spec.run.name,
         storage_path=storage_path,
@@ -126,8 +131,10 @@ def run_finetune(spec: FinetuneSpec) -> FinetuneResult:
         if key in datasets:
             datasets[key] = datasets[key].materialize()
     # Row count sets the learning-rate schedule's length; for Parquet it comes from
-    # file footers, not from reading the rows.
-    train_rows = datasets["train"].count()
+    # file footers, for image folders from the listing; JSONL needs a read.
+    _, _, train_rows = plan_pairs(spec.data.train, key="data.train")
+    if train_rows is None:
+        train_rows = datasets["train"].count()
     if train_rows == 0:
         raise SpecError("spec", [f"data.train.uri: no rows in {spec.data.train.uri}"])
     trainer = TorchTrainer(
@@ -187,7 +194,7 @@ def export_checkpoint(checkpoint: Any, spec: FinetuneSpec) -> FinetuneResult:
 
 def _put(local: Path, uri: str) -> None:
     if not is_remote(uri):
-        target = Path(uri.removeprefix("file://"))
+        target = local_path(uri)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(local.read_bytes())
         return

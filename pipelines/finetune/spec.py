@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from combiner_core import GenerationParams
 
+from ..inputs import InputSource
+from ..readers import ReaderOptions
 from ..specs import ModelSource, StrictModel
 
 
@@ -51,22 +54,30 @@ class ModelSpec(StrictModel):
         return self
 
 
-class DataSource(StrictModel):
-    """One set of (input, target) pairs."""
+class DataSource(InputSource):
+    """One set of (input, target) pairs, read like every job's input (pipelines.inputs)."""
 
-    uri: str = Field(description="folder or file: local path or s3:// (any fsspec) URI")
-    format: Literal["parquet", "jsonl", "image_folder"] = Field(
-        "parquet", description="parquet or jsonl files, or an image folder with a captions file"
+    format: Literal["parquet", "jsonl", "images"] = Field(
+        "parquet",
+        description="parquet or jsonl files (input_column, target_column), or a folder of images "
+        "with a captions file (captions_file) holding the targets",
     )
-    input_column: str = Field("image", description="column with the input: image bytes or text")
-    target_column: str = Field("caption", description="column with the target text")
-    id_column: str = Field("id", description="column with a unique row id (reported for bad rows)")
-    captions_file: str | None = Field(
-        None,
-        description="image_folder only: JSONL of {file, caption} (file relative to uri); "
-        "defaults to captions.jsonl in the folder",
+    input_column: str | None = Field(
+        "image", description="parquet / jsonl: column with the input: image bytes or text"
     )
+    target_column: str = Field("caption", description="parquet / jsonl: column with the target text")
     max_rows: int | None = Field(None, ge=1, description="use only the first N rows (quick runs)")
+
+    def pairs_reader(self) -> ReaderOptions:
+        """Reader options: the target is read as the row's reference text.
+
+        An image folder without captions_file takes captions.jsonl inside it.
+        """
+        captions = self.captions_file
+        if self.format == "images" and not captions:
+            captions = self.uri.rstrip("/") + "/captions.jsonl"
+        options = self.reader_options(reference_column=self.target_column if self.format != "images" else None)
+        return replace(options, captions_file=captions)
 
 
 class DataSpec(StrictModel):
@@ -166,11 +177,8 @@ class FinetuneSpec(StrictModel):
         problems = []
         for key in ("train", "eval", "test"):
             source = getattr(self.data, key)
-            if source is not None and source.captions_file and source.format != "image_folder":
-                problems.append(
-                    f"data.{key}.captions_file: only used with format=image_folder (format is "
-                    f"{source.format!r}); remove it"
-                )
+            if source is not None:
+                problems += source.source_problems(key=f"data.{key}")
         if self.evaluation.generation.num_return_sequences != 1:
             problems.append(
                 "evaluation.generation.num_return_sequences: metrics score one output per row; set it to 1"

@@ -1,52 +1,35 @@
-"""Batch generation on Ray Data (caption_dataset, summarize_corpus) with exactly-once commits."""
+"""The generation pipeline on Ray Data: one stage builder for every task kind
+(caption_dataset, summarize_corpus), exactly-once commits, Parquet outputs.
 
-from ..uris import absolute_uri
-from .commit import (
-    ERROR_SCHEMA,
-    OUTPUT_SCHEMA,
-    CommitError,
-    OutputExistsError,
-    OutputStore,
-    ShardManifest,
-    normalize_for_match,
-)
-from .jobs import print_summary, run_caption_job, run_summarize_job
-from .run import JobSummary, ModelSpecError, check_model, run_generation
-from .specs import (
-    CaptionInput,
-    CaptionJobSpec,
-    OutputSpec,
-    ResourcesSpec,
-    SummarizeInput,
-    SummarizeJobSpec,
-)
-from .stages import GenerateWorker, params_hash, preprocess_batch, read_shard_batch, stage_batch
+    spec = load_spec(CaptionJobSpec, "my.yaml")      # pipelines.load_spec
+    summary = run_job(spec)                           # build_plan(spec) + run_plan(plan)
+    print(format_summary(summary))
+
+A task kind is one adapter (tasks/) plus its spec (specs.py).
+"""
+
+from .commit import CommitError, OutputExistsError
+from .plan import InputSpecError, JobPlan, ModelSpecError, build_plan
+from .report import format_summary
+from .run import JobSummary, run_job, run_plan
+from .specs import CaptionJobSpec, JobSpec, SummarizeJobSpec
+from .tasks import CaptionTask, SummarizeTask, TaskAdapter
 
 __all__ = [
-    "ERROR_SCHEMA",
-    "OUTPUT_SCHEMA",
-    "CaptionInput",
     "CaptionJobSpec",
+    "CaptionTask",
     "CommitError",
-    "GenerateWorker",
+    "InputSpecError",
+    "JobPlan",
+    "JobSpec",
     "JobSummary",
     "ModelSpecError",
     "OutputExistsError",
-    "OutputSpec",
-    "OutputStore",
-    "ResourcesSpec",
-    "ShardManifest",
-    "SummarizeInput",
     "SummarizeJobSpec",
-    "absolute_uri",
-    "check_model",
-    "normalize_for_match",
-    "params_hash",
-    "preprocess_batch",
-    "print_summary",
-    "read_shard_batch",
-    "run_caption_job",
-    "run_generation",
-    "run_summarize_job",
-    "stage_batch",
+    "SummarizeTask",
+    "TaskAdapter",
+    "build_plan",
+    "format_summary",
+    "run_job",
+    "run_plan",
 ]

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import posixpath
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -51,26 +51,24 @@ JOB_FILE = "_job.json"
 SUMMARY_FILE = "_summary.json"
 
 _INTERNAL = [("row_index", pa.int64()), ("shard_key", pa.string())]
-OUTPUT_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("source_uri", pa.string()),
-        ("source_row", pa.int64()),
-        ("text", pa.string()),
-        ("score", pa.float64()),
-        ("texts", pa.list_(pa.string())),
-        ("scores", pa.list_(pa.float64())),
-        ("input_tokens", pa.int64()),
-        ("output_tokens", pa.int64()),
-        ("truncated", pa.bool_()),
-        ("reference", pa.string()),
-        ("model_uri", pa.string()),
-        ("model_sha256", pa.string()),
-        ("spec_hash", pa.string()),
-        ("params_hash", pa.string()),
-        ("produced_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
+# Every output table: where the row came from, the task's own columns, then reference
+# and lineage. `output_schema` puts a task's fields in the middle.
+_SOURCE_FIELDS = [pa.field("id", pa.string()), pa.field("source_uri", pa.string()), pa.field("source_row", pa.int64())]
+_LINEAGE_FIELDS = [
+    pa.field("reference", pa.string()),
+    pa.field("model_uri", pa.string()),
+    pa.field("model_sha256", pa.string()),
+    pa.field("spec_hash", pa.string()),
+    pa.field("params_hash", pa.string()),
+    pa.field("produced_at", pa.timestamp("us", tz="UTC")),
+]
+
+
+def output_schema(task_fields: list[pa.Field]) -> pa.Schema:
+    """The output table's schema for a task whose own columns are `task_fields`."""
+    return pa.schema(_SOURCE_FIELDS + list(task_fields) + _LINEAGE_FIELDS)
+
+
 ERROR_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -90,6 +88,8 @@ RECORD_SCHEMA = pa.schema(
         ("rows", pa.int64()),
         ("ok_path", pa.string()),
         ("error_path", pa.string()),
+        # JSON of additive counters from the model stage (e.g. decoder positions), "" if none
+        ("stats", pa.string()),
     ]
 )
 
@@ -127,38 +127,31 @@ def _str_column(table: pa.Table, name: str) -> pa.Array:
     return pa.nulls(table.num_rows, pa.string())
 
 
-def _candidates(values: list[str | None]) -> tuple[list, list]:
-    texts, scores = [], []
-    for v in values:
-        if v is None:
-            texts.append(None)
-            scores.append(None)
-            continue
-        cands = json.loads(v)
-        texts.append([c["text"] for c in cands])
-        scores.append([float(c["score"]) for c in cands])
-    return texts, scores
-
-
 def stage_results(
     block: pa.Table,
     *,
     output_uri: str,
     run_id: str,
+    schema: pa.Schema,
     lineage: Mapping[str, str],
     produced_at: datetime,
     storage_options: Mapping[str, Any] | None = None,
-    writer_pid: int = 0,
 ) -> pa.Table:
-    """Split a block of generated rows into ok/error tables per shard and stage them.
+    """Split a block of processed rows into ok/error tables per shard and stage them.
 
-    Returns RECORD_SCHEMA rows, one per shard present in the block.
+    `block` holds the reader's columns, the task's output columns (named in `schema`,
+    the output schema) and `model_sha256`; `lineage` gives model_uri, spec_hash and
+    params_hash. Returns RECORD_SCHEMA rows, one per shard present in the block.
     """
     fs, root = _fs(output_uri, storage_options)
     records: dict[str, list] = {name: [] for name in RECORD_SCHEMA.names}
+    stats_column = block.column("model_stats").to_pylist() if "model_stats" in block.column_names else None
     keys = block.column("shard_key").to_pylist()
+    ok_schema = pa.schema(list(schema) + [pa.field(*f) for f in _INTERNAL])
+    err_schema = pa.schema(list(ERROR_SCHEMA) + [pa.field(*f) for f in _INTERNAL])
     for key in sorted(set(keys)):
-        part = block.filter(pc.equal(block.column("shard_key"), key))
+        mask = pc.equal(block.column("shard_key"), key)
+        part = block.filter(mask)
         failed = pc.not_equal(part.column("error_stage"), "")
         ok, bad = part.filter(pc.invert(failed)), part.filter(failed)
         n_ok, n_bad = ok.num_rows, bad.num_rows
@@ -166,33 +159,16 @@ def stage_results(
         base = f"{root}/{STAGING_DIR}/{run_id}/{key}"
         ok_path = err_path = ""
         if n_ok:
-            texts, scores = _candidates(ok.column("candidates").to_pylist())
+            constants = {
+                "reference": _str_column(ok, "reference"),
+                "model_uri": pa.array([lineage["model_uri"]] * n_ok, pa.string()),
+                "spec_hash": pa.array([lineage["spec_hash"]] * n_ok, pa.string()),
+                "params_hash": pa.array([lineage["params_hash"]] * n_ok, pa.string()),
+                "produced_at": pa.array([produced_at] * n_ok, pa.timestamp("us", tz="UTC")),
+            }
             table = pa.table(
-                {
-                    "id": ok.column("id"),
-                    "source_uri": ok.column("source_uri"),
-                    "source_row": ok.column("source_row"),
-                    "text": ok.column("text"),
-                    "score": ok.column("score"),
-                    "texts": pa.array(texts, pa.list_(pa.string())),
-                    "scores": pa.array(scores, pa.list_(pa.float64())),
-                    "input_tokens": pc.if_else(
-                        pc.less(ok.column("input_tokens"), 0), None, ok.column("input_tokens")
-                    ),
-                    "output_tokens": ok.column("output_tokens"),
-                    "truncated": pc.if_else(
-                        pc.less(ok.column("input_tokens"), 0), None, ok.column("truncated")
-                    ),
-                    "reference": _str_column(ok, "reference"),
-                    "model_uri": pa.array([lineage["model_uri"]] * n_ok, pa.string()),
-                    "model_sha256": ok.column("model_sha256"),
-                    "spec_hash": pa.array([lineage["spec_hash"]] * n_ok, pa.string()),
-                    "params_hash": pa.array([lineage["params_hash"]] * n_ok, pa.string()),
-                    "produced_at": pa.array([produced_at] * n_ok, pa.timestamp("us", tz="UTC")),
-                    "row_index": ok.column("row_index"),
-                    "shard_key": ok.column("shard_key"),
-                }
-            ).cast(pa.schema(list(OUTPUT_SCHEMA) + [pa.field(*f) for f in _INTERNAL]))
+                {f.name: constants[f.name] if f.name in constants else ok.column(f.name) for f in ok_schema},
+            ).cast(ok_schema)
             ok_path = f"{base}/{name}-ok.parquet"
             _write_parquet(fs, ok_path, table)
         if n_bad:
@@ -209,15 +185,29 @@ def stage_results(
                     "row_index": bad.column("row_index"),
                     "shard_key": bad.column("shard_key"),
                 }
-            ).cast(pa.schema(list(ERROR_SCHEMA) + [pa.field(*f) for f in _INTERNAL]))
+            ).cast(err_schema)
             err_path = f"{base}/{name}-err.parquet"
             _write_parquet(fs, err_path, table)
+        stats = ""
+        if stats_column is not None:
+            # A batch's counters ride on its first row; a block may hold several batches.
+            picked = [v for v, m in zip(stats_column, mask.to_pylist(), strict=True) if m and v]
+            stats = json.dumps(_add_counters(json.loads(v) for v in picked)) if picked else ""
         records["shard_key"].append(key)
         records["shard_rows"].append(part.column("shard_rows")[0].as_py())
         records["rows"].append(n_ok + n_bad)
         records["ok_path"].append(ok_path)
         records["error_path"].append(err_path)
+        records["stats"].append(stats)
     return pa.table(records, schema=RECORD_SCHEMA)
+
+
+def _add_counters(items: Any) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for item in items:
+        for k, v in item.items():
+            total[k] = total.get(k, 0.0) + float(v)
+    return total
 
 
 @dataclass
@@ -233,21 +223,30 @@ class ShardManifest:
     error_files: list[str]
     run_id: str
     committed_at: str
-    reference_rows: int = 0
-    exact_matches: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Additive sums the task computed over the shard's ok rows (e.g. exact matches),
+    # and the model stage's counters for it (e.g. decoder positions).
+    metric_sums: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
 
-
-def normalize_for_match(text: str | None) -> str:
-    """Exact match ignores case and runs of whitespace (and nothing else)."""
-    return " ".join((text or "").split()).casefold()
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ShardManifest:
+        """A manifest as written by this or an earlier version (0.1 kept exact-match counts)."""
+        data = dict(data)
+        legacy = {k: float(data.pop(k)) for k in ("reference_rows", "exact_matches") if k in data}
+        data.pop("extra", None)
+        manifest = cls(**data)
+        manifest.metric_sums = {**legacy, **manifest.metric_sums}
+        return manifest
 
 
 class OutputStore:
     """output.uri as the commit protocol sees it (see the module docstring)."""
 
-    def __init__(self, uri: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, uri: str, *, schema: pa.Schema, storage_options: Mapping[str, Any] | None = None
+    ) -> None:
         self.uri = uri.rstrip("/")
+        self.schema = schema
         self.storage_options = dict(storage_options or {})
         self.fs, self.root = _fs(uri, storage_options)
 
@@ -302,7 +301,7 @@ class OutputStore:
             if not path.endswith(".json"):
                 continue
             with self.fs.open(path, "r") as f:
-                manifest = ShardManifest(**json.load(f))
+                manifest = ShardManifest.from_json(json.load(f))
             out[manifest.shard_key] = manifest
         return out
 
@@ -340,8 +339,14 @@ class OutputStore:
         error_paths: list[str],
         run_id: str,
         commit_number: int,
+        metric_sums: Callable[[pa.Table], dict[str, float]] | None = None,
+        stats: Mapping[str, float] | None = None,
     ) -> ShardManifest:
-        """Merge a shard's staged files into its final files, then write its manifest."""
+        """Merge a shard's staged files into its final files, then write its manifest.
+
+        `metric_sums` (the task's) is called on the shard's merged ok rows; its result
+        is kept in the manifest, as are the model stage's `stats` for the shard.
+        """
         ok = self._read(ok_paths)
         bad = self._read(error_paths)
         ok = _dedupe(ok)
@@ -356,9 +361,9 @@ class OutputStore:
                 "output.mode=resume to redo the shard"
             )
         data_files, error_files = [], []
-        reference_rows = exact = 0
+        sums: dict[str, float] = {}
         for table, schema, rel in (
-            (ok, OUTPUT_SCHEMA, f"part-{shard_key}.parquet"),
+            (ok, self.schema, f"part-{shard_key}.parquet"),
             (bad, ERROR_SCHEMA, f"{ERRORS_DIR}/part-{shard_key}.parquet"),
         ):
             if table is None or table.num_rows == 0:
@@ -371,13 +376,9 @@ class OutputStore:
             final = self._path(rel)
             self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
             self.fs.mv(tmp, final)
-            (data_files if schema is OUTPUT_SCHEMA else error_files).append(rel)
-            if schema is OUTPUT_SCHEMA:
-                refs = table.column("reference").to_pylist()
-                texts = table.column("text").to_pylist()
-                pairs = [(t, r) for t, r in zip(texts, refs, strict=True) if r is not None]
-                reference_rows = len(pairs)
-                exact = sum(normalize_for_match(t) == normalize_for_match(r) for t, r in pairs)
+            (data_files if schema is self.schema else error_files).append(rel)
+            if schema is self.schema and metric_sums is not None:
+                sums = metric_sums(table)
         faults.maybe_kill("driver_before_manifest", commit_number)
         manifest = ShardManifest(
             shard_key=shard_key,
@@ -389,8 +390,8 @@ class OutputStore:
             error_files=error_files,
             run_id=run_id,
             committed_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            reference_rows=reference_rows,
-            exact_matches=exact,
+            metric_sums=sums,
+            stats=dict(stats or {}),
         )
         tmp = self._path(STAGING_DIR, run_id, "commit", f"{shard_key}.json")
         _write_json(self.fs, tmp, manifest.__dict__)
@@ -412,11 +413,15 @@ class OutputStore:
         staging = self._path(STAGING_DIR)
         if self.fs.exists(staging):
             self.fs.rm(staging, recursive=True)
-        for folder, schema in (("", OUTPUT_SCHEMA), (ERRORS_DIR, ERROR_SCHEMA)):
+        for folder, schema in (("", self.schema), (ERRORS_DIR, ERROR_SCHEMA)):
             base = self._path(folder) if folder else self.root
             if not self.fs.glob(f"{base}/*.parquet"):
                 self.fs.makedirs(base, exist_ok=True)
                 _write_parquet(self.fs, f"{base}/part-empty.parquet", schema.empty_table())
+        self.write_summary(summary)
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        """(Re)write _summary.json."""
         _write_json(self.fs, self._path(SUMMARY_FILE), dict(summary))
 
 

@@ -1,25 +1,33 @@
-"""Job specs of the two generation jobs: caption_dataset and summarize_corpus.
+"""Job specs of the generation pipeline: caption_dataset and summarize_corpus.
 
 The YAML keys are a contract (tools and tests script against them):
 
-    input:     uri, format, id_column, image_column | text_column, reference_column, files_per_shard
-    output:    uri, mode (error_if_exists | resume | overwrite)
-    model:     uri, allow_pickle, trust_remote_code
+    input:      uri, format, input_column, id_column, reference_column, captions_file,
+                extensions, files_per_shard (see pipelines.inputs)
+    output:     uri, mode (error_if_exists | resume | overwrite)
+    model:      uri, dtype, allow_pickle, trust_remote_code
     generation: combiner_core.GenerationParams (strategy, max_new_tokens, num_beams, ...)
-    batch_size, truncation (summarize only)
-    resources: workers, num_gpus, preprocess_cpus
+    batch_size, truncation (summarize only), date (summarize only)
+    resources:  workers, num_gpus, worker_cpus, preprocess_cpus
+
+Every job spec names its task adapter (`task()`): that, and the spec's own keys, is
+all a new task kind adds.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Literal
+from abc import abstractmethod
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from combiner_core import GenerationParams
 
+from ..inputs import InputSource
+from ..readers import InputFormat, ReaderOptions
 from ..specs import ModelSource, StrictModel, canonical_sha256
+from .tasks import CaptionTask, SummarizeTask, TaskAdapter
 
 OutputMode = Literal["error_if_exists", "resume", "overwrite"]
 
@@ -41,122 +49,139 @@ class OutputSpec(StrictModel):
 class ResourcesSpec(StrictModel):
     """How much of the cluster the job uses."""
 
-    workers: int = Field(1, ge=1, le=4096, description="generation actors; each loads the model once")
+    workers: int = Field(1, ge=1, le=4096, description="model actors; each loads the model once")
     num_gpus: float = Field(
-        0, ge=0, le=16, description="GPUs per generation actor; 0 runs the model on CPU"
+        0, ge=0, le=16, description="GPUs per model actor; 0 runs the model on CPU"
     )
     preprocess_cpus: float = Field(
-        1, gt=0, le=64, description="CPUs reserved by each decode/read task (Ray Data CPU tasks)"
+        1, gt=0, le=64, description="CPUs reserved by each read/decode/tokenize task (Ray Data CPU tasks)"
     )
     worker_cpus: float = Field(
-        1, ge=0, le=64, description="CPUs reserved by each generation actor (besides its GPUs)"
+        1, ge=0, le=64,
+        description="CPUs reserved by each model actor (besides its GPUs); on CPU it also sets the "
+        "actor's torch threads (at least 1)",
     )
 
 
-class _JobBase(StrictModel):
-    output: OutputSpec = Field(description="output location and write mode")
-    model: ModelSource = Field(description="the combiner that generates")
-    generation: GenerationParams = Field(
-        default_factory=GenerationParams, description="decoding parameters (combiner_core.GenerationParams)"
+class GenerationModel(ModelSource):
+    """The combiner a job runs, and the precision it runs in."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights and activations on the actor; auto = bfloat16 on GPU, float32 on CPU"
     )
-    batch_size: int = Field(16, ge=1, le=4096, description="rows per generation batch on each actor")
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="workers, GPUs and CPUs")
-
-    def job_fingerprint(self) -> str:
-        """Hash of what decides the output rows (input, model, generation, truncation).
-
-        A resumed run must match the run that wrote the committed shards; output.mode,
-        batch size and resources do not change results, so they are left out.
-        """
-        data = self.model_dump(mode="json", include={"input", "model", "generation", "truncation"})
-        return canonical_sha256(data)
 
 
-class CaptionInput(StrictModel):
-    """Images to caption."""
+class JobInput(InputSource):
+    """The rows a job reads (pipelines.inputs), plus references and shard size."""
 
-    uri: str = Field(
-        description="a folder/prefix of image files (jpg, jpeg, png, webp, bmp, gif: first frame), "
-        "a folder/prefix of Parquet shards, one file, or a glob; local, file:// or s3://"
-    )
-    format: Literal["images", "parquet"] = Field(
-        "images", description="images: one image per file; parquet: an image-bytes column per row"
-    )
-    image_column: str = Field(
-        "image",
-        description="parquet: column holding encoded image bytes (or a {bytes, path} struct as "
-        "Hugging Face datasets store it)",
-    )
-    id_column: str | None = Field(
-        None,
-        description="parquet: column with row ids; when unset ids are '<shard file>#<row>'. "
-        "For images the id is the file path relative to input.uri",
-    )
     reference_column: str | None = Field(
         None,
-        description="parquet: column with a reference caption, copied to the output as 'reference' "
-        "and scored by exact match in the summary",
+        description="parquet / jsonl: column with a reference text, copied to the output as "
+        "'reference' and scored in the summary (images: use captions_file)",
     )
     files_per_shard: int = Field(
         256,
         ge=1,
         le=100_000,
-        description="images: files per commit unit (a shard); parquet shards are one file each",
+        description="images / text_files: files per commit unit (a shard); parquet, jsonl and "
+        "text_lines shards are one file each",
     )
 
+    def source_problems(self, *, key: str, modality: str | None = None) -> list[str]:
+        problems = super().source_problems(key=key, modality=modality)
+        if self.reference_column and self.format not in ("parquet", "jsonl"):
+            problems.append(
+                f"{key}.reference_column: only used with format parquet or jsonl (format is "
+                f"{self.format}); images take references from {key}.captions_file"
+            )
+        return problems
 
-class CaptionJobSpec(_JobBase):
-    """caption_dataset: one caption (or num_return_sequences) per image."""
 
-    input: CaptionInput = Field(description="the images to caption")
+class CaptionInput(JobInput):
+    """Images to caption (image files, or encoded images in Parquet / JSONL rows)."""
+
+    format: InputFormat = Field("images", description=JobInput.model_fields["format"].description)
+    input_column: str | None = Field("image", description=JobInput.model_fields["input_column"].description)
+
+
+class SummarizeInput(JobInput):
+    """Documents to summarize."""
+
+    format: InputFormat = Field("jsonl", description=JobInput.model_fields["format"].description)
+    input_column: str | None = Field("text", description=JobInput.model_fields["input_column"].description)
+
+
+class JobSpec(StrictModel):
+    """What every generation-pipeline job spec has; subclasses add their task's keys."""
+
+    input: JobInput = Field(description="the rows to process")
+    output: OutputSpec = Field(description="output location and write mode")
+    model: GenerationModel = Field(description="the combiner that runs the task")
+    batch_size: int = Field(
+        64, ge=1, le=4096,
+        description="rows per model call on each actor; the engine keeps its decoder slots full "
+        "from these, so a few times its slot count keeps only a block's tail part-full",
+    )
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="workers, GPUs and CPUs")
+
+    @abstractmethod
+    def task(self) -> TaskAdapter:
+        """The task adapter this spec configures."""
+
+    def resolved(self) -> JobSpec:
+        """The spec with run-time values filled in (e.g. {date}); identity by default."""
+        return self
+
+    def job_fingerprint(self) -> str:
+        """Hash of what decides the output rows (input, model and its dtype, task options).
+
+        A resumed run must match the run that wrote the committed shards; output.mode,
+        batch size and resources do not change results, so they are left out.
+        """
+        return canonical_sha256(self.model_dump(mode="json", exclude={"output", "batch_size", "resources"}))
+
+    def reader_options(self) -> ReaderOptions:
+        return self.input.reader_options(reference_column=self.input.reference_column)
+
+    def _problems(self) -> list[str]:
+        problems = self.input.source_problems(key="input", modality=self.task().modality)
+        r = self.resources
+        if r.num_gpus > 1 and r.num_gpus != int(r.num_gpus):
+            problems.append(
+                f"resources.num_gpus: {r.num_gpus} is a fraction above 1; use a whole number "
+                "of GPUs, or a fraction below 1 to pack several workers on one GPU"
+            )
+        return problems
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> CaptionJobSpec:
-        problems = []
-        if self.input.format == "images" and (self.input.id_column or self.input.reference_column):
-            problems.append(
-                "input.id_column / input.reference_column: only used with input.format=parquet "
-                "(an image file's id is its path); remove them or set input.format=parquet"
-            )
-        problems += _resource_problems(self.resources)
+    def _cross_checks(self) -> JobSpec:
+        problems = self._problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
 
-class SummarizeInput(StrictModel):
-    """Documents to summarize."""
+class CaptionJobSpec(JobSpec):
+    """caption_dataset: one caption (or num_return_sequences) per image."""
 
-    uri: str = Field(
-        description="a folder/prefix of shards, one file, or a glob; local, file:// or s3://. "
-        "May contain {date} (filled from the top-level `date` key)"
-    )
-    format: Literal["jsonl", "parquet", "text_lines", "text_files"] = Field(
-        "jsonl",
-        description="jsonl / parquet: one document per row in text_column; text_lines: one "
-        "document per line of each file; text_files: one document per file",
-    )
-    text_column: str = Field("text", description="jsonl / parquet: field holding the document text")
-    id_column: str | None = Field(
-        None,
-        description="jsonl / parquet: field with document ids; when unset ids are "
-        "'<shard file>#<row>' (text_files: the file path relative to input.uri)",
-    )
-    reference_column: str | None = Field(
-        None,
-        description="jsonl / parquet: field with a reference summary, copied to the output as "
-        "'reference' and scored by exact match in the summary",
-    )
-    extensions: list[str] = Field(
-        default_factory=lambda: [".txt"],
-        description="text_lines / text_files: file name endings that count as documents",
+    input: CaptionInput = Field(description="the images to caption")
+    generation: GenerationParams = Field(
+        default_factory=GenerationParams, description="decoding parameters (combiner_core.GenerationParams)"
     )
 
+    def task(self) -> TaskAdapter:
+        return CaptionTask(params=self.generation)
 
-class SummarizeJobSpec(_JobBase):
+
+class SummarizeJobSpec(JobSpec):
     """summarize_corpus: one summary (or num_return_sequences) per document."""
 
-    input: SummarizeInput = Field(description="the documents to summarize")
+    input: SummarizeInput = Field(
+        description="the documents to summarize; uri may contain {date} (filled from `date`)"
+    )
+    generation: GenerationParams = Field(
+        default_factory=GenerationParams, description="decoding parameters (combiner_core.GenerationParams)"
+    )
     date: str | None = Field(
         None,
         description="fills {date} in input.uri and output.uri (YYYY-MM-DD); default: today (UTC)",
@@ -167,41 +192,23 @@ class SummarizeJobSpec(_JobBase):
         "_errors (cause too_long) instead",
     )
 
-    @model_validator(mode="after")
-    def _cross_checks(self) -> SummarizeJobSpec:
-        problems = []
+    def task(self) -> TaskAdapter:
+        return SummarizeTask(params=self.generation, truncation=self.truncation)
+
+    def _problems(self) -> list[str]:
+        problems = super()._problems()
         if self.date is not None:
             try:
                 _dt.date.fromisoformat(self.date)
             except ValueError:
                 problems.append(f"date: {self.date!r} is not a YYYY-MM-DD date; fix it or remove it for today")
-        if self.input.format in ("text_lines", "text_files") and (
-            self.input.id_column or self.input.reference_column
-        ):
-            problems.append(
-                f"input.id_column / input.reference_column: not available with input.format="
-                f"{self.input.format} (plain text has no fields); use jsonl or parquet"
-            )
-        problems += _resource_problems(self.resources)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+        return problems
 
-    def with_date(self, today: _dt.date | None = None) -> SummarizeJobSpec:
+    def resolved(self, today: _dt.date | None = None) -> SummarizeJobSpec:
         """A copy with {date} filled in input.uri and output.uri, and `date` set."""
         date = self.date or (today or _dt.datetime.now(_dt.UTC).date()).isoformat()
-        data = self.model_dump()
+        data: dict[str, Any] = self.model_dump()
         data["date"] = date
         data["input"]["uri"] = self.input.uri.replace("{date}", date)
         data["output"]["uri"] = self.output.uri.replace("{date}", date)
         return SummarizeJobSpec.model_validate(data)
-
-
-def _resource_problems(resources: ResourcesSpec) -> list[str]:
-    problems = []
-    if resources.num_gpus > 1 and resources.num_gpus != int(resources.num_gpus):
-        problems.append(
-            f"resources.num_gpus: {resources.num_gpus} is a fraction above 1; use a whole number "
-            "of GPUs, or a fraction below 1 to pack several workers on one GPU"
-        )
-    return problems

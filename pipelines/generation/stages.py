@@ -1,190 +1,108 @@
-"""Ray Data stages of a generation job.
+"""The stage builder: a JobPlan becomes Ray Data stages, the same for every task kind.
 
-read_shard_batch and preprocess_batch are plain functions (CPU tasks); GenerateWorker is
-the actor class that loads the combiner once and generates batch by batch;
-stage_batch writes each block's results as staged Parquet files for the commit
-protocol (see commit.py). Rows carry error_stage/error_cause/error_message from the
-first stage that rejected them, and every later stage passes such rows through.
+    shard descriptions --read_and_preprocess (CPU tasks: read files, decode / tokenize)-->
+    --ModelWorker (actor pool: loads the combiner once, task.run)-->
+    --stage_rows (CPU tasks: staged Parquet under output/_staging/)--> records for the driver
+
+CPU stages are plain functions; the model stage is a class that loads the model in
+`__init__` (Ray Data's callable-class actors). What differs between tasks is the
+adapter in the plan (tasks/), never this file.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
+import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import torch
-from PIL import Image
 
-from combiner_core import (
-    GenerationParams,
-    InputError,
-    Preprocessor,
-    collate_token_ids,
-    decode_image,
-    generate,
-    image_to_pixel_values,
-    load_combiner,
-    load_preprocessor,
-    tokenize_text,
-)
-
-from ..readers import ReaderOptions, Shard, read_shard
-from ..specs import spec_hash
+from ..readers import Shard, read_shard
 from . import faults
 from .commit import stage_results
+from .tasks.base import cached_preprocessor, error_columns
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from .plan import JobPlan
 
 log = logging.getLogger(__name__)
-Task = Literal["caption", "summarize"]
+
+# The columns every row keeps from the reader to the staging step.
+_PASSTHROUGH = (
+    "id", "shard_key", "shard_rows", "row_index", "source_uri", "source_row", "reference",
+    "error_stage", "error_cause", "error_message",
+)
 
 
-def params_hash(params: GenerationParams) -> str:
-    """sha256 of the generation parameters' canonical JSON (output lineage)."""
-    return spec_hash(params)
+def read_and_preprocess(batch: dict[str, np.ndarray], *, plan: JobPlan) -> Iterator[dict[str, np.ndarray]]:
+    """CPU stage: shard descriptions -> their rows -> the task's model inputs.
 
-
-def read_shard_batch(batch: dict[str, np.ndarray], *, options: ReaderOptions) -> pa.Table:
-    """Ray Data CPU stage: shard descriptions -> their rows (readers.ROW_SCHEMA)."""
-    tables = [
-        read_shard(Shard(files=tuple(str(f) for f in files), key=str(key)), options)
-        for files, key in zip(batch["files"], batch["shard_key"], strict=True)
-    ]
-    return pa.concat_tables(tables)
-
-
-def _error_columns(batch: dict[str, np.ndarray]) -> tuple[list, list, list]:
-    """Lists of error stage/cause/message; "" means the row is fine so far."""
-
-    def clean(values: np.ndarray) -> list[str]:
-        return [v if isinstance(v, str) else "" for v in values]
-
-    return clean(batch["error_stage"]), clean(batch["error_cause"]), clean(batch["error_message"])
-
-
-@functools.lru_cache(maxsize=4)
-def _preprocessor(model_uri: str, trust_remote_code: bool) -> Preprocessor:
-    """One tokenizer / image processor per CPU worker process, not one per batch."""
-    return load_preprocessor(model_uri, trust_remote_code=trust_remote_code)
-
-
-def preprocess_batch(
-    batch: dict[str, np.ndarray],
-    *,
-    task: Task,
-    model_uri: str,
-    trust_remote_code: bool = False,
-    truncation: bool = True,
-) -> dict[str, np.ndarray]:
-    """Ray Data CPU stage: raw payloads -> model inputs, so the actors (GPUs) only generate.
-
-    caption: image bytes -> decoded RGB -> the combiner's image processor ->
-    `pixel_values` (n, C, H, W) float32. summarize: text bytes -> UTF-8 check ->
-    the combiner's tokenizer (truncated to the encoder's limit, or rejected when
-    truncation is off) -> `input_ids` (one int64 array per row), `input_tokens`
-    (length before truncation) and `truncated`. A row that fails gets
-    error_stage/cause/message from combiner_core's InputError; its inputs are empty.
+    Yields batch_size rows at a time, so a shard of many rows is never decoded (or
+    held as pixels) all at once.
     """
-    pre = _preprocessor(model_uri, trust_remote_code)
-    stages, causes, messages = _error_columns(batch)
-    payloads = batch["payload"]
-    n = len(payloads)
-    out = {k: v for k, v in batch.items() if k != "payload"}
-    if task == "caption":
-        images: dict[int, Image.Image] = {}
-        for i in range(n):
-            if stages[i]:
-                continue
-            try:
-                images[i] = decode_image(payloads[i])
-            except InputError as exc:
-                stages[i], causes[i], messages[i] = exc.stage, exc.cause, str(exc)
-        pixels = None
-        if images:
-            values = image_to_pixel_values(pre.image_processor, list(images.values())).numpy()
-            pixels = np.zeros((n, *values.shape[1:]), dtype=np.float32)
-            pixels[list(images)] = values
-        else:
-            # Shape for an all-error batch: any row of a later batch may not match,
-            # but no actor reads pixels of error rows, and the column is dropped there.
-            pixels = np.zeros((n, 0), dtype=np.float32)
-        out["pixel_values"] = pixels
-    else:
-        ids: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * n
-        in_tokens = np.full(n, -1, dtype=np.int64)
-        truncated = np.zeros(n, dtype=bool)
-        for i in range(n):
-            if stages[i]:
-                continue
-            try:
-                tok = tokenize_text(
-                    pre.tokenizer, bytes(payloads[i]), max_tokens=pre.max_input_tokens, truncation=truncation
-                )
-            except InputError as exc:
-                stages[i], causes[i], messages[i] = exc.stage, exc.cause, str(exc)
-                continue
-            ids[i] = np.asarray(tok.input_ids, dtype=np.int64)
-            in_tokens[i], truncated[i] = tok.original_num_tokens, tok.truncated
-        out.update(input_ids=_object_array(ids), input_tokens=in_tokens, truncated=truncated)
-    out.update(
-        error_stage=_object_array(stages), error_cause=_object_array(causes), error_message=_object_array(messages)
-    )
-    return out
+    pre = None
+    for files, key in zip(batch["files"], batch["shard_key"], strict=True):
+        rows = read_shard(Shard(files=tuple(str(f) for f in files), key=str(key)), plan.reader)
+        for start in range(0, rows.num_rows, plan.batch_size):
+            chunk = rows.slice(start, plan.batch_size)
+            columns = {name: chunk.column(name).to_numpy(zero_copy_only=False) for name in chunk.column_names}
+            pre = pre or cached_preprocessor(plan.model.uri, plan.model.trust_remote_code)
+            yield plan.task.preprocess(columns, pre)
 
 
-def _object_array(values: list) -> np.ndarray:
-    """A 1-D object array, even when every element is an array of the same length."""
-    arr = np.empty(len(values), dtype=object)
-    arr[:] = values
-    return arr
+def _separate_task() -> dict[str, Any]:
+    """No extra remote args. Given as ray_remote_args_fn it keeps Ray Data from fusing the
+    CPU stage into the model actors (it fuses operators with equal remote args, and
+    never one that has a ray_remote_args_fn): decoding and tokenizing belong on CPU
+    tasks, so an actor (a GPU) only runs the model."""
+    return {}
 
 
-class GenerateWorker:
-    """Ray Data actor: loads the combiner once, then generates for each batch.
+class ModelWorker:
+    """Ray Data actor: loads the combiner once, then runs the task's model call per batch.
 
-    Inputs arrive preprocessed (see preprocess_batch). Output columns added to each
-    row: text, score, candidates (JSON list of {text, score, num_tokens}),
-    output_tokens, model_sha256.
+    Returns a pyarrow table: the pass-through columns, the task's output columns
+    (null for rows an earlier stage rejected), `model_sha256`, and `model_stats`
+    (JSON of the task's counters for this batch, on its first row only).
     """
 
-    def __init__(
-        self,
-        *,
-        task: Task,
-        model_uri: str,
-        allow_pickle: bool = False,
-        trust_remote_code: bool = False,
-        params: dict[str, Any],
-        num_gpus: float = 0,
-    ) -> None:
+    def __init__(self, *, plan: JobPlan) -> None:
         import torch
 
-        self.task = task
-        self.params = GenerationParams.model_validate(params)
+        from combiner_core import load_combiner, resolve_dtype
+
+        self.plan = plan
+        resources = plan.resources
         device = "cpu"
-        if num_gpus > 0:
+        if resources.num_gpus > 0:
             if torch.cuda.is_available():
                 device = "cuda"
             else:
-                log.warning("resources.num_gpus=%s but this worker sees no CUDA device; running on CPU", num_gpus)
+                log.warning("resources.num_gpus=%s but this actor sees no CUDA device; running on CPU",
+                            resources.num_gpus)
+        if device == "cpu":
+            # Ray sets OMP_NUM_THREADS=1 in workers unless told otherwise; the actor
+            # reserved worker_cpus cores, so its torch kernels may use that many.
+            torch.set_num_threads(max(1, int(resources.worker_cpus)))
+        model = plan.model
         self.combiner = load_combiner(
-            model_uri, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device=device
+            model.uri, allow_pickle=model.allow_pickle, trust_remote_code=model.trust_remote_code,
+            device=device, dtype=resolve_dtype(model.dtype, device),
         )
+        self.runner = plan.task.setup(self.combiner)
+        self.fields = plan.task.output_fields()
         self.model_sha256 = self.combiner.weights_sha256 or ""
+        self.stats = plan.task.run_stats(self.runner)
         self.batches = 0
 
-    def _inputs(self, batch: dict[str, np.ndarray], rows: list[int]) -> dict[str, torch.Tensor]:
-        if self.task == "caption":
-            return {"pixel_values": torch.from_numpy(np.stack([batch["pixel_values"][i] for i in rows]))}
-        return collate_token_ids(
-            [batch["input_ids"][i] for i in rows], pad_token_id=self.combiner.preprocessor.input_pad_token_id
-        )
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         self.batches += 1
         faults.maybe_kill("worker_batch", self.batches)
         if faults.active():
@@ -192,53 +110,85 @@ class GenerateWorker:
 
             faults.maybe_pause("worker_pause", self.batches, ray.get_runtime_context().get_node_id())
         n = len(batch["id"])
-        stages, causes, messages = _error_columns(batch)
+        stages, _, _ = error_columns(batch)
         rows = [i for i in range(n) if not stages[i]]
-        text: list[str] = [""] * n
-        candidates: list[str] = [""] * n
-        score = np.full(n, np.nan)
-        out_tokens = np.full(n, -1, dtype=np.int64)
+        values: dict[str, list] = {f.name: [None] * n for f in self.fields}
         if rows:
-            results = generate(self.combiner, self._inputs(batch, rows), self.params)
-            for i, cands in zip(rows, results, strict=True):
-                best = cands[0]
-                text[i], score[i], out_tokens[i] = best.text, best.score, best.num_tokens
-                candidates[i] = json.dumps(
-                    [{"text": c.text, "score": c.score, "num_tokens": c.num_tokens} for c in cands]
-                )
-        out = {k: v for k, v in batch.items() if k not in ("pixel_values", "input_ids")}
-        if "input_tokens" not in out:  # captions have no input tokens
-            out.update(input_tokens=np.full(n, -1, dtype=np.int64), truncated=np.zeros(n, dtype=bool))
-        out.update(
-            text=_object_array(text),
-            candidates=_object_array(candidates),
-            score=score,
-            output_tokens=out_tokens,
-            model_sha256=_object_array([self.model_sha256] * n),
-        )
-        return out
+            produced = self.plan.task.run(self.runner, batch, rows)
+            for name, column in produced.items():
+                target = values[name]
+                for i, v in zip(rows, column, strict=True):
+                    target[i] = v
+        columns: dict[str, Any] = {name: batch[name] for name in _PASSTHROUGH}
+        for f in self.fields:
+            columns[f.name] = pa.array(values[f.name], type=f.type)
+        columns["model_sha256"] = pa.array([self.model_sha256] * n, pa.string())
+        now = self.plan.task.run_stats(self.runner)
+        delta = {k: v - self.stats.get(k, 0.0) for k, v in now.items()}
+        self.stats = now
+        columns["model_stats"] = pa.array([json.dumps(delta) if delta else ""] + [""] * (n - 1), pa.string())
+        return pa.table({k: (v if isinstance(v, pa.Array) else _arrow(v)) for k, v in columns.items()})
 
 
-def stage_batch(
-    block: pa.Table,
-    *,
-    output_uri: str,
-    run_id: str,
-    lineage: dict[str, str],
-    storage_options: dict[str, Any] | None = None,
-) -> pa.Table:
-    """Ray Data CPU stage: write a block's ok rows and error rows as staged Parquet.
+def _arrow(values: np.ndarray) -> pa.Array:
+    if values.dtype == object:
+        return pa.array(list(values))
+    return pa.array(values)
 
-    Returns one record per shard in the block (shard_key, shard_rows, rows, paths);
-    the driver commits a shard once records cover all its rows.
-    """
-    produced_at = datetime.now(UTC)
+
+def stage_rows(block: pa.Table, *, plan: JobPlan, run_id: str) -> pa.Table:
+    """CPU stage: write a block's ok and error rows as staged Parquet (commit.py)."""
     return stage_results(
         block,
-        output_uri=output_uri,
+        output_uri=plan.output_uri,
         run_id=run_id,
-        lineage=lineage,
-        produced_at=produced_at,
-        storage_options=storage_options,
-        writer_pid=os.getpid(),
+        schema=plan.output_schema,
+        lineage=plan.lineage,
+        produced_at=datetime.now(UTC),
+        storage_options=plan.storage_options,
+    )
+
+
+def quiet_progress(verbose: bool) -> None:
+    """Ray Data's progress display only on a terminal or when asked (--verbose).
+
+    Off a terminal Ray Data logs a progress dump every few seconds, which buries a
+    job's own lines in a scheduler's log; the notice that it is off is dropped too.
+    """
+    import ray.data
+
+    show = verbose or sys.stdout.isatty()
+    ray.data.DataContext.get_current().enable_progress_bars = show
+    if not show:
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+def build_dataset(plan: JobPlan, shards: list[Shard], *, run_id: str) -> ray.data.Dataset:
+    """The job's Ray Data pipeline over `shards`; its output is commit records (RECORD_SCHEMA)."""
+    import ray.data
+
+    items = [{"shard_key": s.key, "files": list(s.files)} for s in shards]
+    r = plan.resources
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    # Ray Data retries tasks lost with their node (max_retries=-1 is its default);
+    # application errors never raise here (bad rows become error rows).
+    ds = ds.map_batches(
+        read_and_preprocess, batch_size=1, batch_format="numpy", fn_kwargs={"plan": plan},
+        num_cpus=r.preprocess_cpus, ray_remote_args_fn=_separate_task,
+    )
+    env = {faults.ENV: os.environ[faults.ENV]} if os.environ.get(faults.ENV) else None
+    ds = ds.map_batches(
+        ModelWorker,
+        batch_size=plan.batch_size,
+        batch_format="numpy",
+        fn_constructor_kwargs={"plan": plan},
+        compute=ray.data.ActorPoolStrategy(size=r.workers),
+        # Fault injection (tests only, see faults.py) must reach the actor processes.
+        runtime_env={"env_vars": env} if env else None,
+        num_gpus=r.num_gpus or None,
+        num_cpus=r.worker_cpus,
+    )
+    return ds.map_batches(
+        stage_rows, batch_size=None, batch_format="pyarrow", fn_kwargs={"plan": plan, "run_id": run_id},
+        num_cpus=r.preprocess_cpus,
     )

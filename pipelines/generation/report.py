@@ -1,0 +1,50 @@
+"""The end-of-job report as text: what jobs/ print (libraries log, jobs print)."""
+
+from __future__ import annotations
+
+import json
+
+from .run import JobSummary
+
+# Columns shown for the first rows of an output, per task kind's main output column.
+_SHOWN = ("text", "label")
+
+
+def format_summary(summary: JobSummary, *, examples: int = 5) -> str:
+    """A block a person reads, ending with one `SUMMARY {json}` line a tool parses.
+
+    The first `examples` output rows are shown too, so a person sees what the model
+    wrote, not only counts.
+    """
+    s = summary
+    lines: list[str] = []
+    if examples and s.rows_ok:
+        import pyarrow.dataset as pads
+
+        dataset = pads.dataset(s.output_uri, format="parquet")
+        names = set(dataset.schema.names)
+        shown = [c for c in _SHOWN if c in names]
+        columns = ["id", *shown] + (["reference"] if s.metrics.get("reference_rows") else [])
+        # head() reads only as many files as it needs: a job of millions of rows
+        # must not load its whole output onto the driver to show five.
+        rows = dataset.head(examples, columns=columns).to_pylist()
+        lines.append(f"\n--- first {len(rows)} of {s.rows_ok} outputs ---")
+        for r in rows:
+            line = f"  {r['id']}: " + ", ".join(repr(r[c]) for c in shown)
+            if r.get("reference") is not None:
+                line += f"  (reference: {r['reference']!r})"
+            lines.append(line)
+    lines.append(
+        f"\n=== {s.rows_in} rows in: {s.rows_ok} ok, {s.rows_errored} errored "
+        f"({s.rows_processed_now} processed in this run, {s.shards_committed_now} shard(s) committed, "
+        f"{s.shards_committed_before} already committed) in {s.seconds:.1f}s, {s.rows_per_s:.2f} rows/s"
+    )
+    lines.append(f"    output:  {s.output_uri}\n    errors:  {s.errors_uri}\n    summary: {s.summary_uri}")
+    if "exact_match" in s.metrics:
+        lines.append(
+            f"    exact match vs reference: {s.metrics['exact_match']:.1%} of {int(s.metrics['reference_rows'])} rows"
+        )
+    if "decoder_efficiency" in s.stats:
+        lines.append(f"    decoder efficiency: {s.stats['decoder_efficiency']:.3f}")
+    lines.append("SUMMARY " + json.dumps(s.as_dict(), sort_keys=True))
+    return "\n".join(lines)

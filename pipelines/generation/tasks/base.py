@@ -1,0 +1,169 @@
+"""What a task kind is: one adapter that owns its modality, CPU preprocessing, model call,
+output columns and metrics. The stage builder (stages.py) and the commit protocol
+(commit.py) are the same for every task; adding a task kind touches its adapter and
+its spec only (examples to follow: Ray's `ray.data.llm` processor stages).
+
+Rows flow through Ray Data as numpy batches with these columns, from the reader
+(pipelines.readers.ROW_SCHEMA): id, shard_key, shard_rows, row_index, source_uri,
+source_row, payload, reference, error_stage, error_cause, error_message. A row with a
+non-empty error_stage was rejected by an earlier stage; every later stage passes it
+through untouched, so it reaches the errors table (nothing is dropped).
+
+Adapters are plain picklable objects (their options only): Ray ships them to CPU
+tasks and to the model actors. Heavy imports (torch, transformers) happen inside the
+methods that run on workers, never at module import, so the driver stays light.
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from combiner_core import Combiner, Preprocessor
+
+Modality = Literal["text", "image"]
+
+
+def error_columns(batch: dict[str, np.ndarray]) -> tuple[list[str], list[str], list[str]]:
+    """Error stage / cause / message as lists; "" means the row is fine so far."""
+
+    def clean(values: np.ndarray) -> list[str]:
+        return [v if isinstance(v, str) else "" for v in values]
+
+    return clean(batch["error_stage"]), clean(batch["error_cause"]), clean(batch["error_message"])
+
+
+def object_array(values: list) -> np.ndarray:
+    """A 1-D object array, even when every element is an array of the same length."""
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
+@functools.lru_cache(maxsize=4)
+def cached_preprocessor(model_uri: str, trust_remote_code: bool) -> Preprocessor:
+    """One tokenizer / image processor per CPU worker process, not one per batch."""
+    from combiner_core import load_preprocessor
+
+    return load_preprocessor(model_uri, trust_remote_code=trust_remote_code)
+
+
+def preprocess_images(batch: dict[str, np.ndarray], pre: Preprocessor) -> dict[str, np.ndarray]:
+    """Image bytes -> decoded RGB -> the combiner's image processor -> `pixel_values`.
+
+    A row that fails gets error_stage/cause/message from combiner_core's InputError
+    and zero pixels (no actor reads them).
+    """
+    from combiner_core import InputError, decode_image, image_to_pixel_values
+
+    stages, causes, messages = error_columns(batch)
+    payloads = batch["payload"]
+    n = len(payloads)
+    images = {}
+    for i in range(n):
+        if stages[i]:
+            continue
+        try:
+            images[i] = decode_image(payloads[i])
+        except InputError as exc:
+            stages[i], causes[i], messages[i] = exc.stage, exc.cause, str(exc)
+    if images:
+        values = image_to_pixel_values(pre.image_processor, list(images.values())).numpy()
+        pixels = np.zeros((n, *values.shape[1:]), dtype=np.float32)
+        pixels[list(images)] = values
+    else:
+        # An all-error batch: no actor reads these pixels.
+        pixels = np.zeros((n, 0), dtype=np.float32)
+    out = {k: v for k, v in batch.items() if k != "payload"}
+    out["pixel_values"] = pixels
+    out.update(error_stage=object_array(stages), error_cause=object_array(causes), error_message=object_array(messages))
+    return out
+
+
+def preprocess_texts(
+    batch: dict[str, np.ndarray], pre: Preprocessor, *, truncation: bool, template: str | None = None
+) -> dict[str, np.ndarray]:
+    """Text bytes -> UTF-8 check -> optional template -> tokenizer -> `input_ids`.
+
+    Also `input_tokens` (length before truncation) and `truncated`. Over-long texts are
+    cut to the encoder's limit, or rejected (cause too_long) when truncation is off.
+    """
+    from combiner_core import InputError, text_from_bytes, tokenize_text
+
+    stages, causes, messages = error_columns(batch)
+    payloads = batch["payload"]
+    n = len(payloads)
+    ids: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * n
+    in_tokens = np.full(n, -1, dtype=np.int64)
+    truncated = np.zeros(n, dtype=bool)
+    for i in range(n):
+        if stages[i]:
+            continue
+        try:
+            text: str | bytes = bytes(payloads[i])
+            if template is not None:
+                text = text_from_bytes(text)
+                if text.strip():
+                    text = template.format(text=text)
+            tok = tokenize_text(pre.tokenizer, text, max_tokens=pre.max_input_tokens, truncation=truncation)
+        except InputError as exc:
+            stages[i], causes[i], messages[i] = exc.stage, exc.cause, str(exc)
+            continue
+        ids[i] = np.asarray(tok.input_ids, dtype=np.int64)
+        in_tokens[i], truncated[i] = tok.original_num_tokens, tok.truncated
+    out = {k: v for k, v in batch.items() if k != "payload"}
+    out.update(input_ids=object_array(ids), input_tokens=in_tokens, truncated=truncated)
+    out.update(error_stage=object_array(stages), error_cause=object_array(causes), error_message=object_array(messages))
+    return out
+
+
+class TaskAdapter(ABC):
+    """One task kind (caption, summarize, label...): everything that differs between them.
+
+    Subclasses are dataclasses of their options. `name` and `modality` are class
+    constants: the job refuses a model whose modality differs.
+    """
+
+    name: ClassVar[str]
+    modality: ClassVar[Modality]
+    # Columns the model stage consumes; they are dropped after it.
+    model_input_columns: ClassVar[tuple[str, ...]] = ("pixel_values", "input_ids")
+
+    @abstractmethod
+    def output_fields(self) -> list[pa.Field]:
+        """The task's own output columns, between the row's source and its lineage."""
+
+    @abstractmethod
+    def params_digest_source(self) -> Any:
+        """What decides this task's outputs besides input and model (hashed into lineage)."""
+
+    def preprocess(self, batch: dict[str, np.ndarray], pre: Preprocessor) -> dict[str, np.ndarray]:
+        """CPU stage: raw payloads -> model inputs (decode, tokenize, image processor)."""
+        if self.modality == "image":
+            return preprocess_images(batch, pre)
+        return preprocess_texts(batch, pre, truncation=True)
+
+    @abstractmethod
+    def setup(self, combiner: Combiner) -> Any:
+        """On the model actor, once: whatever `run` needs besides the batch (an engine)."""
+
+    @abstractmethod
+    def run(self, runner: Any, batch: dict[str, np.ndarray], rows: list[int]) -> dict[str, list]:
+        """On the model actor: outputs for the good `rows` of `batch`, one list per output field."""
+
+    def run_stats(self, runner: Any) -> dict[str, float]:
+        """Counters of the model stage worth reporting (e.g. decoder efficiency); additive."""
+        return {}
+
+    def metric_sums(self, table: pa.Table) -> dict[str, float]:
+        """Additive sums over a committed shard's ok rows (with their `reference`)."""
+        return {}
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """Final job metrics from the sums of every committed shard."""
+        return {}
