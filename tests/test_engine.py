@@ -1,0 +1,282 @@
+"""The generation engine against transformers' own generate (hf_generate), on tiny models.
+
+Every fast-path family (BERT, RoBERTa, GPT-2, TrOCR decoders; BART, mBART, Marian
+native seq2seq) and the MiniLM warm start: greedy token-identical, beam search with the
+same n-best list and scores within 1e-4, batched, one by one, with fewer slots than
+inputs (in-flight refill) and with rows that end at very different steps (an EOS bias
+on the LM head makes the models stop early on some inputs and late on others).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForSeq2SeqLM, BartConfig, MarianConfig, MBartConfig, RobertaConfig, T5Config
+
+import tests.tiny as tiny
+from combiner_core import (
+    Combiner,
+    GenerationEngine,
+    GenerationParams,
+    collate_token_ids,
+    generate,
+    hf_generate,
+    image_to_pixel_values,
+    random_combiner,
+    resolve_dtype,
+    set_special_tokens,
+    tokenize_text,
+    warm_start_combiner,
+)
+from combiner_core.engine import core as engine_core
+
+TEXTS = [" ".join(tiny.WORDS[(i * 7 + k * 3) % len(tiny.WORDS)] for k in range(3 + i % 9)) for i in range(10)]
+IMAGES = [Image.new("RGB", (20 + i, 30), ((i * 40) % 255, (i * 90) % 255, (i * 20) % 255)) for i in range(10)]
+
+
+def _roberta_config(tok) -> RobertaConfig:
+    return RobertaConfig(
+        vocab_size=len(tok), pad_token_id=tok.pad_token_id, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64, max_position_embeddings=80, initializer_range=tiny.INIT,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+
+
+def _native(kind: str) -> Combiner:
+    """A tiny native seq2seq combiner (BART, mBART, Marian, or T5 for the fallback)."""
+    tok = tiny.bert_tokenizer()
+    common = dict(
+        vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+        init_std=tiny.INIT, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )
+    if kind == "bart":
+        config = BartConfig(decoder_start_token_id=tok.eos_token_id, **common)
+    elif kind == "mbart":
+        config = MBartConfig(decoder_start_token_id=tok.bos_token_id, scale_embedding=True, **common)
+    elif kind == "marian":  # sinusoidal positions, swish, pad as decoder start, forced eos at max length
+        config = MarianConfig(
+            decoder_start_token_id=tok.pad_token_id, decoder_vocab_size=len(tok), scale_embedding=True, **common
+        )
+    else:
+        config = T5Config(
+            vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, initializer_factor=1.0,
+            dropout_rate=0.0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+            decoder_start_token_id=tok.pad_token_id,
+        )
+    torch.manual_seed(0)
+    model = AutoModelForSeq2SeqLM.from_config(config).eval()
+    set_special_tokens(
+        model, decoder_start_token_id=config.decoder_start_token_id, pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    return Combiner(model=model, decoder_tokenizer=tok, tokenizer=tok, layout="seq2seq")
+
+
+def build(name: str) -> Combiner:
+    bt, gt = tiny.bert_tokenizer(), tiny.gpt2_style_tokenizer()
+    if name in ("bart", "mbart", "marian", "t5"):
+        return _native(name)
+    if name == "bert2bert":
+        return random_combiner(encoder_config=tiny.bert_config(bt), decoder_config=tiny.bert_config(bt), decoder_tokenizer=bt)
+    if name == "bert2roberta":
+        return random_combiner(encoder_config=tiny.bert_config(bt), decoder_config=_roberta_config(bt), decoder_tokenizer=bt)
+    if name == "bert2gpt2":  # gpt2's 48 wide vs bert's 32: enc_to_dec_proj
+        return random_combiner(
+            encoder_config=tiny.bert_config(bt), decoder_config=tiny.gpt2_config(gt), tokenizer=bt, decoder_tokenizer=gt
+        )
+    if name == "vit2trocr":
+        return random_combiner(
+            encoder_config=tiny.vit_config(), decoder_config=tiny.trocr_config(bt), decoder_tokenizer=bt,
+            image_processor=tiny.vit_image_processor(),
+        )
+    raise ValueError(name)
+
+
+def bias_eos(combiner: Combiner, bias: float) -> None:
+    """Add `bias` to the EOS logit (an LM-head bias; a biased head replaces a bias-free one,
+    sharing its weight), so a tiny random model stops at input-dependent steps."""
+    model = combiner.model
+    owner = model.decoder if hasattr(model, "enc_to_dec_proj") or "EncoderDecoder" in type(model).__name__ else model
+    head = owner.get_output_embeddings()
+    if head.bias is None:
+        new = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+        new.weight = head.weight
+        torch.nn.init.zeros_(new.bias)
+        owner.set_output_embeddings(new)
+        head = new
+    with torch.no_grad():
+        head.bias[combiner.special_token_ids()["eos_token_id"]] += bias
+
+
+# EOS biases that make each tiny model stop anywhere between the first and the last step.
+EOS_BIAS = {"bert2bert": 12, "bert2roberta": 10, "bert2gpt2": 16, "vit2trocr": 8, "bart": 20, "mbart": 4, "marian": 10}
+FAMILIES = list(EOS_BIAS)
+
+
+def inputs_of(c: Combiner, count: int = len(TEXTS)) -> dict[str, torch.Tensor]:
+    if c.modality == "image":
+        return {"pixel_values": image_to_pixel_values(c.image_processor, IMAGES[:count])}
+    ids = [tokenize_text(c.tokenizer, t, max_tokens=64).input_ids for t in TEXTS[:count]]
+    return collate_token_ids(ids, pad_token_id=c.tokenizer.pad_token_id)
+
+
+def rows_of(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    n = next(iter(batch.values())).shape[0]
+    out = []
+    for i in range(n):
+        row = {k: v[i : i + 1] for k, v in batch.items()}
+        if "attention_mask" in row:  # unpadded, as a batch of one would be
+            keep = row["attention_mask"][0].bool()
+            row = {k: v[:, keep] for k, v in row.items()}
+        out.append(row)
+    return out
+
+
+def engine_run(engine: GenerationEngine, batch: dict[str, torch.Tensor], keys=None):
+    if "pixel_values" in batch:
+        return engine.generate_pixels(batch["pixel_values"], keys)
+    rows = [batch["input_ids"][i][batch["attention_mask"][i].bool()] for i in range(batch["input_ids"].shape[0])]
+    return engine.generate_token_ids(rows, keys)
+
+
+# Score tolerance on the tiny init_std=1 models: their large weights amplify float32
+# rounding, so that HF's own scores for a row differ by up to 2.6e-4 (Marian, greedy)
+# between a batch of ten and a batch of one. Real weights (MiniLM) are held to 1e-4.
+TINY_TOL = 5e-4
+
+
+def assert_same(ours, ref, *, tol: float = TINY_TOL) -> None:
+    assert [[c.token_ids for c in r] for r in ours] == [[c.token_ids for c in r] for r in ref]
+    assert [[c.text for c in r] for r in ours] == [[c.text for c in r] for r in ref]
+    for r_ours, r_ref in zip(ours, ref):
+        for a, b in zip(r_ours, r_ref):
+            assert a.score == pytest.approx(b.score, abs=tol)
+            assert a.num_tokens == b.num_tokens
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request) -> tuple[str, Combiner]:
+    c = build(request.param)
+    bias_eos(c, EOS_BIAS[request.param])
+    return request.param, c
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        GenerationParams(strategy="greedy", max_new_tokens=16),
+        GenerationParams(strategy="beam", num_beams=3, num_return_sequences=3, max_new_tokens=12),
+    ],
+    ids=["greedy", "beam3"],
+)
+def test_matches_hf_batched_one_by_one_and_refilled(family, params: GenerationParams) -> None:
+    name, c = family
+    batch = inputs_of(c)
+    ref = hf_generate(c, batch, params)
+    lengths = [r[0].num_tokens for r in ref]
+    # the EOS bias makes rows end at very different steps, some at max_new_tokens
+    assert max(lengths) - min(lengths) >= 4, f"{name}: lengths {lengths} do not spread"
+    engine = GenerationEngine(c, params, slots=3, dtype=None)
+    assert engine.fast_path, engine.fallback_reason
+    ours = engine_run(engine, batch)
+    assert_same(ours, ref)
+    assert engine.stats.refills >= len(lengths) - 3  # every input beyond the first 3 took a freed slot
+    assert engine.stats.decoder_efficiency == 1.0  # CPU: finished rows are never computed
+    assert engine.stats.encoder_efficiency > 0.85 or c.modality == "image"
+    # all inputs in one call of the public API, and one input per call
+    assert_same(generate(c, batch, params), ref)
+    one_by_one = [generate(c, row, params)[0] for row in rows_of(batch)[:4]]
+    assert_same(one_by_one, ref[:4])
+
+
+def test_minilm_warm_start_matches_hf(minilm_dir) -> None:
+    c = warm_start_combiner(encoder_uri=str(minilm_dir), decoder_uri=str(minilm_dir), seed=0)
+    eos = c.special_token_ids()["eos_token_id"]
+    with torch.no_grad():  # make [SEP] likely enough to end some rows early
+        c.model.decoder.cls.predictions.decoder.bias[eos] += 4.0
+    texts = ["a red circle on the left", "the quick brown fox jumps over the lazy dog", "summary", "blue square top right corner"]
+    ids = [tokenize_text(c.tokenizer, t, max_tokens=64).input_ids for t in texts]
+    batch = collate_token_ids(ids, pad_token_id=c.tokenizer.pad_token_id)
+    for params in (
+        GenerationParams(strategy="greedy", max_new_tokens=10),
+        GenerationParams(strategy="beam", num_beams=3, num_return_sequences=2, max_new_tokens=8),
+    ):
+        ref = hf_generate(c, batch, params)
+        engine = GenerationEngine(c, params, slots=2, dtype=None)
+        assert engine.fast_path
+        assert_same(engine_run(engine, batch), ref, tol=1e-4)
+        assert engine.stats.refills == 2
+
+
+@pytest.mark.parametrize("name", ["bert2gpt2", "bart", "marian"])
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_length_and_repetition_controls_match_hf(name: str, strategy: str) -> None:
+    c = build(name)
+    bias_eos(c, EOS_BIAS[name] - 4)
+    batch = inputs_of(c, 6)
+    for params in (
+        GenerationParams(strategy=strategy, num_beams=3, min_new_tokens=6, max_new_tokens=10),
+        GenerationParams(strategy=strategy, num_beams=3, no_repeat_ngram_size=2, max_new_tokens=14),
+        GenerationParams(strategy=strategy, num_beams=3, repetition_penalty=1.7, max_new_tokens=10),
+        GenerationParams(strategy=strategy, num_beams=2, length_penalty=0.6, early_stopping=True, max_new_tokens=9),
+        GenerationParams(strategy=strategy, num_beams=2, length_penalty=1.5, early_stopping="never", max_new_tokens=9),
+    ):
+        ref = hf_generate(c, batch, params)
+        engine = GenerationEngine(c, params, slots=2, dtype=None)
+        assert_same(engine_run(engine, batch), ref)
+
+
+def test_sampling_depends_only_on_seed_and_row_key() -> None:
+    c = build("bert2gpt2")
+    bias_eos(c, 12)
+    batch = inputs_of(c, 8)
+    keys = [f"row-{i}" for i in range(8)]
+    params = GenerationParams(strategy="sample", seed=11, top_k=8, top_p=0.9, temperature=1.3, num_return_sequences=2, max_new_tokens=12)
+    reference = engine_run(GenerationEngine(c, params, dtype=None), batch, keys)
+    by_key = dict(zip(keys, [[x.token_ids for x in r] for r in reference]))
+    assert len({t for r in by_key.values() for t in r}) > 4, "samples should differ between rows"
+    # other slot counts, reversed order, and a subset mixed with other rows
+    for slots in (1, 3):
+        out = engine_run(GenerationEngine(c, params, slots=slots, dtype=None), batch, keys)
+        assert [[x.token_ids for x in r] for r in out] == list(by_key.values())
+    order = [7, 2, 5, 0]
+    sub = {k: v[order] for k, v in batch.items()}
+    out = engine_run(GenerationEngine(c, params, slots=2, dtype=None), sub, [keys[i] for i in order])
+    assert [[x.token_ids for x in r] for r in out] == [by_key[keys[i]] for i in order]
+    # the public API with row keys, and another seed
+    out = generate(c, sub, params, row_keys=[keys[i] for i in order])
+    assert [[x.token_ids for x in r] for r in out] == [by_key[keys[i]] for i in order]
+    other = engine_run(GenerationEngine(c, params.model_copy(update={"seed": 12}), dtype=None), batch, keys)
+    assert [[x.token_ids for x in r] for r in other] != list(by_key.values())
+    # scores are HF's: mean log-prob of the chosen tokens under the processed distribution
+    assert all(x.score <= 0 for r in reference for x in r)
+
+
+def test_family_without_fast_path_falls_back_to_hf_and_logs_once(caplog) -> None:
+    c = build("t5")
+    batch = inputs_of(c, 5)
+    engine_core._LOGGED.clear()
+    params = GenerationParams(strategy="beam", num_beams=2, max_new_tokens=6)
+    with caplog.at_level(logging.WARNING, logger="combiner_core.engine.core"):
+        first = GenerationEngine(c, params, slots=2, dtype=None)
+        second = GenerationEngine(c, params, dtype=None)
+    assert not first.fast_path and "t5" in first.fallback_reason
+    messages = [r.getMessage() for r in caplog.records if "fast path" in r.getMessage()]
+    assert len(messages) == 1 and "'t5'" in messages[0]
+    ref = hf_generate(c, batch, params)
+    assert_same(engine_run(first, batch), ref)
+    assert_same(engine_run(second, batch), ref)
+
+
+def test_resolve_dtype() -> None:
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+    assert resolve_dtype("float16", "cpu") == torch.float16
+    with pytest.raises(ValueError, match="expected one of auto"):
+        resolve_dtype("int8", "cpu")
