@@ -34,6 +34,7 @@ TOKENIZER_FILES = (
     "source.spm",
 )
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 def modality_of(layout: Layout) -> Modality:
@@ -64,6 +65,7 @@ class CheckpointInfo:
     layout: Layout
     model_type: str
     decoder_model_type: str | None
+    weights_bytes: int = 0
 
     @property
     def modality(self) -> Modality:
@@ -87,9 +89,11 @@ def describe_checkpoint(uri: str, *, storage_options: dict[str, Any] | None = No
         fs, root = get_filesystem(str(local_path(uri)))
         root = str(local_path(uri)).rstrip("/")
     try:
-        names = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)}
+        listing = fs.ls(root, detail=True)
     except (FileNotFoundError, NotADirectoryError):
-        names = set()
+        listing = []
+    sizes = {str(e["name"]).rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0) for e in listing}
+    names = set(sizes)
     if not names:
         raise CheckpointNotFoundError(
             f"no checkpoint at '{uri}': nothing is there. Pass an existing folder (or s3:// prefix) "
@@ -117,4 +121,5 @@ def describe_checkpoint(uri: str, *, storage_options: dict[str, Any] | None = No
         layout=layout,
         model_type=str(config.get("model_type", "")),
         decoder_model_type=str(decoder.get("model_type")) if decoder else None,
+        weights_bytes=sum(v for k, v in sizes.items() if k.endswith(_WEIGHT_SUFFIXES)),
     )

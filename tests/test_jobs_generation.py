@@ -328,3 +328,24 @@ def test_wrong_model_fails_on_the_driver_before_ray(models, tmp_path):
     with pytest.raises(ModelSpecError, match="no checkpoint at .*no-model"):
         run_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=lambda: started.append(1))
     assert started == [] and previous.read_bytes() == b"previous results"
+
+
+def test_cpu_stage_stays_apart_from_model_actors(ray_cluster, models, tmp_path):
+    """Decoding and tokenizing run as CPU tasks, never fused into the model actors, even
+    when both reserve the same CPUs (Ray Data fuses operators with equal requests)."""
+    import contextlib
+    import io
+
+    from pipelines.generation import build_plan
+    from pipelines.generation.stages import build_dataset
+    from pipelines.readers import Shard
+
+    spec = gs.caption_spec(str(tmp_path), str(tmp_path / "out"), models["captioner"])
+    spec["resources"].update(preprocess_cpus=1, worker_cpus=1)
+    plan = build_plan(validate_spec(CaptionJobSpec, spec, source="test"))
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown):
+        build_dataset(plan, [Shard(files=(str(tmp_path / "a.png"),))], run_id="r").explain()
+    physical = shown.getvalue().split("Physical Plan (Optimized)")[1]
+    assert "ActorPoolMapOperator[MapBatches(ModelWorker)]" in physical, physical
+    assert "TaskPoolMapOperator[MapBatches(read_and_preprocess)]" in physical, physical

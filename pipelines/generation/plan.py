@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel
 
-from combiner_core.describe import describe_checkpoint
+from combiner_core.describe import CheckpointInfo, describe_checkpoint
 from combiner_core.errors import CombinerError
 from combiner_core.storage import absolute_uri
 
@@ -41,6 +41,7 @@ class ModelPlan:
     dtype: str = "auto"
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    weights_bytes: int = 0  # 0 when unknown (a hub id)
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,13 @@ def params_hash(source: Any) -> str:
     return canonical_sha256(source)
 
 
-def check_model(task: TaskAdapter, model_uri: str, *, storage_options: dict[str, Any] | None = None) -> None:
-    """model.uri names a combiner of the modality the task reads (JSON files only, no weights)."""
+def check_model(
+    task: TaskAdapter, model_uri: str, *, storage_options: dict[str, Any] | None = None
+) -> CheckpointInfo | None:
+    """model.uri names a combiner of the modality the task reads (JSON files only, no weights).
+
+    Returns what was learned (None for a hub id, which only the actors resolve).
+    """
     try:
         info = describe_checkpoint(model_uri, storage_options=storage_options)
     except CombinerError as exc:
@@ -98,6 +104,7 @@ def check_model(task: TaskAdapter, model_uri: str, *, storage_options: dict[str,
             f"model.uri {model_uri} is a {info.modality} combiner ({info.layout}), but {task.name} "
             f"needs {want} combiner; point model.uri at one"
         )
+    return info
 
 
 def build_plan(spec: JobSpec, *, storage_options: dict[str, Any] | None = None) -> JobPlan:
@@ -107,7 +114,7 @@ def build_plan(spec: JobSpec, *, storage_options: dict[str, Any] | None = None) 
     options = dict(storage_options or {})
     # Workers may run in another folder (ray job submit's working_dir): paths made absolute.
     model_uri = absolute_uri(spec.model.uri, hub_ids=True)
-    check_model(task, model_uri, storage_options=options)
+    info = check_model(task, model_uri, storage_options=options)
     reader = spec.reader_options()
     reader = replace(
         reader,
@@ -128,7 +135,7 @@ def build_plan(spec: JobSpec, *, storage_options: dict[str, Any] | None = None) 
         output_mode=spec.output.mode,
         model=ModelPlan(
             uri=model_uri, dtype=spec.model.dtype, allow_pickle=spec.model.allow_pickle,
-            trust_remote_code=spec.model.trust_remote_code,
+            trust_remote_code=spec.model.trust_remote_code, weights_bytes=info.weights_bytes if info else 0,
         ),
         resources=spec.resources,
         batch_size=spec.batch_size,
