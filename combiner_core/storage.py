@@ -6,19 +6,21 @@ roles) or from `storage_options`, never from a saved file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
 
-from .errors import CheckpointNotFoundError
+from .errors import CheckpointNotFoundError, CombinerError
 
 _LOCAL_PROTOCOLS = {"file", "local"}
 # A hub id: "name" or "org/name" (letters, digits, '.', '-', '_').
@@ -62,6 +64,65 @@ def absolute_uri(uri: str, *, hub_ids: bool = False) -> str:
     if is_remote(uri) or (hub_ids and is_hub_id(uri)):
         return uri
     return os.path.abspath(local_path(uri))
+
+
+class StorageAccessError(CombinerError, PermissionError):
+    """Object storage refused a request: missing or wrong credentials, or no access."""
+
+
+# botocore's credential errors, by name: combiner_core does not import botocore.
+_CREDENTIAL_ERRORS = {
+    "NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+}
+
+
+def storage_error(uri: str, exc: BaseException, *, action: str = "read") -> StorageAccessError | None:
+    """A StorageAccessError explaining `exc` if it is a credentials or access failure, else None.
+
+    The message names the URI and where credentials come from; it never repeats a
+    credential (only the names of the variables that hold them).
+    """
+    names = {type(e).__name__ for e in _chain(exc)}
+    codes = {str(getattr(e, "response", {}).get("Error", {}).get("Code", "")) for e in _chain(exc)}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    where = f" (endpoint {endpoint} from AWS_ENDPOINT_URL)" if endpoint else ""
+    help_text = (
+        "Credentials come from the environment (AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY, or "
+        "AWS_PROFILE), ~/.aws, or the node's instance role; on a Ray cluster every node needs "
+        "them. For an S3-compatible server (MinIO, Ceph...) set AWS_ENDPOINT_URL."
+    )
+    if names & _CREDENTIAL_ERRORS or codes & _CREDENTIAL_ERRORS:
+        return StorageAccessError(f"cannot {action} {uri}{where}: no valid credentials were found. {help_text}")
+    if any(isinstance(e, PermissionError) for e in _chain(exc)) or codes & {"AccessDenied", "403"}:
+        return StorageAccessError(
+            f"cannot {action} {uri}{where}: access denied. Check that these credentials may "
+            f"{action} it. {help_text}"
+        )
+    return None
+
+
+@contextlib.contextmanager
+def storage_access(uri: str, *, action: str = "read") -> Iterator[None]:
+    """Turn a credentials / access failure inside the block into one StorageAccessError."""
+    try:
+        yield
+    except StorageAccessError:
+        raise
+    except Exception as exc:
+        err = storage_error(uri, exc, action=action)
+        if err is None:
+            raise
+        raise err from None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        out.append(exc)
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return out
 
 
 def get_filesystem(

@@ -31,6 +31,7 @@ def generation_main(
     `spec_class` names the job spec in pipelines.generation; it is imported after the
     arguments are parsed, so --help answers at once.
     """
+    from combiner_core.storage import StorageAccessError
     from pipelines import SpecError, job_arg_parser, load_spec
 
     args = job_arg_parser(description).parse_args(argv)
@@ -43,20 +44,28 @@ def generation_main(
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if args.validate_only:
-        print(spec.model_dump_json(indent=2))
-        return 0
     from pipelines.generation import (
         InputSpecError,
         ModelSpecError,
         OutputExistsError,
         format_summary,
+        preflight,
         run_job,
     )
 
+    if args.validate_only:
+        print(spec.model_dump_json(indent=2))
+        try:
+            for line in preflight(spec):
+                print(f"checked: {line}")
+        except (ModelSpecError, InputSpecError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+
     try:
         summary = run_job(spec, verbose=args.verbose)
-    except (OutputExistsError, ModelSpecError, InputSpecError) as exc:
+    except (OutputExistsError, ModelSpecError, InputSpecError, StorageAccessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(summary), flush=True)

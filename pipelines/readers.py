@@ -103,6 +103,18 @@ def _protocol_prefix(uri: str, fs: fsspec.AbstractFileSystem) -> str:
     return "" if protocol in ("file", "local") else f"{protocol}://"
 
 
+_TEXT_EXTENSIONS = (".txt",)
+
+
+def input_extensions(opts: ReaderOptions) -> tuple[str, ...]:
+    """The file name endings that count as inputs for these options."""
+    if opts.extensions:
+        return tuple(opts.extensions)
+    if opts.format in ("text_lines", "text_files"):
+        return _TEXT_EXTENSIONS
+    return _FORMAT_EXTENSIONS.get(opts.format, ())
+
+
 def list_input_files(
     uri: str,
     *,
@@ -119,6 +131,8 @@ def list_input_files(
     fs, path = url_to_fs(uri, **(storage_options or {}))
     prefix = _protocol_prefix(uri, fs)
     wanted = tuple(e.lower() for e in (extensions or _FORMAT_EXTENSIONS.get(format, ())))
+    if format in ("text_lines", "text_files") and not extensions:
+        wanted = _TEXT_EXTENSIONS
     if any(ch in path for ch in "*?["):
         found = [p for p in fs.glob(path) if fs.isfile(p)]
         base = path.split("*")[0].rsplit("/", 1)[0]

@@ -86,16 +86,22 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return merged
 
 
-def _format_error(err: Mapping[str, Any]) -> str:
-    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+def _format_errors(err: Mapping[str, Any]) -> list[str]:
+    """One 'key: message' line per problem. A cross-field check reports several
+    problems, one per line, each already starting with its own key."""
+    key = ".".join(str(p) for p in err["loc"])
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        return f"{key}: unknown key; remove it or check its spelling"
+        return [f"{key}: unknown key; remove it or check its spelling"]
     if err["type"] == "missing":
-        return f"{key}: required; add it"
+        return [f"{key}: required; add it"]
+    if err["type"] == "value_error" and (not key or "\n" in message):
+        prefix = f"{key}." if key else ""
+        return [f"{prefix}{line}" for line in message.splitlines() if line.strip()]
+    key = key or "(top level)"
     if "input" in err and not isinstance(err["input"], Mapping):
-        return f"{key}: {message} (got {err['input']!r})"
-    return f"{key}: {message}"
+        return [f"{key}: {message} (got {err['input']!r})"]
+    return [f"{key}: {message}"]
 
 
 def validate_spec(model: type[T], data: Mapping[str, Any], *, source: str) -> T:
@@ -103,7 +109,7 @@ def validate_spec(model: type[T], data: Mapping[str, Any], *, source: str) -> T:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(source, [_format_error(e) for e in exc.errors()]) from None
+        raise SpecError(source, [line for e in exc.errors() for line in _format_errors(e)]) from None
 
 
 def load_spec(

@@ -194,5 +194,5 @@ class FinetuneSpec(StrictModel):
                 "model.freeze_encoder: a random encoder would stay random; train it or warm-start it"
             )
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return self

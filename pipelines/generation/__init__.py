@@ -9,7 +9,7 @@ A task kind is one adapter (tasks/) plus its spec (specs.py).
 """
 
 from .commit import CommitError, OutputExistsError
-from .plan import InputSpecError, JobPlan, ModelSpecError, build_plan
+from .plan import InputSpecError, JobPlan, ModelSpecError, build_plan, preflight
 from .report import format_summary
 from .run import JobSummary, run_job, run_plan
 from .specs import CaptionJobSpec, JobSpec, SummarizeJobSpec
@@ -30,6 +30,7 @@ __all__ = [
     "TaskAdapter",
     "build_plan",
     "format_summary",
+    "preflight",
     "run_job",
     "run_plan",
 ]

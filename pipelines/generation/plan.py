@@ -16,9 +16,22 @@ from pydantic import BaseModel
 
 from combiner_core.describe import CheckpointInfo, describe_checkpoint
 from combiner_core.errors import CombinerError
-from combiner_core.storage import absolute_uri
+from combiner_core.storage import (
+    StorageAccessError,
+    absolute_uri,
+    is_hub_id,
+    is_remote,
+    storage_access,
+)
 
-from ..readers import CaptionsFileError, ReaderOptions, read_captions_file
+from ..readers import (
+    CaptionsFileError,
+    InputListingError,
+    ReaderOptions,
+    input_extensions,
+    list_input_files,
+    read_captions_file,
+)
 from ..specs import canonical_sha256, spec_hash
 from .commit import output_schema
 from .specs import JobSpec, ResourcesSpec
@@ -93,7 +106,8 @@ def check_model(
     Returns what was learned (None for a hub id, which only the actors resolve).
     """
     try:
-        info = describe_checkpoint(model_uri, storage_options=storage_options)
+        with storage_access(model_uri):
+            info = describe_checkpoint(model_uri, storage_options=storage_options)
     except CombinerError as exc:
         raise ModelSpecError(f"model.uri {model_uri}: {exc}") from exc
     except OSError as exc:  # object storage refused (credentials, endpoint)
@@ -124,9 +138,12 @@ def build_plan(spec: JobSpec, *, storage_options: dict[str, Any] | None = None) 
     )
     if reader.captions_file:
         try:
-            read_captions_file(reader.captions_file, options)
+            with storage_access(reader.captions_file):
+                read_captions_file(reader.captions_file, options)
         except CaptionsFileError as exc:
             raise InputSpecError(f"input.{exc}") from None
+        except StorageAccessError as exc:
+            raise InputSpecError(f"input.captions_file: {exc}") from None
     return JobPlan(
         task=task,
         reader=reader,
@@ -143,3 +160,40 @@ def build_plan(spec: JobSpec, *, storage_options: dict[str, Any] | None = None) 
         fingerprint=spec.job_fingerprint(),
         storage_options=options,
     )
+
+
+def preflight(spec: JobSpec) -> list[str]:
+    """What `--validate-only` checks besides the spec itself; returns one line per check.
+
+    Local paths are probed (the model folder is a combiner of the right modality, the
+    input matches files); remote URIs are named but not probed, since that needs
+    credentials and the network (the job itself checks them before it writes).
+    Raises ModelSpecError / InputSpecError for a local problem.
+    """
+    spec = spec.resolved()
+    task = spec.task()
+    lines = []
+    model_uri = absolute_uri(spec.model.uri, hub_ids=True)
+    if is_remote(model_uri) or is_hub_id(model_uri):
+        lines.append(f"model.uri {model_uri}: remote, not probed by --validate-only")
+    else:
+        info = check_model(task, model_uri)
+        lines.append(f"model.uri {model_uri}: a {info.layout} combiner ({info.modality}), ok" if info else "")
+    reader = spec.reader_options()
+    root = absolute_uri(reader.root)
+    if is_remote(root):
+        lines.append(f"input.uri {root}: remote, not probed by --validate-only")
+    else:
+        try:
+            files, _ = list_input_files(root, format=reader.format, extensions=reader.extensions)
+        except InputListingError as exc:
+            raise InputSpecError(f"input.uri: {exc}") from None
+        if not files:
+            raise InputSpecError(
+                f"input.uri {root}: no {reader.format} input files there (names ending in "
+                f"{', '.join(input_extensions(reader))}); check the path and input.format"
+            )
+        lines.append(f"input.uri {root}: {len(files)} {reader.format} file(s), ok")
+    output = absolute_uri(spec.output.uri)
+    lines.append(f"output.uri {output}: " + ("remote, not probed" if is_remote(output) else "local"))
+    return [line for line in lines if line]

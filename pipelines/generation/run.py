@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..readers import InputListingError, list_input_files, plan_shards
+from combiner_core.storage import StorageAccessError, storage_access
+
+from ..readers import InputListingError, input_extensions, list_input_files, plan_shards
 from ..session import init_ray
 from . import faults
 from .commit import ERRORS_DIR, SUMMARY_FILE, OutputStore, ShardManifest
@@ -84,19 +86,29 @@ def run_plan(
     timings: dict[str, float] = {}
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     try:
-        files, ignored = list_input_files(
-            plan.reader.root, format=plan.reader.format, extensions=plan.reader.extensions,
-            storage_options=plan.reader.storage_options,
+        with storage_access(plan.reader.root, action="list"):
+            files, ignored = list_input_files(
+                plan.reader.root, format=plan.reader.format, extensions=plan.reader.extensions,
+                storage_options=plan.reader.storage_options,
+            )
+    except (InputListingError, StorageAccessError) as exc:
+        raise InputSpecError(f"input.uri: {exc}") from None
+    if not files:
+        raise InputSpecError(
+            f"input.uri {plan.reader.root}: no {plan.reader.format} input files there (searched "
+            f"{'the glob' if any(c in plan.reader.root for c in '*?[') else 'the folder, recursively'} "
+            f"for names ending in {', '.join(input_extensions(plan.reader))}"
+            + (f"; {len(ignored)} other file(s) were skipped, e.g. {ignored[0]}" if ignored else "")
+            + "). Check the path and input.format"
         )
-    except InputListingError as exc:
-        raise InputSpecError(str(exc)) from None
     if ignored:
         log.warning(
             "input.uri %s: %d file(s) do not look like %s inputs and were skipped, e.g. %s",
             plan.reader.root, len(ignored), plan.reader.format, ignored[:3],
         )
     store = OutputStore(plan.output_uri, schema=plan.output_schema, storage_options=plan.storage_options)
-    committed = store.prepare(mode=plan.output_mode, fingerprint=plan.fingerprint)
+    with storage_access(plan.output_uri, action="write"):
+        committed = store.prepare(mode=plan.output_mode, fingerprint=plan.fingerprint)
     done_inputs = {f for m in committed.values() for f in m.inputs}
     shards = plan_shards(
         [f for f in files if f not in done_inputs], format=plan.reader.format, files_per_shard=plan.files_per_shard

@@ -157,7 +157,7 @@ class JobSpec(StrictModel):
     def _cross_checks(self) -> JobSpec:
         problems = self._problems()
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return self
 
 
