@@ -128,10 +128,10 @@ class EngineStats:
 
 @dataclass
 class _Bucket:
-    """One encoder batch: cross-attention K/V per layer [b, H, L, d] and its key bias [b, L]."""
+    """One encoder batch: cross-attention K|V per layer [b, 2, H, L, d] and its key bias [b, L]."""
 
     inputs: list[int]
-    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    kv: list[torch.Tensor]
     bias: torch.Tensor
     lengths: list[int]
     width: int
@@ -243,6 +243,9 @@ class GenerationEngine:
             T = self.plan.max_new_tokens
             # float32(len ** length_penalty), the divisor HF applies as a Python float
             self._denom = torch.tensor([float(max(i, 1)) ** lp for i in range(T + 2)], dtype=torch.float32, device=self.device)
+            pad = self.spec.pos_padding_idx
+            start = self.plan.start_id
+            self._start_position = self.spec.pos_offset if pad is None else (pad if start == pad else pad + 1)
             composite = is_composite(model)
             self._encoder = model.get_encoder()
             self._proj = None
@@ -441,22 +444,11 @@ class GenerationEngine:
         first = take(slots)
         self._admit(list(range(len(first))), first, slot_input, slot_src, row_keys, seed)
         n_active = len(first)
-        ar_T = torch.arange(T, device=self.device)
-        pos_offset = self.spec.pos_offset
-        pad_pos = self.spec.pos_padding_idx
         while n_active:
             n, N = n_active, n_active * G
-            # stage the step's inputs in the runner's static buffers
-            age = st.age[:N]
-            if pad_pos is None:
-                runner.pos_in[:N].copy_(age + pos_offset)
-            else:
-                runner.pos_in[:N].copy_(torch.where(runner.tok_in[:N] != pad_pos, age + (pad_pos + 1), pad_pos))
-            # ring cache: column c holds this row's position age - ((col - c) mod T) when that is >= 0
-            dist = (col - ar_T) % T
-            self_bias = runner.self_bias[:N]
-            self_bias.zero_()
-            self_bias.masked_fill_(dist[None, :] > age[:, None], runner.min_value)
+            # The ring column this step writes becomes visible to every active row; the
+            # columns a row has not written yet stay hidden since its admission.
+            runner.self_bias[:N, col] = 0
             runner.col.fill_(col)
             src_w = runner.src_cap if runner.use_graphs else max(slot_src[:n])
             logits = runner.forward(n, src_w)
@@ -500,9 +492,8 @@ class GenerationEngine:
             s_t = torch.tensor(ss, device=self.device)
             j_t = torch.tensor(js, device=self.device)
             W = bucket.width
-            for layer, (k, v) in enumerate(bucket.kv):
-                runner.cross_k[layer][s_t, :, :W] = k[j_t]
-                runner.cross_v[layer][s_t, :, :W] = v[j_t]
+            for layer, kv in enumerate(bucket.kv):
+                runner.cross_kv[layer][s_t, :, :, :W] = kv[j_t]
             runner.cross_bias[s_t] = runner.min_value
             runner.cross_bias[s_t, :W] = bucket.bias[j_t]
         s_t = torch.tensor(slots, device=self.device)
@@ -512,6 +503,8 @@ class GenerationEngine:
         st.row_done[rows] = False
         st.row_len[rows] = 0
         runner.tok_in[rows] = plan.start_id
+        runner.pos_in[rows] = self._start_position
+        runner.self_bias[rows] = runner.min_value
         if plan.mode == "sample":
             streams = [row_stream_key(seed, row_keys[slot_input[s]], g) for s in slots for g in range(G)]
             st.stream[rows] = torch.tensor(streams, dtype=torch.long, device=self.device)
@@ -533,13 +526,23 @@ class GenerationEngine:
         if movers:
             dst = torch.tensor(targets, device=self.device)
             src = torch.tensor(movers, device=self.device)
-            for t in (*self._runner.slot_tensors(), *self._state.slot_tensors(), self._runner.tok_in.view(self._runner.slots, -1)):
+            for t in (*self._runner.slot_tensors(), *self._state.slot_tensors()):
                 t[dst] = t[src]
             for d, s in zip(targets, movers):
                 slot_input[d], slot_src[d] = slot_input[s], slot_src[s]
         for s in range(new_n, n_active):
             slot_input[s] = -1
         return new_n
+
+    def _advance(self, N: int) -> None:
+        """After a step: rows move one position on (tok_in already holds their new tokens)."""
+        st, runner = self._state, self._runner
+        st.age[:N] += 1
+        pad = self.spec.pos_padding_idx
+        if pad is None:
+            runner.pos_in[:N] += 1
+        else:  # RoBERTa / fairseq positions: a pad token sits at padding_idx
+            runner.pos_in[:N] = torch.where(runner.tok_in[:N] != pad, st.age[:N] + (pad + 1), pad)
 
     # ------------------------------------------------------------------ greedy / sampling
 
@@ -565,7 +568,7 @@ class GenerationEngine:
         st.row_len[:N] = torch.where(newly, cur_len, st.row_len[:N])
         st.row_done[:N] |= ends
         runner.tok_in[:N] = tok
-        st.age[:N] += 1
+        self._advance(N)
         return st.row_done[:N].view(n, G).all(dim=1)
 
     # ------------------------------------------------------------------ beam search
@@ -620,7 +623,7 @@ class GenerationEngine:
         hist.copy_(new_seqs)
         st.run_scores[:n] = new_scores
         runner.tok_in[:N] = torch.gather(new_seqs, 2, cur_len.view(n, 1, 1).expand(n, G, 1)).reshape(-1)
-        st.age[:N] += 1
+        self._advance(N)
         # HF's early-stop heuristic, evaluated after the step (cur_len + 1 tokens)
         if plan.early_stopping == "never" and plan.length_penalty > 0.0:
             best_denom = self._denom[plan.max_length - 1]
@@ -648,44 +651,44 @@ class GenerationEngine:
         if changed.numel() == 0:
             return
         from_rows = src[changed]
-        runner = self._runner
-        for cache in (*runner.k_cache, *runner.v_cache):
+        for cache in self._runner.kv_cache:
             cache[changed] = cache[from_rows]
 
     # ------------------------------------------------------------------ results
 
     def _collect(self, finished: list[int], slot_input: list[int], results: list) -> None:
+        """Turn finished slots into Generated candidates, trimmed and scored as hf_generate does."""
         plan, st = self.plan, self._state
         G = plan.group
         pad = self.ids["pad_token_id"]  # trimmed as hf_generate trims
         eos = set(plan.eos_ids)
-        decode = self.combiner.decoder_tokenizer.decode
         s_t = torch.tensor(finished, device=self.device)
+        cands: list[tuple[int, list[int]]] = []  # (slot index in `finished`, tokens)
         if plan.mode == "beam":
             R = plan.num_return
             seqs = st.fin_seq[s_t, :R].cpu().tolist()
             lens = st.fin_len[s_t, :R].cpu().tolist()
-            scores = st.fin_scores[s_t, :R].cpu().tolist()
-            for k, s in enumerate(finished):
-                cands = []
+            flat_scores = st.fin_scores[s_t, :R].reshape(-1).cpu().tolist()
+            for k in range(len(finished)):
                 for r in range(R):
-                    tokens = trim_generated(seqs[k][r][1 : 1 + lens[k][r]], pad=pad, eos=eos)
-                    text = decode(tokens, skip_special_tokens=True).strip()
-                    cands.append(Generated(text=text, token_ids=tuple(tokens), score=float(scores[k][r]), num_tokens=len(tokens)))
-                results[slot_input[s]] = cands
-            return
-        rows = (s_t[:, None] * G + torch.arange(G, device=self.device)[None, :]).reshape(-1)
-        hist = st.hist[rows].cpu()
-        logp = st.step_logp[rows].cpu()
-        lens = st.row_len[rows].cpu().tolist()
+                    cands.append((k, trim_generated(seqs[k][r][1 : 1 + lens[k][r]], pad=pad, eos=eos)))
+        else:
+            R = G
+            rows = (s_t[:, None] * G + torch.arange(G, device=self.device)[None, :]).reshape(-1)
+            hist = st.hist[rows, 1:].cpu().tolist()
+            lens = st.row_len[rows].cpu().tolist()
+            for r in range(len(rows)):
+                cands.append((r // G, trim_generated(hist[r][: lens[r]], pad=pad, eos=eos)))
+            # mean log-prob of the kept tokens, non-finite steps left out (as hf_generate)
+            kept = torch.tensor([len(t) for _, t in cands], device=self.device)
+            logp = st.step_logp[rows]
+            use = (torch.arange(logp.shape[1], device=self.device)[None, :] < kept[:, None]) & torch.isfinite(logp)
+            count = use.sum(dim=1)
+            mean = torch.where(use, logp, 0.0).sum(dim=1) / count.clamp(min=1)
+            flat_scores = torch.where(count > 0, mean, 0.0).cpu().tolist()
+        texts = self.combiner.decoder_tokenizer.batch_decode([t for _, t in cands], skip_special_tokens=True)
         for k, s in enumerate(finished):
-            cands = []
-            for g in range(G):
-                r = k * G + g
-                tokens = trim_generated(hist[r, 1 : 1 + lens[r]].tolist(), pad=pad, eos=eos)
-                steps = logp[r, : len(tokens)]
-                steps = steps[torch.isfinite(steps)]
-                score = float(steps.mean()) if len(steps) else 0.0
-                text = decode(tokens, skip_special_tokens=True).strip()
-                cands.append(Generated(text=text, token_ids=tuple(tokens), score=score, num_tokens=len(tokens)))
-            results[slot_input[s]] = cands
+            results[slot_input[s]] = [
+                Generated(text=texts[i].strip(), token_ids=tuple(cands[i][1]), score=float(flat_scores[i]), num_tokens=len(cands[i][1]))
+                for i in range(k * R, (k + 1) * R)
+            ]

@@ -153,6 +153,28 @@ def _norm(module: torch.nn.Module | None) -> Norm | None:
     return Norm(module.weight, module.bias, float(module.eps))
 
 
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+def fast_act(act: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The same activation as one torch op instead of an nn.Module (or five ops).
+
+    GPT-2's gelu_new spells the tanh approximation out in five tensor ops; PyTorch's
+    fused gelu(approximate="tanh") is the same function (equal up to float rounding).
+    """
+    name = type(act).__name__
+    if name == "NewGELUActivation":
+        return _gelu_tanh
+    if name in ("GELUActivation", "GELUTanh") and callable(getattr(act, "act", None)):
+        return act.act
+    if isinstance(act, torch.nn.SiLU):
+        return F.silu
+    if isinstance(act, torch.nn.ReLU):
+        return F.relu
+    return act
+
+
 def _fuse(q: Linear, k: Linear, v: Linear, scale: float) -> Linear:
     """q|k|v in one matmul; the query rows carry the attention scale, so the step
     never multiplies scores (one op less per layer)."""
@@ -192,14 +214,14 @@ def _bert_like(decoder: torch.nn.Module, family: str) -> DecoderSpec:
                 cross_norm=_norm(ca.output.LayerNorm),
                 fc1=_lin(layer.intermediate.dense),
                 fc2=_lin(layer.output.dense),
-                act=layer.intermediate.intermediate_act_fn,
+                act=fast_act(layer.intermediate.intermediate_act_fn),
                 ffn_norm=_norm(layer.output.LayerNorm),
                 scale=scale,
             )
         )
     if family == "bert":
         head = decoder.cls.predictions
-        dense, act, norm = head.transform.dense, head.transform.transform_act_fn, head.transform.LayerNorm
+        dense, act, norm = head.transform.dense, fast_act(head.transform.transform_act_fn), head.transform.LayerNorm
         out = head.decoder
         lm_bias = out.bias if out.bias is not None else head.bias
     else:
@@ -259,7 +281,7 @@ def _gpt2(decoder: torch.nn.Module) -> DecoderSpec:
                 cross_norm=_norm(block.ln_cross_attn),
                 fc1=_conv1d(block.mlp.c_fc),
                 fc2=_conv1d(block.mlp.c_proj),
-                act=block.mlp.act,
+                act=fast_act(block.mlp.act),
                 ffn_norm=_norm(block.ln_2),
                 scale=scale,
             )
@@ -299,7 +321,7 @@ def _bart_layers(decoder_layers, heads: int, head_dim: int) -> list[LayerSpec]:
                 cross_norm=_norm(layer.encoder_attn_layer_norm),
                 fc1=_lin(layer.fc1),
                 fc2=_lin(layer.fc2),
-                act=layer.activation_fn,
+                act=fast_act(layer.activation_fn),
                 ffn_norm=_norm(layer.final_layer_norm),
                 scale=scale,
             )
@@ -425,14 +447,14 @@ class DecoderRunner:
     Rows are slot-major: row = slot * group + g, where group is the number of
     hypotheses per input (beams, or samples per input). Buffers:
 
-    - self-attention cache per layer, [rows, heads, T, head_dim], T = max_new_tokens,
-      written in place at one global column per step (a ring: a row admitted at any
-      step owns the columns it writes; a per-row bias masks the others, so no
-      torch.cat and no shifting);
-    - cross-attention K/V per layer, [slots, heads, src_cap, head_dim], computed once
+    - self-attention K|V per layer, [rows, 2, heads, T, head_dim], T = max_new_tokens,
+      written in place at one global column per step: a ring in which a row admitted
+      at any step owns the columns it writes, and a per-row bias hides the others
+      (no torch.cat, no shifting, one write per layer for K and V together);
+    - cross-attention K|V per layer, [slots, 2, heads, src_cap, head_dim], computed once
       per input and shared by its beams: queries [slots, heads, group, d] broadcast
-      against them (no repeat_interleave);
-    - step inputs (token, position, column, biases) that a CUDA graph can read.
+      against them (no repeat_interleave, no per-beam copy);
+    - step inputs (token, position, column, biases) that a CUDA graph reads.
 
     `forward(n, src_w)` runs the first n slots over the first src_w source positions.
     On CUDA it replays a graph captured per (n bucket, src_cap); on CPU it runs eagerly
@@ -459,20 +481,18 @@ class DecoderRunner:
         self.min_value = torch.finfo(dtype).min
         H, d, L = spec.heads, spec.head_dim, len(spec.layers)
         z = dict(device=device, dtype=dtype)
-        self.k_cache = [torch.zeros(self.rows, H, self.T, d, **z) for _ in range(L)]
-        self.v_cache = [torch.zeros(self.rows, H, self.T, d, **z) for _ in range(L)]
+        self.kv_cache = [torch.zeros(self.rows, 2, H, self.T, d, **z) for _ in range(L)]
         self.use_graphs = cuda_graphs and device.type == "cuda"
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = None
         self.src_cap = 0
-        self.cross_k: list[torch.Tensor] = []
-        self.cross_v: list[torch.Tensor] = []
+        self.cross_kv: list[torch.Tensor] = []
         self.cross_bias = torch.zeros(0, device=device, dtype=dtype)
         self.grow_source(src_cap)
         self.tok_in = torch.zeros(self.rows, dtype=torch.long, device=device)
         self.pos_in = torch.zeros(self.rows, dtype=torch.long, device=device)
         self.col = torch.zeros(1, dtype=torch.long, device=device)
-        self.self_bias = torch.zeros(self.rows, self.T, **z)
+        self.self_bias = torch.full((self.rows, self.T), self.min_value, **z)
 
     # -- buffers
 
@@ -485,16 +505,13 @@ class DecoderRunner:
         H, d = self.spec.heads, self.spec.head_dim
         z = dict(device=self.device, dtype=self.dtype)
         old = self.src_cap
-
-        def grown(t: torch.Tensor | None) -> torch.Tensor:
-            new = torch.zeros(self.slots, H, cap, d, **z)
-            if t is not None and old:
-                new[:, :, :old] = t
-            return new
-
-        L = len(self.spec.layers)
-        self.cross_k = [grown(self.cross_k[i] if self.cross_k else None) for i in range(L)]
-        self.cross_v = [grown(self.cross_v[i] if self.cross_v else None) for i in range(L)]
+        grown = []
+        for i in range(len(self.spec.layers)):
+            new = torch.zeros(self.slots, 2, H, cap, d, **z)
+            if old:
+                new[:, :, :, :old] = self.cross_kv[i]
+            grown.append(new)
+        self.cross_kv = grown
         bias = torch.full((self.slots, cap), self.min_value, **z)
         if old:
             bias[:, :old] = self.cross_bias
@@ -502,24 +519,22 @@ class DecoderRunner:
         self.src_cap = cap
         self._graphs.clear()  # captured graphs point at the old buffers
 
-    def project_source(self, states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Cross-attention K/V of every layer for encoder states [b, src, cross_dim] -> [b, H, src, d]."""
+    def project_source(self, states: torch.Tensor) -> list[torch.Tensor]:
+        """Cross-attention K|V of every layer for encoder states [b, src, cross_dim] -> [b, 2, H, src, d]."""
         b, src, _ = states.shape
         H, d = self.spec.heads, self.spec.head_dim
         out = []
         for layer in self.spec.layers:
             k = layer.cross_k(states).view(b, src, H, d).transpose(1, 2)
             v = layer.cross_v(states).view(b, src, H, d).transpose(1, 2)
-            out.append((k, v))
+            out.append(torch.stack((k, v), dim=1))
         return out
 
     def slot_tensors(self) -> list[torch.Tensor]:
         """Every buffer indexed by slot (views shaped [slots, ...]), for moving slots."""
-        G = self.group
-        views = []
-        for t in (*self.k_cache, *self.v_cache):
-            views.append(t.view(self.slots, G, *t.shape[1:]))
-        views += [*self.cross_k, *self.cross_v, self.cross_bias]
+        views = [t.view(self.slots, self.group, *t.shape[1:]) for t in self.kv_cache]
+        views += [*self.cross_kv, self.cross_bias]
+        views += [t.view(self.slots, self.group, *t.shape[1:]) for t in (self.tok_in, self.pos_in, self.self_bias)]
         return views
 
     # -- the step
@@ -529,8 +544,7 @@ class DecoderRunner:
         spec = self.spec
         G, H, d = self.group, spec.heads, spec.head_dim
         N = n * G
-        tok = self.tok_in[:N]
-        x = F.embedding(tok, spec.word_emb)
+        x = F.embedding(self.tok_in[:N], spec.word_emb)
         if spec.emb_scale != 1.0:
             x = x * spec.emb_scale
         if spec.type_emb is not None:
@@ -544,27 +558,20 @@ class DecoderRunner:
         pre = spec.pre_ln
         D = spec.hidden
         for i, layer in enumerate(spec.layers):
-            # self-attention over the ring cache
+            # self-attention over the ring cache (the scale is folded into the q weights)
             h = layer.self_norm(x) if pre else x
-            qkv = layer.qkv(h).view(N, 3, H, d)
-            q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
-            kc, vc = self.k_cache[i][:N], self.v_cache[i][:N]
-            kc.index_copy_(2, col, k.unsqueeze(2))
-            vc.index_copy_(2, col, v.unsqueeze(2))
-            att = torch.matmul(q.unsqueeze(2), kc.transpose(2, 3)) + self_bias  # [N, H, 1, T]
-            att = torch.softmax(att, dim=-1)
-            a = torch.matmul(att, vc).view(N, D)
-            a = layer.self_out(a)
+            qkv = layer.qkv(h).view(N, 3, H, 1, d)
+            cache = self.kv_cache[i][:N]
+            cache.index_copy_(3, col, qkv[:, 1:])
+            a = F.scaled_dot_product_attention(qkv[:, 0], cache[:, 0], cache[:, 1], attn_mask=self_bias, scale=1.0)
+            a = layer.self_out(a.view(N, D))
             x = x + a if pre else layer.self_norm(x + a)
-            # cross-attention: the group's queries share their slot's K/V
+            # cross-attention: the group's queries share their slot's K|V
             h = layer.cross_norm(x) if pre else x
             cq = layer.cross_q(h).view(n, G, H, d).transpose(1, 2)  # [n, H, G, d]
-            ck = self.cross_k[i][:n, :, :src_w]
-            cv = self.cross_v[i][:n, :, :src_w]
-            att = torch.matmul(cq, ck.transpose(2, 3)) + cross_bias  # [n, H, G, src]
-            att = torch.softmax(att, dim=-1)
-            a = torch.matmul(att, cv).transpose(1, 2).reshape(N, D)
-            a = layer.cross_out(a)
+            kv = self.cross_kv[i][:n, :, :, :src_w]
+            a = F.scaled_dot_product_attention(cq, kv[:, 0], kv[:, 1], attn_mask=cross_bias, scale=1.0)
+            a = layer.cross_out(a.transpose(1, 2).reshape(N, D))
             x = x + a if pre else layer.cross_norm(x + a)
             # feed-forward
             h = layer.ffn_norm(x) if pre else x
