@@ -46,8 +46,10 @@ def generation_main(
         return 2
     from pipelines.generation import (
         InputSpecError,
+        LeaseLostError,
         ModelSpecError,
         OutputExistsError,
+        OutputLeasedError,
         format_summary,
         preflight,
         run_job,
@@ -65,7 +67,8 @@ def generation_main(
 
     try:
         summary = run_job(spec, verbose=args.verbose)
-    except (OutputExistsError, ModelSpecError, InputSpecError, StorageAccessError) as exc:
+    except (OutputExistsError, OutputLeasedError, LeaseLostError, ModelSpecError, InputSpecError,
+            StorageAccessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(summary), flush=True)

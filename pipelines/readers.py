@@ -16,8 +16,8 @@ import hashlib
 import io
 import json
 import posixpath
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import fsspec
@@ -196,8 +196,9 @@ def _relative_id(file_uri: str, root: str) -> str:
 class _Rows:
     """Accumulates rows of one shard in ROW_SCHEMA column order."""
 
-    def __init__(self, shard: Shard) -> None:
+    def __init__(self, shard: Shard, duplicates: Duplicates | None = None) -> None:
         self.shard = shard
+        self.duplicates = duplicates or {}
         self.columns: dict[str, list[Any]] = {name: [] for name in ROW_SCHEMA.names}
 
     def add(
@@ -211,6 +212,9 @@ class _Rows:
         error: tuple[str, str, str] | None = None,
     ) -> None:
         c = self.columns
+        first = self.duplicates.get((source_uri, source_row))
+        if first is not None and error is None:
+            payload, error = None, ("read", "duplicate_id", first)
         c["id"].append(id)
         c["shard_key"].append(self.shard.key)
         c["row_index"].append(len(c["id"]) - 1)
@@ -293,8 +297,10 @@ def _as_bytes(value: Any) -> bytes | None:
     return None
 
 
-def _read_table_rows(rows: _Rows, uri: str, records: Iterable[dict[str, Any]], opts: ReaderOptions) -> None:
-    for i, record in enumerate(records):
+def _read_table_rows(
+    rows: _Rows, uri: str, records: Iterable[dict[str, Any]], opts: ReaderOptions, *, first_row: int = 0
+) -> None:
+    for i, record in enumerate(records, start=first_row):
         rid = record.get(opts.id_column) if opts.id_column else None
         rid = f"{_relative_id(uri, opts.root)}#{i}" if rid is None else str(rid)
         ref = record.get(opts.reference_column) if opts.reference_column else None
@@ -361,13 +367,60 @@ class _ShardError(Exception):
         self.cause = cause
 
 
-def read_shard(shard: Shard, opts: ReaderOptions) -> pa.Table:
+def ids_can_repeat(opts: ReaderOptions) -> bool:
+    """False when ids are unique by construction (file paths, '<file>#<row>'); True when
+    they come from a column of the data (parquet / jsonl with an id column)."""
+    return opts.format in ("parquet", "jsonl") and bool(opts.id_column)
+
+
+# (source_uri, source_row) of a row -> why it is rejected: where its id first appears.
+Duplicates = Mapping[tuple[str, int], str]
+
+
+def read_shard_ids(shard: Shard, opts: ReaderOptions) -> pa.Table:
+    """The id, source_uri and source_row of every row `read_shard` yields for `shard`,
+    reading only the id column where the format allows (the duplicate-id pass)."""
+    table = read_shard(shard, replace(opts, input_column=None, reference_column=None, captions_file=None))
+    return table.select(["id", "source_uri", "source_row"])
+
+
+def find_duplicates(id_tables: Iterable[tuple[int, pa.Table]]) -> dict[tuple[str, int], str]:
+    """Rows whose id appeared earlier, in (rank, source_uri order, source_row) order.
+
+    `id_tables` yields (rank, table of read_shard_ids) pairs; a lower rank wins (a
+    resumed job ranks committed shards first, so a row already in the output stays
+    the first occurrence). Holds every id once in memory (about 100 bytes a row).
+    """
+    first: dict[str, tuple[int, str, int]] = {}
+    later: list[tuple[str, tuple[int, str, int]]] = []
+    for rank, table in id_tables:
+        for rid, uri, row in zip(*(table.column(c).to_pylist() for c in ("id", "source_uri", "source_row")), strict=True):
+            if row < 0:
+                continue  # a file-level read error, not a row of data
+            pos = (rank, uri, row)
+            seen = first.get(rid)
+            if seen is None:
+                first[rid] = pos
+            elif pos < seen:
+                later.append((rid, seen))
+                first[rid] = pos
+            else:
+                later.append((rid, pos))
+    out = {}
+    for rid, (_, uri, row) in later:
+        _, first_uri, first_row = first[rid]
+        out[(uri, row)] = f"id {rid!r} first appears in {first_uri} row {first_row}, which is kept; this later row is not processed"
+    return out
+
+
+def read_shard(shard: Shard, opts: ReaderOptions, *, duplicates: Duplicates | None = None) -> pa.Table:
     """All rows of `shard` as a ROW_SCHEMA table.
 
     A file that cannot be read at all (missing, not Parquet...) becomes one error
     row with id '<file>#file', so the failure is counted and visible in _errors.
+    Rows named in `duplicates` become error rows with cause duplicate_id.
     """
-    rows = _Rows(shard)
+    rows = _Rows(shard, duplicates or {})
     for uri in shard.files:
         fs, path = url_to_fs(uri, **opts.storage_options)
         try:
@@ -407,9 +460,4 @@ def _read_file(rows: _Rows, fs: fsspec.AbstractFileSystem, path: str, uri: str, 
         if isinstance(record, _BadLine):
             rows.add(id=f"{base}#{i}", source_uri=uri, source_row=i, error=("read", "bad_json", record.message))
         else:
-            start = len(rows.columns["id"])
-            _read_table_rows(rows, uri, [record], opts)
-            # _read_table_rows numbers rows from 0 per call; fix the row number and derived id.
-            rows.columns["source_row"][start] = i
-            if not opts.id_column or record.get(opts.id_column) is None:
-                rows.columns["id"][start] = f"{base}#{i}"
+            _read_table_rows(rows, uri, [record], opts, first_row=i)

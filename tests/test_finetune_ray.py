@@ -18,8 +18,8 @@ from combiner_core import (
     image_to_pixel_values,
     load_combiner,
 )
-from pipelines import load_spec
 from jobs.demo_data.shapes import iter_examples, write_vocabulary
+from pipelines import load_spec
 from pipelines.finetune import FinetuneSpec, run_finetune
 
 pytestmark = pytest.mark.integration

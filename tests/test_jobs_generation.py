@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -275,11 +276,13 @@ def test_worker_process_killed_mid_job_completes_exactly_once(ray_cluster, model
     assert summary.rows_processed_now == 12
 
 
-def _run_driver(spec: dict, spec_path: Path, gcs: str, fault: str) -> subprocess.CompletedProcess:
+def _run_driver(
+    spec: dict, spec_path: Path, gcs: str, fault: str, script: str = "caption_dataset.py"
+) -> subprocess.CompletedProcess:
     spec_path.write_text(yaml.safe_dump(spec))
     env = dict(os.environ, RAY_ADDRESS=gcs, COMBINER_FAULT=fault)
     return subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "caption_dataset.py"), "--spec", str(spec_path)],
+        [sys.executable, str(REPO / "jobs" / script), "--spec", str(spec_path)],
         env=env, capture_output=True, text=True, timeout=300,
     )
 
@@ -297,6 +300,7 @@ def test_driver_killed_mid_job_then_resume_exactly_once(ray_cluster, models, tmp
     run1 = _run_driver(spec, tmp_path / "spec.yaml", ray_cluster, "driver_after_commit:1")
     assert run1.returncode == -9, run1.stderr[-3000:]
     assert len(list((out / "_commits").glob("*.json"))) == 1
+    assert (out / "_lease.json").exists()  # left by the killed driver: it must not block the resume
     # Run 2 (resume): killed in the middle of its first commit, data file in place, no manifest.
     run2 = _run_driver(spec, tmp_path / "spec.yaml", ray_cluster, "driver_before_manifest:1")
     assert run2.returncode == -9, run2.stderr[-3000:]
@@ -349,3 +353,65 @@ def test_cpu_stage_stays_apart_from_model_actors(ray_cluster, models, tmp_path):
     physical = shown.getvalue().split("Physical Plan (Optimized)")[1]
     assert "ActorPoolMapOperator[MapBatches(ModelWorker)]" in physical, physical
     assert "TaskPoolMapOperator[MapBatches(read_and_preprocess)]" in physical, physical
+
+
+def test_duplicate_ids_keep_the_first_row_and_resume_exactly_once(ray_cluster, models, tmp_path):
+    """The same id twice in one file and again in a later file: the first row (file, then
+    row order) is output, each later one goes to _errors as duplicate_id naming the
+    first; a driver killed after its first commit resumes to the same result."""
+    src = tmp_path / "docs"
+    gs.write_jsonl(str(src / "a.jsonl"), [{"id": "d1", "text": gs.document(1)}, {"id": "d2", "text": gs.document(2)},
+                                          {"id": "d1", "text": gs.document(3)}, {"id": "d3", "text": gs.document(4)}])
+    gs.write_jsonl(str(src / "b.jsonl"), [{"id": "d2", "text": gs.document(5)}, {"id": "d4", "text": gs.document(6)}])
+    out = tmp_path / "out"
+    spec = gs.summarize_spec(str(src), str(out), models["summarizer"], input={"uri": str(src), "id_column": "id"})
+    spec["output"]["mode"] = "resume"
+    run1 = _run_driver(spec, tmp_path / "spec.yaml", ray_cluster, "driver_after_commit:1", "summarize_corpus.py")
+    assert run1.returncode == -9, run1.stderr[-3000:]
+    summary = summarize(spec)
+    assert summary.shards_committed_before == 1 and summary.shards_committed_now == 1
+    ok, bad = gs.read_dir(str(out)), gs.read_errors(str(out))
+    assert sorted(ok.column("id").to_pylist()) == ["d1", "d2", "d3", "d4"]
+    rows = {(r["source_uri"].rsplit("/", 1)[-1], r["source_row"]): r for r in bad.to_pylist()}
+    assert set(rows) == {("a.jsonl", 2), ("b.jsonl", 0)}
+    assert {r["cause"] for r in rows.values()} == {"duplicate_id"}
+    assert "a.jsonl row 0" in rows[("a.jsonl", 2)]["message"] and "a.jsonl row 1" in rows[("b.jsonl", 0)]["message"]
+    first = {r["id"]: r["source_row"] for r in ok.to_pylist() if r["source_uri"].endswith("a.jsonl")}
+    assert first == {"d1": 0, "d2": 1, "d3": 3}
+    assert (summary.rows_in, summary.rows_ok, summary.rows_errored) == (6, 4, 2)
+
+
+def test_second_driver_is_refused_while_the_first_finishes_exactly_once(ray_cluster, models, tmp_path):
+    """One writer per output: a second driver (any mode, overwrite too) is refused with the
+    owner's run id, and the running job still finishes with every row exactly once."""
+    import json as _json
+
+    from pipelines.generation import OutputLeasedError
+
+    src = tmp_path / "in"
+    for i in range(8):
+        gs.write_bytes(str(src / f"{i}.png"), gs.image_bytes(i))
+    out = tmp_path / "out"
+    spec = gs.caption_spec(str(src), str(out), models["captioner"])
+    marker = tmp_path / "waiting"
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster, COMBINER_FAULT=f"worker_wait:1:{marker}")
+    first = subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / "caption_dataset.py"), "--spec", str(tmp_path / "spec.yaml")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        while not marker.exists():  # the first job's actor is mid-batch, holding the lease
+            assert first.poll() is None, first.communicate()[1][-3000:]
+            time.sleep(0.05)
+        owner = _json.loads((out / "_lease.json").read_text())["run_id"]
+        for mode in ("overwrite", "resume", "error_if_exists"):
+            with pytest.raises(OutputLeasedError, match=f"being written by run {owner}"):
+                caption({**spec, "output": {"uri": str(out), "mode": mode}})
+        assert first.poll() is None
+    finally:
+        Path(str(marker) + ".go").write_text("go")
+        stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-3000:]
+    gs.assert_exactly_once(str(out), {f"{i}.png" for i in range(8)})
+    assert not (out / "_lease.json").exists()

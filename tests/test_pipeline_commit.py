@@ -158,3 +158,58 @@ def test_image_folder_references_come_from_its_captions_file(tmp_path):
 
     with pytest.raises(DataSourceError, match="data.train: captions_file .* line 2"):
         plan_pairs(DataSource(uri=str(tmp_path), format="images"), key="data.train")
+
+
+def test_duplicate_ids_first_occurrence_wins_and_committed_rows_rank_first():
+    from pipelines.readers import find_duplicates
+
+    def ids(uri: str, *pairs: tuple[str, int]) -> pa.Table:
+        return pa.table({"id": [p[0] for p in pairs], "source_uri": [uri] * len(pairs),
+                         "source_row": [p[1] for p in pairs]})
+
+    found = find_duplicates([(1, ids("b", ("x", 0), ("y", 1))), (1, ids("a", ("x", 4), ("x", 5), ("z", -1)))])
+    assert set(found) == {("b", 0), ("a", 5)} and "first appears in a row 4" in found[("b", 0)]
+    # A committed shard (rank 0) keeps its row even when a new file sorts before it.
+    found = find_duplicates([(1, ids("a", ("x", 0))), (0, ids("z", ("x", 9)))])
+    assert set(found) == {("a", 0)} and "z row 9" in found[("a", 0)]
+
+
+def test_lease_refuses_a_live_owner_and_takes_over_a_dead_or_stale_one(tmp_path, monkeypatch):
+    import json
+    import os
+    import socket
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    from pipelines.generation.lease import Lease, LeaseLostError, OutputLeasedError
+
+    root = str(tmp_path)
+    lease_path = tmp_path / "_lease.json"
+
+    def foreign(**fields) -> None:
+        record = {"run_id": "other-run", "host": socket.gethostname(), "pid": os.getpid(),
+                  "started": "2026-01-01T00:00:00+00:00", "ttl_s": 60.0, **fields}
+        lease_path.write_text(json.dumps(record))
+
+    fs = LocalFileSystem()
+    foreign()  # this very process, alive, on this host
+    with pytest.raises(OutputLeasedError, match="being written by run other-run"):
+        Lease(fs, root, root, run_id="me").acquire()
+    foreign(host="elsewhere")  # another host, renewed just now
+    with pytest.raises(OutputLeasedError, match="other-run"):
+        Lease(fs, root, root, run_id="me").acquire()
+    old = lease_path.stat().st_mtime - 120  # not renewed for two minutes: expired
+    os.utime(lease_path, (old, old))
+    lease = Lease(fs, root, root, run_id="me")
+    lease.acquire()
+    assert json.loads(lease_path.read_text())["run_id"] == "me"
+    lease.release()
+    assert not lease_path.exists()
+    foreign(pid=2**22 + 17)  # a pid that does not run here: its driver was killed
+    lease = Lease(fs, root, root, run_id="me")
+    lease.acquire()
+    foreign(host="elsewhere")  # someone took it over while we stalled
+    with pytest.raises(LeaseLostError, match="lost its lease"):
+        lease.check()
+    lease.release()
+    assert json.loads(lease_path.read_text())["run_id"] == "other-run"  # not ours to delete

@@ -23,8 +23,8 @@ from combiner_core.training import (
     sequence_loss,
     target_token_ids,
 )
-from pipelines import SpecError, load_spec
 from jobs.demo_data.shapes import caption_words, iter_examples
+from pipelines import SpecError, load_spec
 from pipelines.finetune import FinetuneSpec, plot_loss_curve
 from pipelines.metrics import generation_metrics
 

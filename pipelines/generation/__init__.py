@@ -9,6 +9,7 @@ A task kind is one adapter (tasks/) plus its spec (specs.py).
 """
 
 from .commit import CommitError, OutputExistsError
+from .lease import LeaseLostError, OutputLeasedError
 from .plan import InputSpecError, JobPlan, ModelSpecError, build_plan, preflight
 from .report import format_summary
 from .run import JobSummary, run_job, run_plan
@@ -23,8 +24,10 @@ __all__ = [
     "JobPlan",
     "JobSpec",
     "JobSummary",
+    "LeaseLostError",
     "ModelSpecError",
     "OutputExistsError",
+    "OutputLeasedError",
     "SummarizeJobSpec",
     "SummarizeTask",
     "TaskAdapter",

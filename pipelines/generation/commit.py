@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from . import faults
+from .lease import LEASE_FILE
 
 COMMITS_DIR = "_commits"
 ERRORS_DIR = "_errors"
@@ -257,7 +258,10 @@ class OutputStore:
         return "/".join([self.uri, *parts])
 
     def _exists(self) -> bool:
-        return self.fs.exists(self.root) and bool(self.fs.find(self.root))
+        """Whether the output holds anything besides this run's lease."""
+        if not self.fs.exists(self.root):
+            return False
+        return any(not p.endswith("/" + LEASE_FILE) for p in self.fs.find(self.root))
 
     # --- start of a run -----------------------------------------------------------------
 
@@ -268,7 +272,10 @@ class OutputStore:
         an output written by a job with a different fingerprint (input, model, generation).
         """
         if mode == "overwrite" and self.fs.exists(self.root):
-            self.fs.rm(self.root, recursive=True)
+            # Everything but the lease this run holds (lease.py).
+            for path in self.fs.ls(self.root, detail=False):
+                if not path.rstrip("/").endswith("/" + LEASE_FILE):
+                    self.fs.rm(path, recursive=True)
         elif mode == "error_if_exists" and self._exists():
             raise OutputExistsError(
                 f"output.uri {self.uri} already holds files. Set output.mode=resume to continue "

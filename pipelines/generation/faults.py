@@ -8,7 +8,9 @@ own process on its 3rd batch, once: the marker file makes the restarted actor go
 A real SIGKILL, as the OOM killer or a lost node would deliver, not an exception.
 "worker_pause:2:/tmp/marker" makes a generation actor stop on its 2nd batch, once,
 after writing its node id to the marker: a test then takes that node away while
-the batch is in flight, deterministically.
+the batch is in flight, deterministically. "worker_wait:1:/tmp/marker" makes an actor
+create the marker on its 1st batch and wait until "/tmp/marker.go" exists: a test
+then acts on a job known to be mid-run, and lets it finish.
 """
 
 from __future__ import annotations
@@ -47,6 +49,18 @@ def maybe_pause(point: str, count: int, node_id: str) -> None:
     if _claim(":".join(spec[2:]), node_id):
         while True:
             time.sleep(3600)
+
+
+def maybe_wait(point: str, count: int) -> None:
+    """If COMBINER_FAULT names `point` with this `count`: signal (create the marker), then
+    wait for the test's go file. Polls a file the test writes: an event, not a deadline."""
+    spec = _spec()
+    if len(spec) < 3 or spec[0] != point or int(spec[1]) != count:
+        return
+    marker = ":".join(spec[2:])
+    if _claim(marker, str(os.getpid())):
+        while not os.path.exists(marker + ".go"):
+            time.sleep(0.05)
 
 
 def maybe_kill(point: str, count: int) -> None:

@@ -14,12 +14,23 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import pyarrow.compute as pc
+
 from combiner_core.storage import StorageAccessError, storage_access
 
-from ..readers import InputListingError, input_extensions, list_input_files, plan_shards
+from ..readers import (
+    InputListingError,
+    find_duplicates,
+    ids_can_repeat,
+    input_extensions,
+    list_input_files,
+    plan_shards,
+    read_shard_ids,
+)
 from ..session import init_ray
 from . import faults
 from .commit import ERRORS_DIR, SUMMARY_FILE, OutputStore, ShardManifest
+from .lease import Lease
 from .plan import InputSpecError, JobPlan, build_plan
 from .specs import JobSpec
 
@@ -82,83 +93,237 @@ def run_plan(
     remain, no Ray work and no model loading happen. `ray_init` is called only when
     there is work to do (jobs start or join Ray; tests pass None and own their Ray).
     """
-    start = time.time()
-    timings: dict[str, float] = {}
-    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-    try:
-        with storage_access(plan.reader.root, action="list"):
-            files, ignored = list_input_files(
-                plan.reader.root, format=plan.reader.format, extensions=plan.reader.extensions,
-                storage_options=plan.reader.storage_options,
+    return _JobRun(plan, on_commit=on_commit, ray_init=ray_init, verbose=verbose).run()
+
+
+class _JobRun:
+    """One run of a plan on the driver: list, take the output's lease, process, summarize."""
+
+    def __init__(
+        self,
+        plan: JobPlan,
+        *,
+        on_commit: Callable[[ShardManifest], None] | None,
+        ray_init: Callable[[], None] | None,
+        verbose: bool,
+    ) -> None:
+        self.plan, self.on_commit, self.ray_init, self.verbose = plan, on_commit, ray_init, verbose
+        self.start = time.time()
+        self.timings: dict[str, float] = {}
+        self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        self.store = OutputStore(plan.output_uri, schema=plan.output_schema, storage_options=plan.storage_options)
+        self.lease = Lease(self.store.fs, self.store.root, self.store.uri, run_id=self.run_id)
+
+    def run(self) -> JobSummary:
+        files, ignored = self._list_inputs()
+        with storage_access(self.plan.output_uri, action="write"):
+            self.lease.acquire()  # before output.mode touches anything: overwrite deletes
+        try:
+            return self._run_owned(files, ignored)
+        finally:
+            self.lease.release()
+
+    def _list_inputs(self) -> tuple[list[str], list[str]]:
+        """Input files (before anything is written), or InputSpecError saying what was searched."""
+        reader = self.plan.reader
+        try:
+            with storage_access(reader.root, action="list"):
+                files, ignored = list_input_files(
+                    reader.root, format=reader.format, extensions=reader.extensions,
+                    storage_options=reader.storage_options,
+                )
+        except (InputListingError, StorageAccessError) as exc:
+            raise InputSpecError(f"input.uri: {exc}") from None
+        if not files:
+            raise InputSpecError(
+                f"input.uri {reader.root}: no {reader.format} input files there (searched "
+                f"{'the glob' if any(c in reader.root for c in '*?[') else 'the folder, recursively'} "
+                f"for names ending in {', '.join(input_extensions(reader))}"
+                + (f"; {len(ignored)} other file(s) were skipped, e.g. {ignored[0]}" if ignored else "")
+                + "). Check the path and input.format"
             )
-    except (InputListingError, StorageAccessError) as exc:
-        raise InputSpecError(f"input.uri: {exc}") from None
-    if not files:
-        raise InputSpecError(
-            f"input.uri {plan.reader.root}: no {plan.reader.format} input files there (searched "
-            f"{'the glob' if any(c in plan.reader.root for c in '*?[') else 'the folder, recursively'} "
-            f"for names ending in {', '.join(input_extensions(plan.reader))}"
-            + (f"; {len(ignored)} other file(s) were skipped, e.g. {ignored[0]}" if ignored else "")
-            + "). Check the path and input.format"
+        if ignored:
+            log.warning(
+                "input.uri %s: %d file(s) do not look like %s inputs and were skipped, e.g. %s",
+                reader.root, len(ignored), reader.format, ignored[:3],
+            )
+        return files, ignored
+
+    def _run_owned(self, files: list[str], ignored: list[str]) -> JobSummary:
+        """What runs while this driver holds the output's lease."""
+        plan, store, timings = self.plan, self.store, self.timings
+        with storage_access(plan.output_uri, action="write"):
+            committed = store.prepare(mode=plan.output_mode, fingerprint=plan.fingerprint)
+        done_inputs = {f for m in committed.values() for f in m.inputs}
+        fmt = plan.reader.format
+        shards = plan_shards([f for f in files if f not in done_inputs], format=fmt, files_per_shard=plan.files_per_shard)
+        log.info(
+            "[%s] %d input file(s); %d shard(s) already committed; %d shard(s) to process -> %s",
+            plan.task.name, len(files), len(committed), len(shards), plan.output_uri,
         )
-    if ignored:
-        log.warning(
-            "input.uri %s: %d file(s) do not look like %s inputs and were skipped, e.g. %s",
-            plan.reader.root, len(ignored), plan.reader.format, ignored[:3],
-        )
-    store = OutputStore(plan.output_uri, schema=plan.output_schema, storage_options=plan.storage_options)
-    with storage_access(plan.output_uri, action="write"):
-        committed = store.prepare(mode=plan.output_mode, fingerprint=plan.fingerprint)
-    done_inputs = {f for m in committed.values() for f in m.inputs}
-    shards = plan_shards(
-        [f for f in files if f not in done_inputs], format=plan.reader.format, files_per_shard=plan.files_per_shard
-    )
-    log.info(
-        "[%s] %d input file(s); %d shard(s) already committed; %d shard(s) to process -> %s",
-        plan.task.name, len(files), len(committed), len(shards), plan.output_uri,
-    )
-    timings["plan_s"] = time.time() - start
-    rows_now = new_commits = 0
-    stats: dict[str, float] = {}
-    if shards:
+        timings["plan_s"] = time.time() - self.start
+        rows_now = new_commits = 0
+        stats: dict[str, float] = {}
+        if shards:
+            t = time.time()
+            if self.ray_init is not None:
+                self.ray_init()
+            timings["ray_start_s"] = time.time() - t
+            t = time.time()
+            done_shards = plan_shards(sorted(done_inputs & set(files)), format=fmt, files_per_shard=1)
+            duplicates = _duplicate_ids(plan, done_shards, shards)
+            if ids_can_repeat(plan.reader):
+                timings["duplicate_ids_s"] = time.time() - t
+            rows_now, new_commits, stats = self._process(shards, duplicates)
+        return self._summarize(committed, rows_now, new_commits, stats, files_ignored=len(ignored))
+
+    def _summarize(
+        self, committed: dict[str, ShardManifest], rows_now: int, new_commits: int, stats: dict[str, float],
+        *, files_ignored: int,
+    ) -> JobSummary:
+        plan, store = self.plan, self.store
         t = time.time()
-        if ray_init is not None:
-            ray_init()
-        timings["ray_start_s"] = time.time() - t
-        rows_now, new_commits, stats = _process(plan, shards, store, run_id, on_commit, timings, verbose)
-    t = time.time()
-    manifests = store.committed()
-    sums: dict[str, float] = {}
-    for m in manifests.values():
-        for k, v in m.metric_sums.items():
-            sums[k] = sums.get(k, 0.0) + v
-    seconds = time.time() - start
-    summary = JobSummary(
-        task=plan.task.name,
-        rows_in=sum(m.rows_in for m in manifests.values()),
-        rows_ok=sum(m.rows_ok for m in manifests.values()),
-        rows_errored=sum(m.rows_errored for m in manifests.values()),
-        seconds=round(seconds, 3),
-        rows_per_s=round(rows_now / seconds, 3) if seconds > 0 else 0.0,
-        output_uri=store.uri,
-        errors_uri=store.uri_of(ERRORS_DIR),
-        summary_uri=store.uri_of(SUMMARY_FILE),
-        shards_total=len(manifests),
-        shards_committed_before=len(committed),
-        shards_committed_now=new_commits,
-        rows_processed_now=rows_now,
-        files_ignored=len(ignored),
-        run_id=run_id,
-        metrics=plan.task.metrics(sums),
-        stats=_efficiencies(stats),
+        manifests = store.committed()
+        sums: dict[str, float] = {}
+        for m in manifests.values():
+            for k, v in m.metric_sums.items():
+                sums[k] = sums.get(k, 0.0) + v
+        seconds = time.time() - self.start
+        summary = JobSummary(
+            task=plan.task.name,
+            rows_in=sum(m.rows_in for m in manifests.values()),
+            rows_ok=sum(m.rows_ok for m in manifests.values()),
+            rows_errored=sum(m.rows_errored for m in manifests.values()),
+            seconds=round(seconds, 3),
+            rows_per_s=round(rows_now / seconds, 3) if seconds > 0 else 0.0,
+            output_uri=store.uri,
+            errors_uri=store.uri_of(ERRORS_DIR),
+            summary_uri=store.uri_of(SUMMARY_FILE),
+            shards_total=len(manifests),
+            shards_committed_before=len(committed),
+            shards_committed_now=new_commits,
+            rows_processed_now=rows_now,
+            files_ignored=files_ignored,
+            run_id=self.run_id,
+            metrics=plan.task.metrics(sums),
+            stats=_efficiencies(stats),
+        )
+        store.finish(summary.as_dict())
+        self.timings["finish_s"] = time.time() - t
+        summary.timings = {k: round(v, 3) for k, v in self.timings.items()}
+        summary.timings["started_at"] = round(self.start, 3)  # epoch seconds: lines phases up with a wall clock
+        # Written again with the finish time: _summary.json is the run's record.
+        store.write_summary(summary.as_dict())
+        return summary
+
+    def _process(self, shards: list, duplicates: dict[str, list]) -> tuple[int, int, dict[str, float]]:
+        """Stream the Ray Data pipeline's records, committing each shard when it is complete."""
+        from .stages import build_dataset, quiet_progress
+
+        plan, store, lease, run_id, timings = self.plan, self.store, self.lease, self.run_id, self.timings
+        t0 = time.time()
+        quiet_progress(self.verbose)
+        by_key = {s.key: s for s in shards}
+        ds = build_dataset(plan, shards, run_id=run_id, duplicates=duplicates)
+        pending: dict[str, dict[str, Any]] = {}
+        rows_now = commits = 0
+        stats: dict[str, float] = {}
+        commit_seconds = 0.0
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            timings.setdefault("first_batch_s", time.time() - t0)
+            for rec in batch.to_pylist():
+                state = pending.setdefault(
+                    rec["shard_key"], {"rows": 0, "ok": [], "err": [], "stats": {}, "shard_rows": rec["shard_rows"]}
+                )
+                state["rows"] += rec["rows"]
+                if rec["ok_path"]:
+                    state["ok"].append(rec["ok_path"])
+                if rec["error_path"]:
+                    state["err"].append(rec["error_path"])
+                for k, v in (json.loads(rec["stats"]) if rec["stats"] else {}).items():
+                    state["stats"][k] = state["stats"].get(k, 0.0) + v
+                if state["rows"] < state["shard_rows"]:
+                    continue
+                tc = time.time()
+                lease.check()
+                commits += 1
+                manifest = store.commit_shard(
+                    shard_key=rec["shard_key"], inputs=list(by_key[rec["shard_key"]].files),
+                    shard_rows=state["shard_rows"], ok_paths=state["ok"], error_paths=state["err"],
+                    run_id=run_id, commit_number=commits, metric_sums=plan.task.metric_sums, stats=state["stats"],
+                )
+                commit_seconds += time.time() - tc
+                rows_now += manifest.rows_in
+                for k, v in state["stats"].items():
+                    stats[k] = stats.get(k, 0.0) + v
+                del pending[rec["shard_key"]]
+                by_key.pop(rec["shard_key"])
+                faults.maybe_kill("driver_after_commit", commits)
+                if self.on_commit is not None:
+                    self.on_commit(manifest)
+        if pending:
+            raise RuntimeError(
+                f"Ray Data finished but {len(pending)} shard(s) got only part of their rows "
+                f"({sorted(pending)[:3]}...); nothing of them was committed. Rerun with output.mode=resume"
+            )
+        # Shards whose files hold no rows (an empty JSONL file) yield no blocks: commit them
+        # empty so a resume does not list them again.
+        for key, shard in list(by_key.items()):
+            lease.check()
+            commits += 1
+            store.commit_shard(
+                shard_key=key, inputs=list(shard.files), shard_rows=0, ok_paths=[], error_paths=[],
+                run_id=run_id, commit_number=commits,
+            )
+        timings["process_s"] = time.time() - t0
+        timings["commit_s"] = commit_seconds
+        return rows_now, commits, stats
+
+
+# Up to this many input files, the duplicate-id pass reads ids on the driver; beyond,
+# Ray Data reads them in parallel (a task costs more than reading a few id columns).
+_DRIVER_ID_PASS_FILES = 64
+
+
+def _duplicate_ids(plan: JobPlan, done: list, todo: list) -> dict[str, list]:
+    """Per shard key, the rows of `todo` whose id appeared before: [[uri, row, why], ...].
+
+    Only when ids come from a column (ids_can_repeat). Committed shards rank first, so
+    a row already in the output stays the first occurrence when a resumed job finds
+    new files with the same id; otherwise the first in (file, row) order is kept.
+    Cost: every input row's id is read again and held on the driver once.
+    """
+    if not todo or not ids_can_repeat(plan.reader):
+        return {}
+    ranked = [(0, s) for s in done] + [(1, s) for s in todo]
+    if sum(len(s.files) for _, s in ranked) <= _DRIVER_ID_PASS_FILES:
+        tables = ((rank, read_shard_ids(s, plan.reader)) for rank, s in ranked)
+    else:
+        tables = _ids_on_ray(plan, ranked)
+    found = find_duplicates(tables)
+    out: dict[str, list] = {}
+    by_file = {f: s.key for s in todo for f in s.files}
+    for (uri, row), why in found.items():
+        if uri in by_file:
+            out.setdefault(by_file[uri], []).append([uri, row, why])
+    if found:
+        log.warning("[%s] %d row(s) repeat an earlier id; they go to _errors (cause duplicate_id)",
+                    plan.task.name, len(found))
+    return out
+
+
+def _ids_on_ray(plan: JobPlan, ranked: list) -> Any:
+    import ray.data
+
+    from .stages import read_ids
+
+    items = [{"rank": rank, "shard_key": s.key, "files": list(s.files)} for rank, s in ranked]
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        read_ids, batch_size=1, batch_format="numpy", fn_kwargs={"plan": plan}
     )
-    store.finish(summary.as_dict())
-    timings["finish_s"] = time.time() - t
-    summary.timings = {k: round(v, 3) for k, v in timings.items()}
-    summary.timings["started_at"] = round(start, 3)  # epoch seconds: lines the phases up with a wall clock
-    # Written again with the finish time: _summary.json is the run's record.
-    store.write_summary(summary.as_dict())
-    return summary
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for rank in sorted(set(batch.column("rank").to_pylist())):
+            yield rank, batch.filter(pc.equal(batch.column("rank"), rank))
 
 
 def _efficiencies(stats: dict[str, float]) -> dict[str, float]:
@@ -169,72 +334,3 @@ def _efficiencies(stats: dict[str, float]) -> dict[str, float]:
         if total:
             out[f"{name}_efficiency"] = round(useful / total, 4)
     return out
-
-
-def _process(
-    plan: JobPlan,
-    shards: list,
-    store: OutputStore,
-    run_id: str,
-    on_commit: Callable[[ShardManifest], None] | None,
-    timings: dict[str, float],
-    verbose: bool,
-) -> tuple[int, int, dict[str, float]]:
-    """Stream the Ray Data pipeline's records, committing each shard when it is complete."""
-    from .stages import build_dataset, quiet_progress
-
-    t0 = time.time()
-    quiet_progress(verbose)
-    by_key = {s.key: s for s in shards}
-    ds = build_dataset(plan, shards, run_id=run_id)
-    pending: dict[str, dict[str, Any]] = {}
-    rows_now = commits = 0
-    stats: dict[str, float] = {}
-    commit_seconds = 0.0
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        timings.setdefault("first_batch_s", time.time() - t0)
-        for rec in batch.to_pylist():
-            state = pending.setdefault(
-                rec["shard_key"], {"rows": 0, "ok": [], "err": [], "stats": {}, "shard_rows": rec["shard_rows"]}
-            )
-            state["rows"] += rec["rows"]
-            if rec["ok_path"]:
-                state["ok"].append(rec["ok_path"])
-            if rec["error_path"]:
-                state["err"].append(rec["error_path"])
-            for k, v in (json.loads(rec["stats"]) if rec["stats"] else {}).items():
-                state["stats"][k] = state["stats"].get(k, 0.0) + v
-            if state["rows"] < state["shard_rows"]:
-                continue
-            tc = time.time()
-            commits += 1
-            manifest = store.commit_shard(
-                shard_key=rec["shard_key"], inputs=list(by_key[rec["shard_key"]].files),
-                shard_rows=state["shard_rows"], ok_paths=state["ok"], error_paths=state["err"],
-                run_id=run_id, commit_number=commits, metric_sums=plan.task.metric_sums, stats=state["stats"],
-            )
-            commit_seconds += time.time() - tc
-            rows_now += manifest.rows_in
-            for k, v in state["stats"].items():
-                stats[k] = stats.get(k, 0.0) + v
-            del pending[rec["shard_key"]]
-            by_key.pop(rec["shard_key"])
-            faults.maybe_kill("driver_after_commit", commits)
-            if on_commit is not None:
-                on_commit(manifest)
-    if pending:
-        raise RuntimeError(
-            f"Ray Data finished but {len(pending)} shard(s) got only part of their rows "
-            f"({sorted(pending)[:3]}...); nothing of them was committed. Rerun with output.mode=resume"
-        )
-    # Shards whose files hold no rows (an empty JSONL file) yield no blocks: commit them
-    # empty so a resume does not list them again.
-    for key, shard in list(by_key.items()):
-        commits += 1
-        store.commit_shard(
-            shard_key=key, inputs=list(shard.files), shard_rows=0, ok_paths=[], error_paths=[],
-            run_id=run_id, commit_number=commits,
-        )
-    timings["process_s"] = time.time() - t0
-    timings["commit_s"] = commit_seconds
-    return rows_now, commits, stats

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from ..readers import Shard, read_shard
+from ..readers import Shard, read_shard, read_shard_ids
 from . import faults
 from .commit import stage_results
 from .tasks.base import cached_preprocessor, error_columns
@@ -48,8 +48,9 @@ def read_and_preprocess(batch: dict[str, np.ndarray], *, plan: JobPlan) -> Itera
     held as pixels) all at once.
     """
     pre = None
-    for files, key in zip(batch["files"], batch["shard_key"], strict=True):
-        rows = read_shard(Shard(files=tuple(str(f) for f in files), key=str(key)), plan.reader)
+    for files, key, dups in zip(batch["files"], batch["shard_key"], batch["duplicates"], strict=True):
+        duplicates = {(uri, int(row)): why for uri, row, why in json.loads(dups)}
+        rows = read_shard(Shard(files=tuple(str(f) for f in files), key=str(key)), plan.reader, duplicates=duplicates)
         for start in range(0, rows.num_rows, plan.batch_size):
             chunk = rows.slice(start, plan.batch_size)
             columns = {name: chunk.column(name).to_numpy(zero_copy_only=False) for name in chunk.column_names}
@@ -119,6 +120,7 @@ class ModelWorker:
             import ray
 
             faults.maybe_pause("worker_pause", self.batches, ray.get_runtime_context().get_node_id())
+            faults.maybe_wait("worker_wait", self.batches)
         n = len(batch["id"])
         stages, _, _ = error_columns(batch)
         rows = [i for i in range(n) if not stages[i]]
@@ -173,11 +175,28 @@ def quiet_progress(verbose: bool) -> None:
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
-def build_dataset(plan: JobPlan, shards: list[Shard], *, run_id: str) -> ray.data.Dataset:
-    """The job's Ray Data pipeline over `shards`; its output is commit records (RECORD_SCHEMA)."""
+def read_ids(batch: dict[str, np.ndarray], *, plan: JobPlan) -> pa.Table:
+    """CPU stage of the duplicate-id pass: a shard's ids and where they are."""
+    tables = []
+    for rank, files, key in zip(batch["rank"], batch["files"], batch["shard_key"], strict=True):
+        ids = read_shard_ids(Shard(files=tuple(str(f) for f in files), key=str(key)), plan.reader)
+        tables.append(ids.append_column("rank", pa.array([int(rank)] * ids.num_rows, pa.int64())))
+    return pa.concat_tables(tables)
+
+
+def build_dataset(
+    plan: JobPlan, shards: list[Shard], *, run_id: str, duplicates: dict[str, list] | None = None
+) -> ray.data.Dataset:
+    """The job's Ray Data pipeline over `shards`; its output is commit records (RECORD_SCHEMA).
+
+    `duplicates` names, per shard key, rows whose id appeared earlier ([uri, row, why]).
+    """
     import ray.data
 
-    items = [{"shard_key": s.key, "files": list(s.files)} for s in shards]
+    dups = duplicates or {}
+    # JSON: a list of [str, int, str] is not one Arrow type.
+    items = [{"shard_key": s.key, "files": list(s.files), "duplicates": json.dumps(dups.get(s.key, []))}
+             for s in shards]
     r = plan.resources
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # Ray Data retries tasks lost with their node (max_retries=-1 is its default);
