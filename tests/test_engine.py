@@ -257,6 +257,35 @@ def test_sampling_depends_only_on_seed_and_row_key() -> None:
     assert all(x.score <= 0 for r in reference for x in r)
 
 
+def test_sampling_filters_are_hfs() -> None:
+    """top_k=1 or a tiny top_p leaves HF's filter one token: sampling must then be greedy;
+    a repetition penalty reshapes the distribution before the filters, as in HF."""
+    c = build("bart")
+    bias_eos(c, EOS_BIAS["bart"])
+    batch = inputs_of(c, 6)
+    for greedy, sample in (
+        (GenerationParams(max_new_tokens=10), GenerationParams(strategy="sample", seed=1, top_k=1, max_new_tokens=10)),
+        (
+            GenerationParams(max_new_tokens=10, repetition_penalty=2.0),
+            GenerationParams(strategy="sample", seed=2, top_k=0, top_p=1e-6, temperature=0.7, repetition_penalty=2.0, max_new_tokens=10),
+        ),
+    ):
+        ref = hf_generate(c, batch, greedy)
+        out = generate(c, batch, sample)
+        assert [r[0].token_ids for r in out] == [r[0].token_ids for r in ref]
+        # one token survives the filter: each step's log-prob under the processed distribution is 0
+        assert all(r[0].score == pytest.approx(0.0, abs=1e-6) for r in out)
+
+
+def test_bfloat16_engine_runs() -> None:
+    c = build("bert2gpt2")
+    bias_eos(c, EOS_BIAS["bert2gpt2"])
+    engine = GenerationEngine(c, GenerationParams(strategy="beam", num_beams=2, max_new_tokens=8), dtype="bfloat16", slots=2)
+    assert c.model.dtype == torch.bfloat16 and engine.fast_path
+    out = engine_run(engine, inputs_of(c, 4))
+    assert len(out) == 4 and all(0 < r[0].num_tokens <= 8 for r in out)
+
+
 def test_family_without_fast_path_falls_back_to_hf_and_logs_once(caplog) -> None:
     c = build("t5")
     batch = inputs_of(c, 5)
