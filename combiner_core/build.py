@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +20,7 @@ from transformers import (
     VisionEncoderDecoderConfig,
     VisionEncoderDecoderModel,
 )
+from transformers.utils import logging as hf_logging
 
 from .checkpoint import (
     check_weights_policy,
@@ -29,6 +32,8 @@ from .checkpoint import (
 from .combiner import Combiner, set_special_tokens, special_tokens_from_tokenizer
 from .errors import MissingImageProcessorError, MissingTokenizerError
 from .families import decoder_class, encoder_class, is_vision_encoder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,47 @@ def _finish(
     )
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """transformers' per-load progress bar and LOAD REPORT table off for a warm start.
+
+    The report lists the decoder's new cross-attention weights as MISSING (and may say
+    "This checkpoint seem corrupted" about an untied LM-head bias): expected for a warm
+    start, alarming to a newcomer. `_log_warm_start` says the same in one line.
+    """
+    names = ("transformers.modeling_utils", "transformers.utils.loading_report")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    bar = hf_logging.is_progress_bar_enabled()
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def _log_warm_start(encoder_uri: str, encoder_info: dict, decoder_uri: str, decoder_info: dict) -> None:
+    """One line: which weights start random (and which checkpoint weights go unused)."""
+    missing = sorted(decoder_info.get("missing_keys", ()))
+    cross = [k for k in missing if "crossattention" in k or "encoder_attn" in k]
+    other = [k for k in missing if k not in cross]
+    unused = sorted(set(encoder_info.get("unexpected_keys", ())) | set(decoder_info.get("unexpected_keys", ())))
+    parts = [f"{len(cross)} cross-attention weights start random (train them)"]
+    if other:
+        parts.append(f"{len(other)} more decoder weights start random: {', '.join(other[:4])}"
+                     + (", ..." if len(other) > 4 else ""))
+    if encoder_info.get("missing_keys"):
+        parts.append(f"{len(encoder_info['missing_keys'])} encoder weights start random")
+    if unused:
+        parts.append(f"{len(unused)} checkpoint weights are not used (e.g. {unused[0]})")
+    log.info("warm start %s + %s: %s", encoder_uri, decoder_uri, "; ".join(parts))
+
+
 def warm_start_combiner(
     *,
     encoder_uri: str,
@@ -209,10 +255,16 @@ def warm_start_combiner(
         )
 
     load_kwargs = model_load_kwargs(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    encoder_model = AutoModel.from_pretrained(enc_path, config=encoder_config, **load_kwargs)
-    if seed is not None:
-        torch.manual_seed(seed)
-    decoder_model = AutoModelForCausalLM.from_pretrained(dec_path, config=decoder_config, **load_kwargs)
+    with _quiet_loading():
+        encoder_model, encoder_info = AutoModel.from_pretrained(
+            enc_path, config=encoder_config, output_loading_info=True, **load_kwargs
+        )
+        if seed is not None:
+            torch.manual_seed(seed)
+        decoder_model, decoder_info = AutoModelForCausalLM.from_pretrained(
+            dec_path, config=decoder_config, output_loading_info=True, **load_kwargs
+        )
+    _log_warm_start(encoder_uri, encoder_info, decoder_uri, decoder_info)
     model = _assemble(
         encoder_model,
         decoder_model,

@@ -6,6 +6,7 @@ module: it prints, and it owns the exit codes: 0 done, 2 a problem the user fixe
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Mapping
@@ -32,7 +33,7 @@ def generation_main(
     arguments are parsed, so --help answers at once.
     """
     from combiner_core.storage import StorageAccessError
-    from pipelines import SpecError, job_arg_parser, load_spec
+    from pipelines import SpecError, init_ray, job_arg_parser, load_spec
 
     args = job_arg_parser(description).parse_args(argv)
     _show_library_logs()
@@ -66,7 +67,7 @@ def generation_main(
         return 0
 
     try:
-        summary = run_job(spec, verbose=args.verbose)
+        summary = run_job(spec, ray_init=functools.partial(init_ray, verbose=args.verbose), verbose=args.verbose)
     except (OutputExistsError, OutputLeasedError, LeaseLostError, ModelSpecError, InputSpecError,
             StorageAccessError) as exc:
         print(f"error: {exc}", file=sys.stderr)

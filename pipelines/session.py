@@ -19,7 +19,7 @@ def worker_env() -> dict[str, str]:
     }
 
 
-def init_ray() -> None:
+def init_ray(*, verbose: bool = False) -> None:
     """Join the cluster in RAY_ADDRESS (`ray job submit` sets it) or start a private local Ray.
 
     Without RAY_ADDRESS a job never joins whichever local cluster another process
@@ -28,17 +28,30 @@ def init_ray() -> None:
     cluster leaves the environment to it: under `ray job submit` the job's own
     runtime_env already reaches every worker, and Ray refuses a second one that
     sets the same variables.
+
+    Quiet unless `verbose`: Ray's INFO lines (start-up, Ray Data's execution plan) and
+    the token-auth notice of a private instance are left out; warnings stay.
     """
+    import logging
+
     import ray
 
     if ray.is_initialized():
         return
+    level = logging.INFO if verbose else logging.WARNING
     address = os.environ.get("RAY_ADDRESS") or "local"
     if address != "local":
-        ray.init(address=address)
+        ray.init(address=address, logging_level=level)
         return
+    if not verbose:
+        # "Token authentication is enabled for this Ray cluster": true of every private
+        # instance (Ray 2.60's default), and nothing a job's user acts on.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     env = worker_env()
     # A private instance lives for one job: no dashboard (its processes cost seconds of
     # start-up on every run; start a cluster with `ray start --head` and set RAY_ADDRESS
     # to watch one).
-    ray.init(address="local", runtime_env={"env_vars": env} if env else None, include_dashboard=False)
+    ray.init(
+        address="local", runtime_env={"env_vars": env} if env else None, include_dashboard=False,
+        logging_level=level,
+    )

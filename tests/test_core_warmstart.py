@@ -28,8 +28,13 @@ DOCS = [
 ]
 
 
-def test_minilm_bert2bert_warm_start_save_reload_generate(minilm_dir: Path, tmp_path: Path) -> None:
-    combiner = warm_start_combiner(encoder_uri=str(minilm_dir), decoder_uri=str(minilm_dir), seed=0)
+def test_minilm_bert2bert_warm_start_save_reload_generate(minilm_dir: Path, tmp_path: Path, caplog) -> None:
+    with caplog.at_level("INFO"):
+        combiner = warm_start_combiner(encoder_uri=str(minilm_dir), decoder_uri=str(minilm_dir), seed=0)
+    # One line says which weights start random, instead of transformers' LOAD REPORT table.
+    said = [r.getMessage() for r in caplog.records if r.name == "combiner_core.build"]
+    assert len(said) == 1 and "60 cross-attention weights start random" in said[0], said
+    assert "LOAD REPORT" not in caplog.text and "seem corrupted" not in caplog.text
     model = combiner.model
     assert isinstance(model, EncoderDecoderModel)
     # Pretrained weights are really in both halves ...

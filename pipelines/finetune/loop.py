@@ -54,13 +54,9 @@ from combiner_core.training import (
 )
 
 from ..metrics import generation_metrics
+from .layout import METRICS_FILE, MODEL_DIR, OPTIMIZER_FILE, STATE_FILE
 from .model import build_start_model
 from .spec import FinetuneSpec
-
-STATE_FILE = "trainer_state.json"
-OPTIMIZER_FILE = "optimizer.pt"
-MODEL_DIR = "model"
-METRICS_FILE = "metrics.json"
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from combiner_core import (
     random_combiner,
     warm_start_combiner,
 )
-from combiner_core.storage import is_hub_id, is_remote, local_path
 
 from .spec import ModelSpec, RandomSource
 
@@ -81,25 +80,3 @@ def build_start_model(spec: ModelSpec, *, seed: int) -> Combiner:
         )
     assert spec.random is not None  # the spec validator guarantees one source
     return _random(spec.random, seed=seed)
-
-
-def check_model_paths(spec: ModelSpec) -> list[str]:
-    """Driver-side checks before Ray starts: local paths that must exist."""
-    problems = []
-    candidates = []
-    if spec.checkpoint is not None:
-        candidates.append(("model.checkpoint.uri", spec.checkpoint.uri))
-    if spec.warm_start is not None:
-        candidates += [
-            ("model.warm_start.encoder_uri", spec.warm_start.encoder_uri),
-            ("model.warm_start.decoder_uri", spec.warm_start.decoder_uri),
-        ]
-    if spec.random is not None:
-        candidates.append(("model.random.words_file", spec.random.words_file))
-    for key, uri in candidates:
-        # A words file is always a path; a checkpoint may be a hub id ("org/name").
-        if is_remote(uri) or (is_hub_id(uri) and not key.endswith("words_file")):
-            continue
-        if not local_path(uri).exists():
-            problems.append(f"{key}: {uri} does not exist; fix the path")
-    return problems

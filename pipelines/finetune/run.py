@@ -11,15 +11,13 @@ from typing import Any
 
 import fsspec
 
-from combiner_core import load_combiner, save_combiner
-from combiner_core.storage import absolute_uri, get_filesystem, is_remote, local_path
+from combiner_core.storage import absolute_uri, get_filesystem, is_hub_id, is_remote, local_path
 
 from ..session import init_ray
 from ..specs import SpecError, spec_hash
 from .data import DataSourceError, plan_pairs, read_pairs
-from .loop import METRICS_FILE, MODEL_DIR, STATE_FILE, train_loop
-from .model import check_model_paths
-from .spec import FinetuneSpec
+from .layout import METRICS_FILE, MODEL_DIR, STATE_FILE
+from .spec import FinetuneSpec, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -39,6 +37,28 @@ class FinetuneResult:
     history: list[dict[str, Any]]
     checkpoint_path: str
     resumed_from_step: int | None
+
+
+def check_model_paths(spec: ModelSpec) -> list[str]:
+    """Driver-side checks before Ray starts: local paths that must exist."""
+    problems = []
+    candidates = []
+    if spec.checkpoint is not None:
+        candidates.append(("model.checkpoint.uri", spec.checkpoint.uri))
+    if spec.warm_start is not None:
+        candidates += [
+            ("model.warm_start.encoder_uri", spec.warm_start.encoder_uri),
+            ("model.warm_start.decoder_uri", spec.warm_start.decoder_uri),
+        ]
+    if spec.random is not None:
+        candidates.append(("model.random.words_file", spec.random.words_file))
+    for key, uri in candidates:
+        # A words file is always a path; a checkpoint may be a hub id ("org/name").
+        if is_remote(uri) or (is_hub_id(uri) and not key.endswith("words_file")):
+            continue
+        if not local_path(uri).exists():
+            problems.append(f"{key}: {uri} does not exist; fix the path")
+    return problems
 
 
 def preflight(spec: FinetuneSpec, *, source: str = "spec") -> None:
@@ -117,6 +137,8 @@ def run_finetune(spec: FinetuneSpec) -> FinetuneResult:
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from .loop import train_loop  # torch and Ray Train: imported only when training runs
+
     preflight(spec)
     spec = absolute_local_paths(spec)
     init_ray()
@@ -159,6 +181,8 @@ def run_finetune(spec: FinetuneSpec) -> FinetuneResult:
 
 def export_checkpoint(checkpoint: Any, spec: FinetuneSpec) -> FinetuneResult:
     """Copy a training checkpoint's model to export.uri with the loss curve and metrics."""
+    from combiner_core import load_combiner, save_combiner
+
     with checkpoint.as_directory() as folder:
         folder = Path(folder)
         state = json.loads((folder / STATE_FILE).read_text())

@@ -98,6 +98,10 @@ class ModelWorker:
             else:
                 log.warning("resources.num_gpus=%s but this actor sees no CUDA device; running on CPU",
                             resources.num_gpus)
+        # transformers' "Loading weights" progress bar, once per actor: noise in a job's log.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         if device == "cpu":
             # Ray sets OMP_NUM_THREADS=1 in workers unless told otherwise; the actor
             # reserved worker_cpus cores, so its torch kernels may use that many.
@@ -173,6 +177,12 @@ def quiet_progress(verbose: bool) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = show
     if not show:
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    if not verbose:
+        # Ray Data's INFO lines (execution plan, start and end of each run) stay in its
+        # log file under the session folder; the console keeps warnings and errors.
+        for handler in logging.getLogger("ray.data").handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.WARNING)
 
 
 def read_ids(batch: dict[str, np.ndarray], *, plan: JobPlan) -> pa.Table:
