@@ -66,7 +66,22 @@ class DataSource(InputSource):
         "image", description="parquet / jsonl: column with the input: image bytes or text"
     )
     target_column: str = Field("caption", description="parquet / jsonl: column with the target text")
+    id_column: str | None = Field(
+        "id",
+        description="parquet / jsonl: column with a unique row id (reported for bad rows); null: "
+        "'<file relative to uri>#<row>' (images: the file path)",
+    )
     max_rows: int | None = Field(None, ge=1, description="use only the first N rows (quick runs)")
+
+    @model_validator(mode="after")
+    def _defaults_for_images(self) -> DataSource:
+        # An image's id is its path and its input the file: the column defaults do not
+        # apply (only columns the user set are reported as misplaced).
+        if self.format == "images":
+            for name in ("input_column", "id_column"):
+                if name not in self.model_fields_set:
+                    object.__setattr__(self, name, None)
+        return self
 
     def pairs_reader(self) -> ReaderOptions:
         """Reader options: the target is read as the row's reference text.
