@@ -29,7 +29,7 @@ DEFAULT_SPEC = {
         "id_column": "id",
         "reference_column": "caption",
     },
-    "output": {"uri": "outputs/caption_sample", "mode": "overwrite"},
+    "output": {"uri": "outputs/caption_sample", "mode": "overwrite", "gallery_rows": 48},
     "model": {"uri": str(REPO / "models" / "demo-captioner")},
     "generation": {"strategy": "greedy", "max_new_tokens": 12},
     "resources": {"workers": 1, "num_gpus": 0, "preprocess_cpus": 1, "worker_cpus": 1},

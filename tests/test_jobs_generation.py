@@ -415,3 +415,28 @@ def test_second_driver_is_refused_while_the_first_finishes_exactly_once(ray_clus
     assert first.returncode == 0, stderr[-3000:]
     gs.assert_exactly_once(str(out), {f"{i}.png" for i in range(8)})
     assert not (out / "_lease.json").exists()
+
+
+def test_caption_gallery_is_escaped_self_contained_and_lists_errors(ray_cluster, models, tmp_path):
+    rows = [{"key": f"k{i}", "img": gs.image_bytes(i), "cap": f"cap {i}"} for i in range(3)]
+    rows[1]["cap"] = "<script>alert(1)</script> & more"
+    rows.append({"key": "broken", "img": b"not an image", "cap": "x"})
+    gs.write_parquet(str(tmp_path / "in" / "part-0.parquet"), rows)
+    out = tmp_path / "out"
+    spec = gs.caption_spec(
+        str(tmp_path / "in"), str(out), models["captioner"],
+        input={"uri": str(tmp_path / "in"), "format": "parquet", "input_column": "img", "id_column": "key",
+               "reference_column": "cap"},
+        output={"uri": str(out), "gallery_rows": 2},
+    )
+    summary = caption(spec)
+    page = (out / "_gallery.html").read_text()
+    assert summary.gallery_uri == str(out / "_gallery.html")
+    assert page.count('<div class="card">') == 2  # capped at gallery_rows outputs
+    assert page.count('<div class="card err">') == 1 and "corrupt_image" in page and "broken" in page
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
+    # Self-contained: every picture is inline, nothing is fetched from elsewhere.
+    assert page.count('<img src="data:image/png;base64,') == 3 and "http" not in page.replace("http-equiv", "")
+    assert "✗ differs" in page or "✓ match" in page
+    # A plain-directory reader still reads the output: the page's "_" keeps it out.
+    gs.assert_exactly_once(str(out), {"k0", "k1", "k2", "broken"})

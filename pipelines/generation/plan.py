@@ -72,6 +72,7 @@ class JobPlan:
         lineage: model_uri, spec_hash, params_hash (copied to every output row).
         fingerprint: the job fingerprint (resume refuses another one).
         storage_options: fsspec options (credentials stay in the environment).
+        gallery_rows: rows shown in _gallery.html (0: none).
     """
 
     task: TaskAdapter
@@ -85,6 +86,7 @@ class JobPlan:
     lineage: dict[str, str]
     fingerprint: str
     storage_options: dict[str, Any] = field(default_factory=dict)
+    gallery_rows: int = 0
 
     @property
     def output_schema(self) -> pa.Schema:
@@ -159,6 +161,7 @@ def build_plan(spec: JobSpec, *, storage_options: dict[str, Any] | None = None) 
         lineage={"model_uri": model_uri, "spec_hash": spec_hash(spec), "params_hash": params_hash(task.params_digest_source())},
         fingerprint=spec.job_fingerprint(),
         storage_options=options,
+        gallery_rows=spec.output.gallery_rows,
     )
 
 

@@ -20,8 +20,10 @@ def format_summary(summary: JobSummary, *, examples: int = 5) -> str:
     lines: list[str] = []
     if examples and s.rows_ok:
         import pyarrow.dataset as pads
+        from fsspec.core import url_to_fs
 
-        dataset = pads.dataset(s.output_uri, format="parquet")
+        fs, path = url_to_fs(s.output_uri)
+        dataset = pads.dataset(path, format="parquet", filesystem=fs)
         names = set(dataset.schema.names)
         shown = [c for c in _SHOWN if c in names]
         columns = ["id", *shown] + (["reference"] if s.metrics.get("reference_rows") else [])
@@ -40,6 +42,8 @@ def format_summary(summary: JobSummary, *, examples: int = 5) -> str:
         f"{s.shards_committed_before} already committed) in {s.seconds:.1f}s, {s.rows_per_s:.2f} rows/s"
     )
     lines.append(f"    output:  {s.output_uri}\n    errors:  {s.errors_uri}\n    summary: {s.summary_uri}")
+    if s.gallery_uri:
+        lines.append(f"    gallery: {s.gallery_uri}")
     if "exact_match" in s.metrics:
         lines.append(
             f"    exact match vs reference: {s.metrics['exact_match']:.1%} of {int(s.metrics['reference_rows'])} rows"

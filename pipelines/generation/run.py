@@ -64,6 +64,7 @@ class JobSummary:
     metrics: dict[str, float] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    gallery_uri: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -209,6 +210,10 @@ class _JobRun:
             stats=_efficiencies(stats),
         )
         store.finish(summary.as_dict())
+        if plan.gallery_rows:
+            from .gallery import write_gallery
+
+            summary.gallery_uri = write_gallery(plan, summary, max_rows=plan.gallery_rows)
         self.timings["finish_s"] = time.time() - t
         summary.timings = {k: round(v, 3) for k, v in self.timings.items()}
         summary.timings["started_at"] = round(self.start, 3)  # epoch seconds: lines phases up with a wall clock

@@ -44,6 +44,11 @@ class OutputSpec(StrictModel):
         description="error_if_exists: refuse a non-empty output; resume: keep committed shards and "
         "process the rest (the rerun after a crash); overwrite: delete the output first",
     )
+    gallery_rows: int = Field(
+        0, ge=0, le=10_000,
+        description="write <uri>/_gallery.html showing up to this many outputs (input thumbnail or "
+        "text, output, score, reference, match) and errored inputs; 0 = no gallery",
+    )
 
 
 class ResourcesSpec(StrictModel):

@@ -131,8 +131,8 @@ class TaskAdapter(ABC):
 
     name: ClassVar[str]
     modality: ClassVar[Modality]
-    # Columns the model stage consumes; they are dropped after it.
-    model_input_columns: ClassVar[tuple[str, ...]] = ("pixel_values", "input_ids")
+    # The output column a person reads first, and its score (reports and _gallery.html).
+    display_columns: ClassVar[tuple[str, str]] = ("text", "score")
 
     @abstractmethod
     def output_fields(self) -> list[pa.Field]:
