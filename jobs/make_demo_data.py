@@ -3,6 +3,7 @@
     python jobs/make_demo_data.py [--out data/shapes] [--train 6000] [--eval 300] [--heldout 500]
     python jobs/make_demo_data.py --sample    # also jobs/sample/*.parquet: 48 held-out rows for caption_dataset
     python jobs/make_demo_data.py --text      # also data/text-reverse/ and data/minilm (for the MiniLM spec)
+    python jobs/make_demo_data.py --summaries # also data/summaries/ and jobs/sample/docs/ (the summarizer's)
 
 Each row is {id, image (PNG bytes), caption}; the same arguments always write the
 same bytes. jobs/specs/finetune_demo_captioner.yaml trains on it.
@@ -19,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python jobs/x.py` from a checkout that is not pip-installed
     sys.path.insert(0, str(REPO))
 
+from jobs.demo_data import facts  # noqa: E402
 from jobs.demo_data.reverse_words import write_reverse_split  # noqa: E402
 from jobs.demo_data.shapes import write_sample, write_split, write_vocabulary  # noqa: E402
 
@@ -41,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         "--sample", action="store_true", help="also rewrite jobs/sample/ (the main job's input) from held-out rows"
     )
     parser.add_argument("--text", action="store_true", help="also the word-reversal text task and a data/minilm link")
+    parser.add_argument(
+        "--summaries",
+        action="store_true",
+        help="also the facts summarization set (data/summaries/: splits + vocab.txt) and jobs/sample/docs/",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     for split, count in (("train", args.train), ("eval", args.eval), ("heldout", args.heldout)):
@@ -59,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
             link.unlink()
         link.symlink_to(minilm_folder())
         print(f"minilm: {link} -> {minilm_folder()}")
+    if args.summaries:
+        root = out.parent / "summaries"
+        for split, count in (("train", 8000), ("eval", 300), ("heldout", 500)):
+            print(f"summaries {split}: {count} rows in {facts.write_split(root / split, split, count)}")
+        print(f"summaries vocabulary: {facts.write_vocabulary(root / 'vocab.txt')}")
+        for path in facts.write_sample(Path(__file__).resolve().parent / "sample" / "docs"):
+            print(f"summaries sample: {path}")
     return 0
 
 
