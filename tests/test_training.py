@@ -234,3 +234,23 @@ def test_minilm_bert2bert_warm_start_learns_the_reverse_task(minilm_dir):
         combiner.model.train()
     after = eval_loss()
     assert after < 0.5 * before, (before, after)
+
+
+def test_finetune_refuses_to_replace_a_saved_model_unless_asked(tmp_path: Path) -> None:
+    """The shipped demo spec exports to models/demo-captioner: a fresh clone must not
+    overwrite it by running the README's training command without saying so."""
+    from pipelines.finetune import preflight
+
+    spec = load_spec(
+        FinetuneSpec, REPO / "jobs" / "specs" / "finetune_demo_captioner.yaml",
+        [f"run.storage_path={tmp_path / 'runs'}", f"model.random.words_file={REPO / 'jobs' / 'specs' / 'finetune_demo_captioner.yaml'}",
+         f"data.train.uri={tmp_path}", f"data.eval.uri={tmp_path}", "data.test=null"],
+    )
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ["a"], "image": [b"x"], "caption": ["c"]}), tmp_path / "part-0.parquet")
+    with pytest.raises(SpecError, match="export.uri: .*demo-captioner already holds a combiner .*export.overwrite=true"):
+        preflight(spec)
+    preflight(spec.model_copy(update={"export": spec.export.model_copy(update={"overwrite": True})}))
+    preflight(spec.model_copy(update={"export": spec.export.model_copy(update={"uri": str(tmp_path / "new")})}))

@@ -61,9 +61,39 @@ def check_model_paths(spec: ModelSpec) -> list[str]:
     return problems
 
 
+def _exists(uri: str) -> bool:
+    fs, path = get_filesystem(uri)
+    try:
+        return bool(fs.exists(path))
+    except Exception:  # noqa: BLE001 - no access: treat as absent (the refusal says what to do)
+        return False
+
+
+def _export_problems(spec: FinetuneSpec) -> list[str]:
+    """export.uri already holds a combiner from another run, and export.overwrite is off."""
+    if spec.export.overwrite:
+        return []
+    manifest_uri = spec.export.uri.rstrip("/") + "/combiner_manifest.json"
+    try:
+        with fsspec.open(manifest_uri, "r") as fh:
+            manifest = json.load(fh)
+    except FileNotFoundError:
+        return []
+    except Exception:  # noqa: BLE001 - unreadable or remote without access: the export itself will say
+        return []
+    run = (manifest.get("extra") or {}).get("training", {}).get("run")
+    run_folder = spec.run.storage_path.rstrip("/") + "/" + spec.run.name
+    if run == spec.run.name and _exists(run_folder):
+        return []  # this run's own earlier export: a finished run started again exports again
+    return [
+        f"export.uri: {spec.export.uri} already holds a combiner ({'run ' + run if run else 'not from this run'}); "
+        "set export.uri to a new folder, or --set export.overwrite=true to replace it"
+    ]
+
+
 def preflight(spec: FinetuneSpec, *, source: str = "spec") -> None:
     """Checks that need the filesystem, run on the driver before Ray starts."""
-    problems = check_model_paths(spec.model)
+    problems = check_model_paths(spec.model) + _export_problems(spec)
     for key in ("train", "eval", "test"):
         data = getattr(spec.data, key)
         if data is None:

@@ -174,6 +174,11 @@ class ExportSpec(StrictModel):
     uri: str = Field(
         description="where the trained combiner goes (HF layout + manifest, loss_curve.png, metrics.json)"
     )
+    overwrite: bool = Field(
+        False,
+        description="replace a combiner already saved at uri by another run; without it such a run "
+        "is refused before training (a shipped or earlier model is never replaced by surprise)",
+    )
 
 
 class FinetuneSpec(StrictModel):
