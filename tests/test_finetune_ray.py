@@ -25,9 +25,11 @@ from pipelines.finetune import FinetuneSpec, run_finetune
 pytestmark = pytest.mark.integration
 
 
-def tiny_shapes_spec(root: Path, *, name: str, storage: str, export: str, workers: int = 1, **training) -> dict:
+def tiny_shapes_spec(
+    root: Path, *, name: str, storage: str, export: str, workers: int = 1, train_rows: int = 96, **training
+) -> dict:
     """A spec for a tiny ViT + GPT-2 captioner on a small shapes set with two bad rows."""
-    for split, count in (("train", 96), ("eval", 16), ("heldout", 16)):
+    for split, count in (("train", train_rows), ("eval", 16), ("heldout", 16)):
         rows = list(iter_examples(split, count))
         if split == "train":
             rows[3]["caption"] = ""  # empty target

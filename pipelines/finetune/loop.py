@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import tempfile
@@ -53,6 +54,7 @@ from combiner_core.training import (
     sequence_loss,
 )
 
+from .. import faults
 from ..metrics import generation_metrics
 from .layout import METRICS_FILE, MODEL_DIR, OPTIMIZER_FILE, STATE_FILE
 from .model import build_start_model
@@ -390,6 +392,7 @@ class Trainer:
         if self.rank == 0:
             shown = {k: v for k, v in metrics.items() if not k.endswith("_samples") and k != "replica_weight_digests"}
             log.info("[finetune] report %s", json.dumps(shown, default=str))
+            faults.maybe_pause("train_after_checkpoint", state.step, str(os.getpid()))
 
     def _record_history(self, metrics: dict[str, Any]) -> None:
         state = self.state

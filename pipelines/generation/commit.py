@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from . import faults
+from .. import faults
 from .lease import LEASE_FILE
 
 COMMITS_DIR = "_commits"

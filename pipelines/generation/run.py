@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from combiner_core.storage import StorageAccessError, storage_access
 
+from .. import faults
 from ..readers import (
     InputListingError,
     find_duplicates,
@@ -28,7 +29,6 @@ from ..readers import (
     read_shard_ids,
 )
 from ..session import init_ray
-from . import faults
 from .commit import ERRORS_DIR, SUMMARY_FILE, OutputStore, ShardManifest
 from .lease import Lease
 from .plan import InputSpecError, JobPlan, build_plan

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from .. import faults
 from ..readers import Shard, read_shard, read_shard_ids
-from . import faults
 from .commit import stage_results
 from .tasks.base import cached_preprocessor, error_columns
 

@@ -11,6 +11,9 @@ after writing its node id to the marker: a test then takes that node away while
 the batch is in flight, deterministically. "worker_wait:1:/tmp/marker" makes an actor
 create the marker on its 1st batch and wait until "/tmp/marker.go" exists: a test
 then acts on a job known to be mid-run, and lets it finish.
+"train_after_checkpoint:4:/tmp/marker" makes fine-tuning's rank 0 stop right after the
+checkpoint of step 4 is reported, once: a test then kills the driver or the worker at
+a known point instead of racing the training loop.
 """
 
 from __future__ import annotations
