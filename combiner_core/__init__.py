@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         save_combiner,
         sha256_file,
     )
+    from .chunking import split_windows, summarize_windows
     from .combiner import Combiner, Preprocessor, set_special_tokens, special_tokens_from_tokenizer
     from .engine import FAST_FAMILIES, EngineStats, GenerationEngine, default_slots, resolve_dtype
     from .errors import (
@@ -62,6 +63,8 @@ if TYPE_CHECKING:
 
 # public name -> the submodule that defines it
 _WHERE: dict[str, str] = {
+    "split_windows": "chunking",
+    "summarize_windows": "chunking",
     "CROSS_ATTENTION_DECODERS": "families",
     "DEFAULT_MAX_IMAGE_PIXELS": "preprocess",
     "FAST_FAMILIES": "engine",
@@ -161,6 +164,8 @@ __all__ = [
     "set_special_tokens",
     "sha256_file",
     "special_tokens_from_tokenizer",
+    "split_windows",
+    "summarize_windows",
     "text_from_bytes",
     "tokenize_batch",
     "tokenize_text",

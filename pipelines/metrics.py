@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterable, Sequence
 
 METRICS = ("exact_match", "bleu", "chrf", "rouge")
@@ -21,13 +23,43 @@ def exact_match_count(pairs: Iterable[tuple[str | None, str | None]]) -> int:
     return sum(normalize_for_match(p) == normalize_for_match(r) for p, r in pairs)
 
 
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of `text`, split after . ! ? followed by whitespace (and at newlines)."""
+    return [s.strip() for line in text.splitlines() for s in _SENTENCE_END.split(line) if s.strip()]
+
+
+@functools.lru_cache(maxsize=1)
+def _rouge_scorer() -> object:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+
+
+def rouge_f1(prediction: str, reference: str) -> dict[str, float]:
+    """ROUGE-1/2/L/Lsum F1 of one pair, as the rouge-score package computes them (stemming on).
+
+    rougeLsum is summary-level LCS over sentences, as published summarization numbers
+    use: both texts get one sentence per line first (split_sentences).
+    """
+    scorer = _rouge_scorer()
+    plain = scorer.score(reference, prediction)
+    lsum = scorer.score("\n".join(split_sentences(reference)), "\n".join(split_sentences(prediction)))
+    out = {key: plain[key].fmeasure for key in ("rouge1", "rouge2", "rougeL")}
+    out["rougeLsum"] = lsum["rougeLsum"].fmeasure
+    return out
+
+
 def generation_metrics(
     predictions: Sequence[str], references: Sequence[str], *, metrics: Iterable[str] = METRICS
 ) -> dict[str, float]:
     """Corpus-level scores of `predictions` against one reference each.
 
     exact_match is a fraction in [0, 1]; bleu and chrf are sacrebleu's 0-100
-    corpus scores; rouge1 / rouge2 / rougeL are mean F1 in [0, 1] (rouge-score,
+    corpus scores; rouge1 / rouge2 / rougeL / rougeLsum are mean F1 in [0, 1] (rouge-score,
     with stemming).
     """
     if len(predictions) != len(references):
@@ -50,13 +82,9 @@ def generation_metrics(
         if "chrf" in wanted:
             out["chrf"] = float(sacrebleu.corpus_chrf(list(predictions), [list(references)]).score)
     if "rouge" in wanted:
-        from rouge_score import rouge_scorer
-
-        scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-        totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+        totals: dict[str, float] = {}
         for pred, ref in zip(predictions, references, strict=True):
-            scores = scorer.score(ref, pred)
-            for key in totals:
-                totals[key] += scores[key].fmeasure
+            for key, value in rouge_f1(pred, ref).items():
+                totals[key] = totals.get(key, 0.0) + value
         out.update({key: value / len(predictions) for key, value in totals.items()})
     return out

@@ -200,7 +200,7 @@ def test_summarize_bad_texts_go_to_errors(ray_cluster, models, tmp_path):
     out = str(tmp_path / "out")
     spec = gs.summarize_spec(
         str(tmp_path / "in"), out, models["summarizer"],
-        input={"uri": str(tmp_path / "in"), "format": "parquet", "id_column": "id"}, truncation=False,
+        input={"uri": str(tmp_path / "in"), "format": "parquet", "id_column": "id"}, long_documents="reject",
     )
     summarize(spec)
     ok, bad = gs.assert_exactly_once(out, {r["id"] for r in rows})
@@ -301,6 +301,7 @@ def test_driver_killed_mid_job_then_resume_exactly_once(ray_cluster, models, tmp
     assert run1.returncode == -9, run1.stderr[-3000:]
     assert len(list((out / "_commits").glob("*.json"))) == 1
     assert (out / "_lease.json").exists()  # left by the killed driver: it must not block the resume
+    assert not (out / "_SUCCESS").exists()  # a killed run never claims completion
     # Run 2 (resume): killed in the middle of its first commit, data file in place, no manifest.
     run2 = _run_driver(spec, tmp_path / "spec.yaml", ray_cluster, "driver_before_manifest:1")
     assert run2.returncode == -9, run2.stderr[-3000:]
@@ -311,6 +312,7 @@ def test_driver_killed_mid_job_then_resume_exactly_once(ray_cluster, models, tmp
     assert summary.shards_committed_before == 1 and summary.shards_committed_now == 3
     assert summary.rows_processed_now == 12  # 16 rows - the 4 of the shard committed by run 1
     gs.assert_exactly_once(str(out), ids)
+    assert (out / "_SUCCESS").exists() and (out / "_SUCCESS").read_bytes() == b""
 
 
 def test_wrong_model_fails_on_the_driver_before_ray(models, tmp_path):
@@ -440,3 +442,39 @@ def test_caption_gallery_is_escaped_self_contained_and_lists_errors(ray_cluster,
     assert "✗ differs" in page or "✓ match" in page
     # A plain-directory reader still reads the output: the page's "_" keeps it out.
     gs.assert_exactly_once(str(out), {"k0", "k1", "k2", "broken"})
+
+
+def test_nightly_partition_rerun_processes_only_late_files_and_scores_rouge(ray_cluster, models, tmp_path):
+    """A date partition rerun with output.mode=resume after new files landed does only them;
+    references give ROUGE in _summary.json equal to the rouge-score package's."""
+    from rouge_score import rouge_scorer
+
+    from pipelines.metrics import split_sentences
+
+    part = tmp_path / "corpus" / "date=2026-01-31"
+    docs = [{"id": f"d{i}", "text": gs.document(i), "summary": gs.document(i + 1)} for i in range(6)]
+    gs.write_jsonl(str(part / "a.jsonl"), docs[:4])
+    out = tmp_path / "summaries" / "date={date}"
+    spec = gs.summarize_spec(
+        str(tmp_path / "corpus" / "date={date}"), str(out), models["summarizer"],
+        input={"uri": str(tmp_path / "corpus" / "date={date}"), "id_column": "id", "reference_column": "summary"},
+        date="2026-01-31",
+    )
+    spec["output"]["mode"] = "resume"
+    first = summarize(spec)
+    written = tmp_path / "summaries" / "date=2026-01-31"
+    assert first.rows_processed_now == 4 and (written / "_SUCCESS").exists()
+    gs.write_jsonl(str(part / "b.jsonl"), docs[4:])  # landed late
+    again = summarize(spec)
+    assert again.rows_processed_now == 2 and again.shards_committed_before == 1 and again.shards_committed_now == 1
+    ok, _ = gs.assert_exactly_once(str(written), {d["id"] for d in docs})
+    assert (written / "_SUCCESS").exists()
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
+    rows = ok.to_pylist()
+    for key in ("rouge1", "rouge2", "rougeL"):
+        expected = sum(scorer.score(r["reference"], r["text"])[key].fmeasure for r in rows) / len(rows)
+        assert again.metrics[key] == pytest.approx(expected, abs=1e-4), key
+    lsum = sum(scorer.score("\n".join(split_sentences(r["reference"])), "\n".join(split_sentences(r["text"])))
+               ["rougeLsum"].fmeasure for r in rows) / len(rows)
+    assert again.metrics["rougeLsum"] == pytest.approx(lsum, abs=1e-4)
+    assert all(r["chunks"] == 1 for r in rows)  # short documents: one window each

@@ -50,6 +50,8 @@ ERRORS_DIR = "_errors"
 STAGING_DIR = "_staging"
 JOB_FILE = "_job.json"
 SUMMARY_FILE = "_summary.json"
+# Hadoop / Spark's marker that a job committed everything (schedulers' sensors wait on it).
+SUCCESS_FILE = "_SUCCESS"
 
 _INTERNAL = [("row_index", pa.int64()), ("shard_key", pa.string())]
 # Every output table: where the row came from, the task's own columns, then reference
@@ -281,6 +283,10 @@ class OutputStore:
                 f"output.uri {self.uri} already holds files. Set output.mode=resume to continue "
                 "that job, output.mode=overwrite to replace it, or choose another output.uri"
             )
+        success = self._path(SUCCESS_FILE)
+        if self.fs.exists(success):
+            # Whatever this run does, the output is not known complete until it ends.
+            self.fs.rm(success)
         job_path = self._path(JOB_FILE)
         if self.fs.exists(job_path):
             with self.fs.open(job_path, "r") as f:
@@ -430,6 +436,11 @@ class OutputStore:
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         """(Re)write _summary.json."""
         _write_json(self.fs, self._path(SUMMARY_FILE), dict(summary))
+
+    def mark_success(self) -> None:
+        """Write the empty _SUCCESS file: last, once every input of the job is committed."""
+        with self.fs.open(self._path(SUCCESS_FILE), "wb"):
+            pass
 
 
 def _dedupe(table: pa.Table | None) -> pa.Table | None:

@@ -48,6 +48,12 @@ def format_summary(summary: JobSummary, *, examples: int = 5) -> str:
         lines.append(
             f"    exact match vs reference: {s.metrics['exact_match']:.1%} of {int(s.metrics['reference_rows'])} rows"
         )
+    if "rouge1" in s.metrics:
+        lines.append(
+            "    ROUGE vs reference (F1): " + "  ".join(
+                f"{k.replace('rouge', 'ROUGE-')} {s.metrics[k]:.3f}" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")
+            )
+        )
     if "decoder_efficiency" in s.stats:
         lines.append(f"    decoder efficiency: {s.stats['decoder_efficiency']:.3f}")
     lines.append("SUMMARY " + json.dumps(s.as_dict(), sort_keys=True))

@@ -176,12 +176,13 @@ class _JobRun:
             if ids_can_repeat(plan.reader):
                 timings["duplicate_ids_s"] = time.time() - t
             rows_now, new_commits, stats = self._process(shards, duplicates)
-        return self._summarize(committed, rows_now, new_commits, stats, files_ignored=len(ignored))
+        return self._summarize(committed, rows_now, new_commits, stats, files=files, files_ignored=len(ignored))
 
     def _summarize(
         self, committed: dict[str, ShardManifest], rows_now: int, new_commits: int, stats: dict[str, float],
-        *, files_ignored: int,
+        *, files: list[str], files_ignored: int,
     ) -> JobSummary:
+        """Write _summary.json (and _gallery.html), then _SUCCESS when every input is committed."""
         plan, store = self.plan, self.store
         t = time.time()
         manifests = store.committed()
@@ -219,6 +220,8 @@ class _JobRun:
         summary.timings["started_at"] = round(self.start, 3)  # epoch seconds: lines phases up with a wall clock
         # Written again with the finish time: _summary.json is the run's record.
         store.write_summary(summary.as_dict())
+        if {f for m in manifests.values() for f in m.inputs} >= set(files):
+            store.mark_success()  # last of all
         return summary
 
     def _process(self, shards: list, duplicates: dict[str, list]) -> tuple[int, int, dict[str, float]]:

@@ -7,7 +7,7 @@ The YAML keys are a contract (tools and tests script against them):
     output:     uri, mode (error_if_exists | resume | overwrite)
     model:      uri, dtype, allow_pickle, trust_remote_code
     generation: combiner_core.GenerationParams (strategy, max_new_tokens, num_beams, ...)
-    batch_size, truncation (summarize only), date (summarize only)
+    batch_size, long_documents (summarize only), date (summarize only)
     resources:  workers, num_gpus, worker_cpus, preprocess_cpus
 
 Every job spec names its task adapter (`task()`): that, and the spec's own keys, is
@@ -17,6 +17,7 @@ all a new task kind adds.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 from abc import abstractmethod
 from typing import Any, Literal
 
@@ -28,6 +29,8 @@ from ..inputs import InputSource
 from ..readers import InputFormat, ReaderOptions
 from ..specs import ModelSource, StrictModel, canonical_sha256
 from .tasks import CaptionTask, SummarizeTask, TaskAdapter
+
+log = logging.getLogger(__name__)
 
 OutputMode = Literal["error_if_exists", "resume", "overwrite"]
 
@@ -191,14 +194,29 @@ class SummarizeJobSpec(JobSpec):
         None,
         description="fills {date} in input.uri and output.uri (YYYY-MM-DD); default: today (UTC)",
     )
-    truncation: bool = Field(
-        True,
-        description="cut documents longer than the model's input limit; false sends them to "
-        "_errors (cause too_long) instead",
+    long_documents: Literal["chunk", "truncate", "reject"] = Field(
+        "chunk",
+        description="documents longer than the encoder's limit: chunk = summarize windows of whole "
+        "sentences, then the joined window summaries (output column chunks); truncate = cut to the "
+        "limit (reported per row in truncated); reject = send to _errors (cause too_long)",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        # 0.1's `truncation: true|false` is `long_documents: truncate|reject`.
+        if isinstance(data, dict) and "truncation" in data:
+            data = dict(data)
+            value = data.pop("truncation")
+            if "long_documents" not in data and isinstance(value, bool):
+                data["long_documents"] = "truncate" if value else "reject"
+                log.warning("truncation is deprecated; it is now long_documents=%s", data["long_documents"])
+            else:
+                data["truncation"] = value  # reported as an unknown key
+        return data
+
     def task(self) -> TaskAdapter:
-        return SummarizeTask(params=self.generation, truncation=self.truncation)
+        return SummarizeTask(params=self.generation, long_documents=self.long_documents)
 
     def _problems(self) -> list[str]:
         problems = super()._problems()
