@@ -493,7 +493,9 @@ class GenerationEngine:
             j_t = torch.tensor(js, device=self.device)
             W = bucket.width
             for layer, kv in enumerate(bucket.kv):
-                runner.cross_kv[layer][s_t, :, :, :W] = kv[j_t]
+                # index_select / index_copy_ move whole rows (advanced-index assignment
+                # computes an offset per element and is several times slower)
+                runner.cross_kv[layer][:, :, :, :W].index_copy_(0, s_t, kv.index_select(0, j_t))
             runner.cross_bias[s_t] = runner.min_value
             runner.cross_bias[s_t, :W] = bucket.bias[j_t]
         s_t = torch.tensor(slots, device=self.device)
@@ -527,7 +529,7 @@ class GenerationEngine:
             dst = torch.tensor(targets, device=self.device)
             src = torch.tensor(movers, device=self.device)
             for t in (*self._runner.slot_tensors(), *self._state.slot_tensors()):
-                t[dst] = t[src]
+                t.index_copy_(0, dst, t.index_select(0, src))
             for d, s in zip(targets, movers):
                 slot_input[d], slot_src[d] = slot_input[s], slot_src[s]
         for s in range(new_n, n_active):
@@ -652,7 +654,7 @@ class GenerationEngine:
             return
         from_rows = src[changed]
         for cache in self._runner.kv_cache:
-            cache[changed] = cache[from_rows]
+            cache.index_copy_(0, changed, cache.index_select(0, from_rows))
 
     # ------------------------------------------------------------------ results
 
