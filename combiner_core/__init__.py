@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     )
     from .families import CROSS_ATTENTION_DECODERS
     from .generation import Generated, generate, generate_images, generate_texts, hf_generate
+    from .labels import LabelScorer, LabelScores, LabelSet, score_labels
     from .params import GenerationParams
     from .preprocess import (
         DEFAULT_MAX_IMAGE_PIXELS,
@@ -63,6 +64,10 @@ if TYPE_CHECKING:
 
 # public name -> the submodule that defines it
 _WHERE: dict[str, str] = {
+    "LabelScorer": "labels",
+    "LabelScores": "labels",
+    "LabelSet": "labels",
+    "score_labels": "labels",
     "split_windows": "chunking",
     "summarize_windows": "chunking",
     "CROSS_ATTENTION_DECODERS": "families",
@@ -132,6 +137,9 @@ __all__ = [
     "GenerationParams",
     "ImageDecodeError",
     "InputError",
+    "LabelScorer",
+    "LabelScores",
+    "LabelSet",
     "MANIFEST_NAME",
     "ManifestMismatchError",
     "MissingImageProcessorError",
@@ -161,6 +169,7 @@ __all__ = [
     "resolve_checkpoint",
     "resolve_dtype",
     "save_combiner",
+    "score_labels",
     "set_special_tokens",
     "sha256_file",
     "special_tokens_from_tokenizer",

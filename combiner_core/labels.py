@@ -1,0 +1,216 @@
+"""Label scoring: how likely the combiner finds each of a fixed set of label verbalizations.
+
+Teacher forcing, no free generation: for an input x and a verbalization v (its
+decoder tokens, then eos), log P(v | x) = sum of the log-probabilities of v's tokens,
+each given the input and the tokens before it. A label may have several
+verbalizations; its probability is the sum of theirs. An answer outside the set is
+impossible by construction.
+
+Per input the scorer returns, for every label:
+- `logprobs`: log of the label's total probability (log-sum-exp over verbalizations);
+- `probs`: those normalized over the label set (they sum to 1);
+- `normalized`: a length-normalized score, log-sum-exp over verbalizations of
+  (log P(v | x) / tokens(v)), so long verbalizations are not penalized for length,
+  and `normalized_probs` its softmax over the set;
+- `independent`: exp(logprobs), the label's own probability, not normalized against
+  the others (multi-label use: several labels can be likely at once).
+
+The encoder runs once per input; all verbalizations of all inputs of a call run as
+one decoder batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .combiner import Combiner
+from .training import IGNORE_INDEX, decoder_inputs_from_labels, pad_labels, target_token_ids
+
+# Longest verbalization in tokens (eos included): labels are names, not documents.
+MAX_LABEL_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Label names and, per label, the texts the decoder is scored on."""
+
+    names: tuple[str, ...]
+    verbalizations: tuple[tuple[str, ...], ...]
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.names:
+            problems.append("the label set is empty; give at least one label")
+        if len(set(self.names)) != len(self.names):
+            problems.append(f"label names repeat: {sorted(n for n in self.names if self.names.count(n) > 1)}")
+        if len(self.verbalizations) != len(self.names):
+            problems.append("one tuple of verbalizations per label is needed")
+        for name, texts in zip(self.names, self.verbalizations, strict=False):
+            if not texts or any(not t.strip() for t in texts):
+                problems.append(f"label {name!r}: every verbalization must be a non-empty text")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @classmethod
+    def from_spec(cls, labels: Sequence[str] | Mapping[str, str | Sequence[str]]) -> LabelSet:
+        """From a list of names (each its own verbalization) or a mapping name -> text(s)."""
+        if isinstance(labels, Mapping):
+            names = tuple(str(k) for k in labels)
+            verbal = tuple((v,) if isinstance(v, str) else tuple(str(x) for x in v) for v in labels.values())
+            return cls(names=names, verbalizations=verbal)
+        names = tuple(str(x) for x in labels)
+        return cls(names=names, verbalizations=tuple((n,) for n in names))
+
+
+@dataclass(frozen=True)
+class LabelScores:
+    """Scores of one input against a LabelSet (tuples in the set's label order)."""
+
+    logprobs: tuple[float, ...]
+    probs: tuple[float, ...]
+    normalized: tuple[float, ...]
+    normalized_probs: tuple[float, ...]
+    independent: tuple[float, ...]
+    tokens: tuple[int, ...]  # tokens (eos included) of each label's most likely verbalization
+    verbalization_logprobs: tuple[tuple[float, ...], ...] = field(repr=False)
+
+
+@dataclass
+class ScorerStats:
+    """Cumulative work counters (the benchmark's efficiency figures)."""
+
+    rows: int = 0
+    encoder_runs: int = 0
+    decoder_positions: int = 0
+
+
+def _logsumexp(values: Sequence[float]) -> float:
+    top = max(values)
+    if top == -math.inf:
+        return -math.inf
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def _softmax(values: Sequence[float]) -> tuple[float, ...]:
+    norm = _logsumexp(values)
+    return tuple(math.exp(v - norm) for v in values)
+
+
+class LabelScorer:
+    """Scores inputs of one combiner against one LabelSet.
+
+    The verbalizations are tokenized once here (decoder tokenizer, no special tokens,
+    then eos: exactly a fine-tuning target, see combiner_core.training).
+    """
+
+    def __init__(self, combiner: Combiner, labels: LabelSet) -> None:
+        self.combiner, self.labels = combiner, labels
+        ids = combiner.special_token_ids()
+        self.start, self.pad, eos = ids["decoder_start_token_id"], ids["pad_token_id"], ids["eos_token_id"]
+        self.sequences: list[list[int]] = []
+        self.owner: list[int] = []  # sequence -> label index
+        for index, texts in enumerate(labels.verbalizations):
+            for text in texts:
+                seq, cut = target_token_ids(
+                    combiner.decoder_tokenizer, text, eos_token_id=eos, max_tokens=MAX_LABEL_TOKENS
+                )
+                if cut:
+                    raise ValueError(f"label {labels.names[index]!r}: {text!r} is longer than "
+                                     f"{MAX_LABEL_TOKENS} tokens; use a shorter verbalization")
+                self.sequences.append(seq)
+                self.owner.append(index)
+        self.stats = ScorerStats()
+
+    # --- public -----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def score_token_ids(self, inputs: Sequence[torch.Tensor]) -> list[LabelScores]:
+        """Scores for unpadded encoder token ids (one 1-D tensor per input), in input order."""
+        from .preprocess import collate_token_ids
+
+        if not inputs:
+            return []
+        batch = collate_token_ids(
+            [torch.as_tensor(x).tolist() for x in inputs], pad_token_id=self.combiner.preprocessor.input_pad_token_id
+        )
+        return self._score(batch)
+
+    @torch.inference_mode()
+    def score_pixels(self, pixel_values: torch.Tensor) -> list[LabelScores]:
+        """Scores for a batch of preprocessed images [n, channels, height, width]."""
+        if int(pixel_values.shape[0]) == 0:
+            return []
+        return self._score({"pixel_values": pixel_values})
+
+    # --- the computation ------------------------------------------------------------------
+
+    def _score(self, batch: dict[str, torch.Tensor]) -> list[LabelScores]:
+        model = self.combiner.model
+        device = model.device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if "pixel_values" in batch:
+            batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+        encoder = model.get_encoder()
+        encoded = encoder(**batch).last_hidden_state  # once per input
+        n, k = encoded.shape[0], len(self.sequences)
+        labels = pad_labels(self.sequences).to(device)  # [k, T]
+        dec_ids, dec_mask = decoder_inputs_from_labels(labels, decoder_start_token_id=self.start, pad_token_id=self.pad)
+        # Every (input, verbalization) pair in one decoder batch; the encoder states are
+        # expanded (a view), not recomputed.
+        states = encoded[:, None].expand(n, k, *encoded.shape[1:]).reshape(n * k, *encoded.shape[1:])
+        kwargs = {}
+        if "attention_mask" in batch:
+            mask = batch["attention_mask"]
+            kwargs["attention_mask"] = mask[:, None].expand(n, k, mask.shape[1]).reshape(n * k, -1)
+        out = model(
+            encoder_outputs=(states,),
+            decoder_input_ids=dec_ids.repeat(n, 1),
+            decoder_attention_mask=dec_mask.repeat(n, 1),
+            **kwargs,
+        )
+        # float64 for the sums: scores are compared across hundreds of labels.
+        logp = F.log_softmax(out.logits.double(), dim=-1)
+        targets = labels.repeat(n, 1)
+        picked = logp.gather(-1, targets.clamp_min(0)[..., None])[..., 0]
+        picked = picked.masked_fill(targets == IGNORE_INDEX, 0.0)
+        seq_logp = picked.sum(-1).view(n, k).tolist()
+        self.stats.rows += n
+        self.stats.encoder_runs += n
+        self.stats.decoder_positions += n * int(labels.shape[0] * labels.shape[1])
+        return [self._label_scores(row) for row in seq_logp]
+
+    def _label_scores(self, seq_logp: Sequence[float]) -> LabelScores:
+        per_label: list[list[float]] = [[] for _ in self.labels.names]
+        per_label_norm: list[list[float]] = [[] for _ in self.labels.names]
+        best: list[tuple[float, int]] = [(-math.inf, 0)] * len(self.labels.names)
+        for value, owner, seq in zip(seq_logp, self.owner, self.sequences, strict=True):
+            per_label[owner].append(value)
+            per_label_norm[owner].append(value / len(seq))
+            if value > best[owner][0]:
+                best[owner] = (value, len(seq))
+        logprobs = tuple(_logsumexp(v) for v in per_label)
+        normalized = tuple(_logsumexp(v) for v in per_label_norm)
+        return LabelScores(
+            logprobs=logprobs,
+            probs=_softmax(logprobs),
+            normalized=normalized,
+            normalized_probs=_softmax(normalized),
+            independent=tuple(math.exp(v) for v in logprobs),
+            tokens=tuple(b[1] for b in best),
+            verbalization_logprobs=tuple(tuple(v) for v in per_label),
+        )
+
+
+def score_labels(combiner: Combiner, inputs: dict[str, torch.Tensor], labels: LabelSet) -> list[LabelScores]:
+    """Score a prepared batch (input_ids/attention_mask, or pixel_values) against `labels`."""
+    scorer = LabelScorer(combiner, labels)
+    if "pixel_values" in inputs:
+        return scorer.score_pixels(inputs["pixel_values"])
+    ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+    rows = [ids[i][mask[i].bool()] if mask is not None else ids[i] for i in range(ids.shape[0])]
+    return scorer.score_token_ids(rows)
