@@ -8,20 +8,21 @@ from pathlib import Path
 import pytest
 
 from pipelines import SpecError, load_spec, validate_spec
-from pipelines.generation import CaptionJobSpec, SummarizeJobSpec
+from pipelines.generation import CaptionJobSpec, LabelJobSpec, SummarizeJobSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = sorted((REPO / "jobs" / "specs").glob("*.yaml"))
-GENERATION_SPECS = [p for p in SPECS if p.name.startswith(("caption_", "summarize_"))]
+GENERATION_SPECS = [p for p in SPECS if p.name.startswith(("caption_", "summarize_", "label_"))]
+SPEC_CLASSES = {"caption": CaptionJobSpec, "summarize": SummarizeJobSpec, "label": LabelJobSpec}
 
 
 def _model(path: Path):
-    return CaptionJobSpec if path.name.startswith("caption_") else SummarizeJobSpec
+    return SPEC_CLASSES[path.name.split("_")[0]]
 
 
 def test_generation_specs_are_shipped():
     names = {p.name.split("_")[0] for p in GENERATION_SPECS}
-    assert names == {"caption", "summarize"}
+    assert names == set(SPEC_CLASSES)
 
 
 @pytest.mark.parametrize("path", GENERATION_SPECS, ids=lambda p: p.name)
@@ -31,16 +32,21 @@ def test_shipped_spec_validates(path):
     assert spec.model.uri and spec.input.uri
 
 
-def test_main_job_default_spec_validates_and_points_at_bundled_files():
+@pytest.mark.parametrize(
+    ("script", "spec_class", "model"),
+    [("caption_dataset", CaptionJobSpec, "demo-captioner"), ("label_dataset", LabelJobSpec, "demo-captioner"),
+     ("summarize_corpus", SummarizeJobSpec, "demo-summarizer")],
+)
+def test_bare_job_default_specs_validate_and_point_at_bundled_files(script, spec_class, model):
     import importlib.util
 
-    loader = importlib.util.spec_from_file_location("caption_dataset", REPO / "jobs" / "caption_dataset.py")
+    loader = importlib.util.spec_from_file_location(script, REPO / "jobs" / f"{script}.py")
     module = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(module)
-    spec = load_spec(CaptionJobSpec, None, default=module.DEFAULT_SPEC)
-    assert Path(spec.model.uri) == REPO / "models" / "demo-captioner"
-    assert list((REPO / "jobs" / "sample").glob("*.parquet"))
+    spec = load_spec(spec_class, None, default=module.DEFAULT_SPEC)
+    assert Path(spec.model.uri) == REPO / "models" / model
     assert spec.input.reference_column and spec.output.uri.startswith("outputs/")
+    assert list(Path(spec.input.uri.split("*")[0]).glob("*.parquet" if "*" in spec.input.uri else "*.jsonl"))
 
 
 def test_bad_spec_lists_every_problem_with_its_key(tmp_path):
@@ -143,3 +149,16 @@ def test_input_cross_checks_name_their_keys():
     with pytest.raises(SpecError, match="input.captions_file: only used with format images"):
         validate_spec(CaptionJobSpec, {**bad, "input": {"uri": "a", "format": "parquet", "captions_file": "c"}},
                       source="t")
+
+
+def test_label_spec_checks_name_their_keys():
+    data = {"input": {"uri": "a", "format": "images"}, "output": {"uri": "b"}, "model": {"uri": "c"},
+            "labels": {"cat": ["cat", " "], "dog": "dog"}, "template": "no placeholder"}
+    with pytest.raises(SpecError) as err:
+        validate_spec(LabelJobSpec, data, source="t")
+    text = str(err.value)
+    assert "labels.cat: every verbalization must be a non-empty text" in text
+    assert "template: 'no placeholder' has no {text}" in text and "template: only for text inputs" in text
+    ok = validate_spec(LabelJobSpec, {**data, "labels": ["cat", "dog"], "template": None}, source="t")
+    task = ok.task()
+    assert task.names == ("cat", "dog") and task.verbalizations == (("cat",), ("dog",))

@@ -79,6 +79,16 @@ def iter_examples(split: str, count: int) -> Iterator[dict[str, object]]:
 
 
 SCHEMA = pa.schema([("id", pa.string()), ("image", pa.binary()), ("caption", pa.string())])
+# The bundled sample also names each picture's shape: the true label for label_dataset.
+SAMPLE_SCHEMA = SCHEMA.append(pa.field("shape", pa.string()))
+
+
+def captions_of(shape: str) -> list[str]:
+    """Every caption the generator writes for `shape` (label_dataset's verbalizations)."""
+    return [
+        f"a {size} {color} {shape} in the {row} {column}"
+        for size in sorted(SIZES) for color in sorted(COLORS) for row in ROWS for column in COLUMNS
+    ]
 
 
 def write_split(path: str | Path, split: str, count: int, *, rows_per_file: int = 1000) -> list[Path]:
@@ -115,16 +125,16 @@ def write_vocabulary(path: str | Path) -> Path:
 def write_sample(folder: str | Path, *, count: int = 48, shards: int = 2) -> list[Path]:
     """The bundled sample of the main job: the first `count` held-out rows, in `shards` files.
 
-    Same layout as jobs/sample/ (shapes-NN.parquet with id, image, caption), drawn
-    from the held-out split that the demo captioner never trained on.
+    Same layout as jobs/sample/ (shapes-NN.parquet with id, image, caption, shape),
+    drawn from the held-out split that the demo captioner never trained on.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    rows = list(iter_examples("heldout", count))
+    rows = [{**r, "shape": str(r["caption"]).split()[3]} for r in iter_examples("heldout", count)]
     per = -(-len(rows) // shards)
     paths = []
     for k in range(shards):
         path = folder / f"shapes-{k:02d}.parquet"
-        pq.write_table(pa.Table.from_pylist(rows[k * per : (k + 1) * per], schema=SCHEMA), path)
+        pq.write_table(pa.Table.from_pylist(rows[k * per : (k + 1) * per], schema=SAMPLE_SCHEMA), path)
         paths.append(path)
     return paths

@@ -1,5 +1,5 @@
 """The generation pipeline on Ray Data: one stage builder for every task kind
-(caption_dataset, summarize_corpus), exactly-once commits, Parquet outputs.
+(caption_dataset, summarize_corpus, label_dataset), exactly-once commits, Parquet outputs.
 
     spec = load_spec(CaptionJobSpec, "my.yaml")      # pipelines.load_spec
     summary = run_job(spec)                           # build_plan(spec) + run_plan(plan)
@@ -13,8 +13,8 @@ from .lease import LeaseLostError, OutputLeasedError
 from .plan import InputSpecError, JobPlan, ModelSpecError, build_plan, preflight
 from .report import format_summary
 from .run import JobSummary, run_job, run_plan
-from .specs import CaptionJobSpec, JobSpec, SummarizeJobSpec
-from .tasks import CaptionTask, SummarizeTask, TaskAdapter
+from .specs import CaptionJobSpec, JobSpec, LabelJobSpec, SummarizeJobSpec
+from .tasks import CaptionTask, LabelTask, SummarizeTask, TaskAdapter
 
 __all__ = [
     "CaptionJobSpec",
@@ -24,6 +24,8 @@ __all__ = [
     "JobPlan",
     "JobSpec",
     "JobSummary",
+    "LabelJobSpec",
+    "LabelTask",
     "LeaseLostError",
     "ModelSpecError",
     "OutputExistsError",

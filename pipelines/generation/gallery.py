@@ -82,7 +82,7 @@ def _inputs(plan: JobPlan, rows: list[dict[str, Any]]) -> dict[tuple[str, int], 
 def _input_html(plan: JobPlan, payload: bytes | None) -> str:
     if payload is None:
         return ""
-    if plan.task.modality == "image":
+    if (plan.model.modality or plan.task.modality) == "image":
         src = _thumbnail(payload)
         return f'<img src="{src}" alt="input">' if src else ""
     text = payload.decode("utf-8", errors="replace")

@@ -55,6 +55,7 @@ class ModelPlan:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     weights_bytes: int = 0  # 0 when unknown (a hub id)
+    modality: str | None = None  # what the model reads; None when unknown (a hub id)
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def check_model(
         raise ModelSpecError(f"model.uri {model_uri}: {exc}") from exc
     except OSError as exc:  # object storage refused (credentials, endpoint)
         raise ModelSpecError(f"model.uri {model_uri}: cannot read it ({type(exc).__name__}: {exc})") from exc
-    if info is not None and info.modality != task.modality:
+    if info is not None and task.modality is not None and info.modality != task.modality:
         want = "an image" if task.modality == "image" else "a text"
         raise ModelSpecError(
             f"model.uri {model_uri} is a {info.modality} combiner ({info.layout}), but {task.name} "
@@ -155,6 +156,7 @@ def build_plan(spec: JobSpec, *, storage_options: dict[str, Any] | None = None) 
         model=ModelPlan(
             uri=model_uri, dtype=spec.model.dtype, allow_pickle=spec.model.allow_pickle,
             trust_remote_code=spec.model.trust_remote_code, weights_bytes=info.weights_bytes if info else 0,
+            modality=info.modality if info else task.modality,
         ),
         resources=spec.resources,
         batch_size=spec.batch_size,

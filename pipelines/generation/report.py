@@ -48,6 +48,14 @@ def format_summary(summary: JobSummary, *, examples: int = 5) -> str:
         lines.append(
             f"    exact match vs reference: {s.metrics['exact_match']:.1%} of {int(s.metrics['reference_rows'])} rows"
         )
+    if "accuracy" in s.metrics:
+        m = s.metrics
+        lines.append(
+            f"    accuracy vs reference: {m['accuracy']:.1%} of {int(m['reference_rows'])} rows "
+            f"(abstained {m['abstained_rate']:.1%}; expected calibration error {m['expected_calibration_error']:.3f})"
+        )
+        for ref, row in sorted(m.get("confusion_matrix", {}).items()):
+            lines.append(f"      {ref:>12} -> " + ", ".join(f"{p}: {n}" for p, n in sorted(row.items())))
     if "rouge1" in s.metrics:
         lines.append(
             "    ROUGE vs reference (F1): " + "  ".join(

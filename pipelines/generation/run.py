@@ -61,7 +61,7 @@ class JobSummary:
     rows_processed_now: int
     files_ignored: int
     run_id: str
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     gallery_uri: str | None = None

@@ -1,4 +1,4 @@
-"""Job specs of the generation pipeline: caption_dataset and summarize_corpus.
+"""Job specs of the generation pipeline: caption_dataset, summarize_corpus and label_dataset.
 
 The YAML keys are a contract (tools and tests script against them):
 
@@ -28,7 +28,7 @@ from combiner_core import GenerationParams
 from ..inputs import InputSource
 from ..readers import InputFormat, ReaderOptions
 from ..specs import ModelSource, StrictModel, canonical_sha256
-from .tasks import CaptionTask, SummarizeTask, TaskAdapter
+from .tasks import CaptionTask, LabelTask, SummarizeTask, TaskAdapter
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,12 @@ class JobSpec(StrictModel):
     def reader_options(self) -> ReaderOptions:
         return self.input.reader_options(reference_column=self.input.reference_column)
 
+    def _input_modality(self) -> str | None:
+        """What the input must hold for this job's task (None: either)."""
+        return self.task().modality
+
     def _problems(self) -> list[str]:
-        problems = self.input.source_problems(key="input", modality=self.task().modality)
+        problems = self.input.source_problems(key="input", modality=self._input_modality())
         r = self.resources
         if r.num_gpus > 1 and r.num_gpus != int(r.num_gpus):
             problems.append(
@@ -235,3 +239,77 @@ class SummarizeJobSpec(JobSpec):
         data["input"]["uri"] = self.input.uri.replace("{date}", date)
         data["output"]["uri"] = self.output.uri.replace("{date}", date)
         return SummarizeJobSpec.model_validate(data)
+
+
+class LabelInput(JobInput):
+    """Rows to label: images (files, or bytes in Parquet / JSONL) or texts."""
+
+    format: InputFormat = Field("parquet", description=JobInput.model_fields["format"].description)
+    input_column: str | None = Field(
+        None, description="parquet / jsonl: the column holding the input (image bytes or text); required there"
+    )
+
+
+class LabelJobSpec(JobSpec):
+    """label_dataset: one label of a fixed set per row (or several, multi_label), by the combiner's scores."""
+
+    input: LabelInput = Field(description="the rows to label; input.reference_column names true labels")
+    labels: list[str] | dict[str, str | list[str]] = Field(
+        description="the label set: a list of names (each scored as its own text), or a mapping "
+        "name -> verbalization or list of verbalizations (a label's probability is the sum of its "
+        "verbalizations')"
+    )
+    template: str | None = Field(
+        None,
+        description="text inputs: what the encoder reads, with {text} for the row's text "
+        "(e.g. 'topic: {text}'); images: not used",
+    )
+    decide_by: Literal["probability", "length_normalized"] = Field(
+        "probability",
+        description="probability: the label with the highest probability over the set; "
+        "length_normalized: the highest per-token log-probability (long verbalizations not penalized)",
+    )
+    abstain_below: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="when the winning label's probability is below this, label is null and abstained true",
+    )
+    multi_label: bool = Field(
+        False,
+        description="each label gets its own probability (P(verbalization | input), not normalized "
+        "against the others); the labels column lists every one at or above multi_label_threshold",
+    )
+    multi_label_threshold: float = Field(
+        0.5, gt=0.0, le=1.0, description="multi_label: the probability a label needs to be listed"
+    )
+
+    def task(self) -> TaskAdapter:
+        from combiner_core.labels import LabelSet
+
+        label_set = LabelSet.from_spec(self.labels)
+        return LabelTask(
+            names=label_set.names, verbalizations=label_set.verbalizations, template=self.template,
+            decide_by=self.decide_by, abstain_below=self.abstain_below, multi_label=self.multi_label,
+            multi_label_threshold=self.multi_label_threshold,
+        )
+
+    def _input_modality(self) -> str | None:
+        return None  # images or texts: the model decides
+
+    def _problems(self) -> list[str]:
+        problems = super()._problems()
+        names = list(self.labels) if isinstance(self.labels, dict) else list(self.labels)
+        if not names:
+            problems.append("labels: empty; give at least one label")
+        if len(set(names)) != len(names):
+            problems.append(f"labels: names repeat ({sorted({n for n in names if names.count(n) > 1})}); "
+                            "each label once (give several verbalizations as a list under one name)")
+        if isinstance(self.labels, dict):
+            for name, value in self.labels.items():
+                texts = [value] if isinstance(value, str) else value
+                if not texts or any(not t.strip() for t in texts):
+                    problems.append(f"labels.{name}: every verbalization must be a non-empty text")
+        if self.template is not None and "{text}" not in self.template:
+            problems.append(f"template: {self.template!r} has no {{text}}; put {{text}} where the row's text goes")
+        if self.template is not None and self.input.format == "images":
+            problems.append("template: only for text inputs (input.format is images); remove it")
+        return problems

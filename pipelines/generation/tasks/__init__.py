@@ -2,5 +2,6 @@
 
 from .base import Modality, TaskAdapter
 from .generate import CaptionTask, SummarizeTask
+from .label import LabelTask
 
-__all__ = ["CaptionTask", "Modality", "SummarizeTask", "TaskAdapter"]
+__all__ = ["CaptionTask", "LabelTask", "Modality", "SummarizeTask", "TaskAdapter"]

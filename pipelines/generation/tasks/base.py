@@ -130,7 +130,8 @@ class TaskAdapter(ABC):
     """
 
     name: ClassVar[str]
-    modality: ClassVar[Modality]
+    # What the model must read; None: either (the model's own preprocessor decides).
+    modality: ClassVar[Modality | None]
     # The output column a person reads first, and its score (reports and _gallery.html).
     display_columns: ClassVar[tuple[str, str]] = ("text", "score")
 
@@ -164,6 +165,6 @@ class TaskAdapter(ABC):
         """Additive sums over a committed shard's ok rows (with their `reference`)."""
         return {}
 
-    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+    def metrics(self, sums: dict[str, float]) -> dict[str, Any]:
         """Final job metrics from the sums of every committed shard."""
         return {}
