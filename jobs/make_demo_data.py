@@ -12,8 +12,12 @@ same bytes. jobs/specs/finetune_demo_captioner.yaml trains on it.
 from __future__ import annotations
 
 import argparse
+import filecmp
 import importlib.util
+import shutil
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +37,25 @@ def minilm_folder() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
+def _bundled(write: Callable[[Path], list[Path]], folder: Path, *, force: bool) -> list[str]:
+    """Write a shipped sample through a scratch folder: files that come out the same are
+    left alone, and a changed one replaces the shipped file only with --force."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = write(Path(tmp))
+        changed = [f.name for f in fresh if not (folder / f.name).exists()
+                   or not filecmp.cmp(f, folder / f.name, shallow=False)]
+        if changed and not force and any((folder / name).exists() for name in changed):
+            raise SystemExit(
+                f"{folder}: {', '.join(changed)} would change (the generator's output differs from the "
+                "shipped sample). Rerun with --force to replace it"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in fresh:
+            if f.name in changed:
+                shutil.copyfile(f, folder / f.name)
+        return [f"{folder / f.name} ({'written' if f.name in changed else 'unchanged'})" for f in fresh]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="data/shapes", help="output folder (one sub-folder per split)")
@@ -40,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval", type=int, default=300, help="evaluation rows")
     parser.add_argument("--heldout", type=int, default=500, help="held-out rows, scored once after training")
     parser.add_argument(
-        "--sample", action="store_true", help="also rewrite jobs/sample/ (the main job's input) from held-out rows"
+        "--sample", action="store_true", help="also write jobs/sample/ (the main job's input) from held-out rows"
+    )
+    parser.add_argument(
+        "--force", action="store_true",
+        help="replace the shipped samples in jobs/sample/ even when they differ from what is written now",
     )
     parser.add_argument("--text", action="store_true", help="also the word-reversal text task and a data/minilm link")
     parser.add_argument(
@@ -55,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{split}: {count} rows in {len(files)} file(s) under {out / split}")
     print(f"vocabulary: {write_vocabulary(out / 'vocab.txt')}")
     if args.sample:
-        for path in write_sample(Path(__file__).resolve().parent / "sample"):
-            print(f"sample: {path}")
+        for line in _bundled(write_sample, Path(__file__).resolve().parent / "sample", force=args.force):
+            print(f"sample: {line}")
     if args.text:
         text_root = out.parent / "text-reverse"
         for split, count in (("train", 2000), ("eval", 100), ("heldout", 100)):
@@ -71,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         for split, count in (("train", 8000), ("eval", 300), ("heldout", 500)):
             print(f"summaries {split}: {count} rows in {facts.write_split(root / split, split, count)}")
         print(f"summaries vocabulary: {facts.write_vocabulary(root / 'vocab.txt')}")
-        for path in facts.write_sample(Path(__file__).resolve().parent / "sample" / "docs"):
-            print(f"summaries sample: {path}")
+        for line in _bundled(facts.write_sample, Path(__file__).resolve().parent / "sample" / "docs", force=args.force):
+            print(f"summaries sample: {line}")
     return 0
 
 

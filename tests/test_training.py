@@ -254,3 +254,26 @@ def test_finetune_refuses_to_replace_a_saved_model_unless_asked(tmp_path: Path) 
         preflight(spec)
     preflight(spec.model_copy(update={"export": spec.export.model_copy(update={"overwrite": True})}))
     preflight(spec.model_copy(update={"export": spec.export.model_copy(update={"uri": str(tmp_path / "new")})}))
+
+
+def test_demo_data_never_replaces_a_shipped_sample_silently(tmp_path: Path) -> None:
+    import importlib.util
+
+    loader = importlib.util.spec_from_file_location("make_demo_data", REPO / "jobs" / "make_demo_data.py")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+
+    def writer(text: str):
+        def write(folder: Path) -> list[Path]:
+            (folder / "s.txt").write_text(text)
+            return [folder / "s.txt"]
+        return write
+
+    shipped = tmp_path / "sample"
+    assert module._bundled(writer("v1"), shipped, force=False)[0].endswith("(written)")  # nothing shipped yet
+    assert module._bundled(writer("v1"), shipped, force=False)[0].endswith("(unchanged)")
+    with pytest.raises(SystemExit, match="s.txt would change .* --force"):
+        module._bundled(writer("v2"), shipped, force=False)
+    assert (shipped / "s.txt").read_text() == "v1"
+    module._bundled(writer("v2"), shipped, force=True)
+    assert (shipped / "s.txt").read_text() == "v2"
