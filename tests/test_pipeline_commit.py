@@ -10,7 +10,7 @@ import pytest
 import tests.generation_support as gs
 from combiner_core import GenerationParams
 from pipelines.generation import CommitError, OutputExistsError
-from pipelines.generation.commit import OutputStore, output_schema, stage_results
+from pipelines.generation.commit import OutputStore, StagedShard, output_schema, stage_results
 from pipelines.generation.tasks import CaptionTask
 from pipelines.readers import ReaderOptions, Shard, list_input_files, plan_shards, read_shard
 
@@ -61,8 +61,8 @@ def test_commit_merges_blocks_dedupes_a_retried_block_and_orders_rows(tmp_path):
     b = _stage(out, _block("k1", 5, range(3, 5)))
     b_again = _stage(out, _block("k1", 5, range(3, 5)))  # a retried block reported twice
     m = store.commit_shard(
-        shard_key="k1", inputs=["f"], shard_rows=5,
-        ok_paths=[b["ok_path"], a["ok_path"], b_again["ok_path"]], error_paths=[a["error_path"]],
+        StagedShard("k1", ["f"], 5, ok_paths=[b["ok_path"], a["ok_path"], b_again["ok_path"]],
+                    error_paths=[a["error_path"]]),
         run_id="r1", commit_number=1,
     )
     assert (m.rows_in, m.rows_ok, m.rows_errored) == (5, 4, 1)
@@ -79,8 +79,7 @@ def test_missing_rows_are_never_committed(tmp_path):
     store.prepare(mode="error_if_exists", fingerprint="f")
     a = _stage(out, _block("k2", 4, range(0, 3)))
     with pytest.raises(CommitError, match="not committed"):
-        store.commit_shard(shard_key="k2", inputs=["f"], shard_rows=4, ok_paths=[a["ok_path"]],
-                           error_paths=[], run_id="r1", commit_number=1)
+        store.commit_shard(StagedShard("k2", ["f"], 4, ok_paths=[a["ok_path"]]), run_id="r1", commit_number=1)
     assert store.committed() == {} and gs.read_dir(out).num_rows == 0
 
 
@@ -89,8 +88,7 @@ def test_resume_removes_uncommitted_files_and_keeps_committed(tmp_path):
     store = _store(out)
     store.prepare(mode="resume", fingerprint="f")
     a = _stage(out, _block("k1", 2, range(2)))
-    store.commit_shard(shard_key="k1", inputs=["f1"], shard_rows=2, ok_paths=[a["ok_path"]],
-                       error_paths=[], run_id="r1", commit_number=1)
+    store.commit_shard(StagedShard("k1", ["f1"], 2, ok_paths=[a["ok_path"]]), run_id="r1", commit_number=1)
     # A crash between a data file's move and its manifest: the file is visible, unowned.
     orphan = tmp_path / "out" / "part-k9.parquet"
     orphan.write_bytes((tmp_path / "out" / "part-k1.parquet").read_bytes())

@@ -214,6 +214,36 @@ def _add_counters(items: Any) -> dict[str, float]:
 
 
 @dataclass
+class StagedShard:
+    """A shard's staged results as the driver gathers them from the staging records.
+
+    Complete when `rows` reaches `shard_rows`; then commit_shard makes it output.
+    """
+
+    key: str
+    inputs: list[str]
+    shard_rows: int
+    rows: int = 0
+    ok_paths: list[str] = field(default_factory=list)
+    error_paths: list[str] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Take one RECORD_SCHEMA record (a block's part of this shard)."""
+        self.rows += record["rows"]
+        if record["ok_path"]:
+            self.ok_paths.append(record["ok_path"])
+        if record["error_path"]:
+            self.error_paths.append(record["error_path"])
+        for k, v in (json.loads(record["stats"]) if record.get("stats") else {}).items():
+            self.stats[k] = self.stats.get(k, 0.0) + v
+
+    @property
+    def complete(self) -> bool:
+        return self.rows >= self.shard_rows
+
+
+@dataclass
 class ShardManifest:
     """What one commit made part of the output."""
 
@@ -344,24 +374,20 @@ class OutputStore:
 
     def commit_shard(
         self,
+        shard: StagedShard,
         *,
-        shard_key: str,
-        inputs: list[str],
-        shard_rows: int,
-        ok_paths: list[str],
-        error_paths: list[str],
         run_id: str,
         commit_number: int,
         metric_sums: Callable[[pa.Table], dict[str, float]] | None = None,
-        stats: Mapping[str, float] | None = None,
     ) -> ShardManifest:
         """Merge a shard's staged files into its final files, then write its manifest.
 
         `metric_sums` (the task's) is called on the shard's merged ok rows; its result
-        is kept in the manifest, as are the model stage's `stats` for the shard.
+        is kept in the manifest, as are the model stage's counters for the shard.
         """
-        ok = self._read(ok_paths)
-        bad = self._read(error_paths)
+        shard_key, inputs, shard_rows = shard.key, shard.inputs, shard.shard_rows
+        ok = self._read(shard.ok_paths)
+        bad = self._read(shard.error_paths)
         ok = _dedupe(ok)
         bad = _dedupe(bad)
         seen_ok = set(ok.column("row_index").to_pylist()) if ok is not None else set()
@@ -404,7 +430,7 @@ class OutputStore:
             run_id=run_id,
             committed_at=datetime.now(UTC).isoformat(timespec="seconds"),
             metric_sums=sums,
-            stats=dict(stats or {}),
+            stats=dict(shard.stats),
         )
         tmp = self._path(STAGING_DIR, run_id, "commit", f"{shard_key}.json")
         _write_json(self.fs, tmp, manifest.__dict__)

@@ -6,7 +6,6 @@ commits each shard once all its rows are staged, and writes _summary.json last.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -29,7 +28,7 @@ from ..readers import (
     read_shard_ids,
 )
 from ..session import init_ray
-from .commit import ERRORS_DIR, SUMMARY_FILE, OutputStore, ShardManifest
+from .commit import ERRORS_DIR, SUMMARY_FILE, OutputStore, ShardManifest, StagedShard
 from .lease import Lease
 from .plan import InputSpecError, JobPlan, build_plan
 from .specs import JobSpec
@@ -233,39 +232,32 @@ class _JobRun:
         quiet_progress(self.verbose)
         by_key = {s.key: s for s in shards}
         ds = build_dataset(plan, shards, run_id=run_id, duplicates=duplicates)
-        pending: dict[str, dict[str, Any]] = {}
+        pending: dict[str, StagedShard] = {}
         rows_now = commits = 0
         stats: dict[str, float] = {}
         commit_seconds = 0.0
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             timings.setdefault("first_batch_s", time.time() - t0)
             for rec in batch.to_pylist():
-                state = pending.setdefault(
-                    rec["shard_key"], {"rows": 0, "ok": [], "err": [], "stats": {}, "shard_rows": rec["shard_rows"]}
-                )
-                state["rows"] += rec["rows"]
-                if rec["ok_path"]:
-                    state["ok"].append(rec["ok_path"])
-                if rec["error_path"]:
-                    state["err"].append(rec["error_path"])
-                for k, v in (json.loads(rec["stats"]) if rec["stats"] else {}).items():
-                    state["stats"][k] = state["stats"].get(k, 0.0) + v
-                if state["rows"] < state["shard_rows"]:
+                key = rec["shard_key"]
+                staged = pending.get(key)
+                if staged is None:
+                    staged = pending[key] = StagedShard(key, list(by_key[key].files), rec["shard_rows"])
+                staged.add(rec)
+                if not staged.complete:
                     continue
                 tc = time.time()
                 lease.check()
                 commits += 1
                 manifest = store.commit_shard(
-                    shard_key=rec["shard_key"], inputs=list(by_key[rec["shard_key"]].files),
-                    shard_rows=state["shard_rows"], ok_paths=state["ok"], error_paths=state["err"],
-                    run_id=run_id, commit_number=commits, metric_sums=plan.task.metric_sums, stats=state["stats"],
+                    staged, run_id=run_id, commit_number=commits, metric_sums=plan.task.metric_sums
                 )
                 commit_seconds += time.time() - tc
                 rows_now += manifest.rows_in
-                for k, v in state["stats"].items():
+                for k, v in staged.stats.items():
                     stats[k] = stats.get(k, 0.0) + v
-                del pending[rec["shard_key"]]
-                by_key.pop(rec["shard_key"])
+                del pending[key]
+                by_key.pop(key)
                 faults.maybe_kill("driver_after_commit", commits)
                 if self.on_commit is not None:
                     self.on_commit(manifest)
@@ -279,10 +271,7 @@ class _JobRun:
         for key, shard in list(by_key.items()):
             lease.check()
             commits += 1
-            store.commit_shard(
-                shard_key=key, inputs=list(shard.files), shard_rows=0, ok_paths=[], error_paths=[],
-                run_id=run_id, commit_number=commits,
-            )
+            store.commit_shard(StagedShard(key, list(shard.files), 0), run_id=run_id, commit_number=commits)
         timings["process_s"] = time.time() - t0
         timings["commit_s"] = commit_seconds
         return rows_now, commits, stats
