@@ -8,7 +8,8 @@ In one run, on the same generated inputs and model, it measures:
   tokenize, preprocess, generate), timed after the model is loaded;
 - the job: `python jobs/<job>.py --spec <generated spec>` as a user runs it (a private
   local Ray), on `--small` and `--large` rows. Its steady-state rate is the marginal
-  rate between the two sizes, so start-up cancels: (large - small) / (t_large - t_small);
+  rate between the two sizes, so start-up cancels: (large - small) / (t_large - t_small),
+  t being each job's processing phase (Ray Data execution and commits, from _summary.json);
 - start-up: a 16-row job from process start to exit, split into phases (imports, plan,
   Ray start, first batch, the rest of processing, commit, shutdown) from the job's
   `_summary.json` timings.
@@ -94,6 +95,9 @@ def _bare(kind: str, model_uri: str, folder: Path) -> tuple[int, float]:
         tokenize_text,
     )
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     combiner = load_combiner(model_uri)
     params = GenerationParams(**GENERATION)
     rows = 0
@@ -154,7 +158,13 @@ def _measure(kind: str, model_uri: str, root: Path, small: int, large: int) -> d
     bare_rows, bare_s = _bare(kind, model_uri, folders[large])
     startup = _job(kind, model_uri, folders[16], root / f"out-{kind}-16")
     jobs = {n: _job(kind, model_uri, folders[n], root / f"out-{kind}-{n}") for n in (small, large)}
-    marginal = (large - small) / max(jobs[large]["wall_s"] - jobs[small]["wall_s"], 1e-9)
+    # The marginal rate between the two sizes over the jobs' processing phase (Ray Data
+    # execution + commits): the fixed costs (start-up, first batch, shutdown) cancel.
+    spent = jobs[large]["summary"]["timings"]["process_s"] - jobs[small]["summary"]["timings"]["process_s"]
+    if spent <= 0:
+        raise SystemExit(f"[{kind}] the {large}-row job did not take longer than the {small}-row one "
+                         "(a loaded machine?); rerun, or raise --large")
+    marginal = (large - small) / spent
     bare_rate = bare_rows / bare_s
     return {
         "kind": kind,
