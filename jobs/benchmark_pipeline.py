@@ -84,6 +84,7 @@ def _bare(kind: str, model_uri: str, folder: Path) -> tuple[int, float]:
     """combiner_core alone, batch by batch; returns (rows, seconds) after model load."""
     import pyarrow.dataset as pads
     import torch
+    from transformers.utils import logging as hf_logging
 
     from combiner_core import (
         GenerationParams,
@@ -94,8 +95,6 @@ def _bare(kind: str, model_uri: str, folder: Path) -> tuple[int, float]:
         load_combiner,
         tokenize_text,
     )
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     combiner = load_combiner(model_uri)
