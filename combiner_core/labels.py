@@ -15,13 +15,23 @@ Per input the scorer returns, for every label:
 - `independent`: exp(logprobs), the label's own probability, not normalized against
   the others (multi-label use: several labels can be likely at once).
 
-The encoder runs once per input; all verbalizations of all inputs of a call run as
-one decoder batch.
+How it runs (the fast path, engine/tree.py): inputs are sorted by length and encoded
+in length buckets, once per input; each input's cross-attention keys/values are
+computed once per layer and read by all of its verbalizations; the verbalizations form
+a trie (decoder_start, then their tokens), and one decoder forward over the trie of
+every input of a bucket computes each distinct prefix once (tree attention mask, each
+node at its depth's position), using the generation engine's decoder description.
+A node's logits score its children's tokens; a verbalization's log-probability is the
+sum along its path. Decoder families without an engine fast path (and a model left in
+training mode) run the reference instead: HF's decoder on every (input,
+verbalization) pair as one batch; the fallback is logged once per family.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -29,10 +39,20 @@ import torch
 import torch.nn.functional as F
 
 from .combiner import Combiner
+from .engine.decoder import UnsupportedFamily, decoder_family, extract_decoder, is_composite
+from .engine.tree import SequenceTrie, TreeScorer
 from .training import IGNORE_INDEX, decoder_inputs_from_labels, pad_labels, target_token_ids
+
+log = logging.getLogger(__name__)
 
 # Longest verbalization in tokens (eos included): labels are names, not documents.
 MAX_LABEL_TOKENS = 64
+
+# Inputs per encoder batch on the fast path (text inputs are length-bucketed within).
+ENCODER_BATCH = 64
+
+_LOGGED: set[tuple[str, str]] = set()
+_LOG_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -82,11 +102,23 @@ class LabelScores:
 
 @dataclass
 class ScorerStats:
-    """Cumulative work counters (the benchmark's efficiency figures)."""
+    """Cumulative work counters (the benchmark's efficiency figures).
+
+    Attributes:
+        rows: inputs scored.
+        encoder_runs: inputs encoded (one per input).
+        decoder_positions: decoder token-positions computed: trie nodes per input on
+            the fast path, verbalizations x longest per input on the reference path.
+        sequence_tokens: decoder positions of every verbalization on its own (no
+            padding, no sharing); sequence_tokens / decoder_positions is the sharing.
+        encoder_batches: encoder forward calls.
+    """
 
     rows: int = 0
     encoder_runs: int = 0
     decoder_positions: int = 0
+    sequence_tokens: int = 0
+    encoder_batches: int = 0
 
 
 def _logsumexp(values: Sequence[float]) -> float:
@@ -106,6 +138,13 @@ class LabelScorer:
 
     The verbalizations are tokenized once here (decoder tokenizer, no special tokens,
     then eos: exactly a fine-tuning target, see combiner_core.training).
+
+    Attributes:
+        fast_path: True when scoring runs the trie forward (engine/tree.py); False when
+            the decoder family has none and the reference (HF's decoder) runs.
+        fallback_reason: why fast_path is False, else None.
+        trie: the verbalizations' SequenceTrie.
+        stats: cumulative ScorerStats.
     """
 
     def __init__(self, combiner: Combiner, labels: LabelSet) -> None:
@@ -125,6 +164,27 @@ class LabelScorer:
                 self.sequences.append(seq)
                 self.owner.append(index)
         self.stats = ScorerStats()
+        self.trie = SequenceTrie.build(self.sequences, self.start)
+        self._sequence_tokens = sum(len(s) for s in self.sequences)
+        self.family = decoder_family(combiner.model)
+        self.fallback_reason: str | None = None
+        self._tree: TreeScorer | None = None
+        self._tree_key: tuple | None = None
+        try:
+            self._tree_for(combiner.model)
+        except (UnsupportedFamily, ValueError) as exc:
+            self.fallback_reason = str(exc)
+            key = (self.family, self.fallback_reason)
+            with _LOG_LOCK:
+                first = key not in _LOGGED
+                _LOGGED.add(key)
+            if first:
+                log.warning("label scoring: decoder family '%s' runs the reference (HF decoder) instead of "
+                            "the trie fast path: %s", self.family, self.fallback_reason)
+
+    @property
+    def fast_path(self) -> bool:
+        return self.fallback_reason is None
 
     # --- public -----------------------------------------------------------------------
 
@@ -135,9 +195,10 @@ class LabelScorer:
 
         if not inputs:
             return []
-        batch = collate_token_ids(
-            [torch.as_tensor(x).tolist() for x in inputs], pad_token_id=self.combiner.preprocessor.input_pad_token_id
-        )
+        rows = [torch.as_tensor(x, dtype=torch.long).reshape(-1) for x in inputs]
+        if self._use_fast():
+            return self._fast_text(rows)
+        batch = collate_token_ids([r.tolist() for r in rows], pad_token_id=self.combiner.preprocessor.input_pad_token_id)
         return self._score(batch)
 
     @torch.inference_mode()
@@ -145,9 +206,84 @@ class LabelScorer:
         """Scores for a batch of preprocessed images [n, channels, height, width]."""
         if int(pixel_values.shape[0]) == 0:
             return []
+        if self._use_fast():
+            return self._fast_pixels(pixel_values)
         return self._score({"pixel_values": pixel_values})
 
-    # --- the computation ------------------------------------------------------------------
+    # --- the fast path: trie forward over the engine's decoder ----------------------------
+
+    def _use_fast(self) -> bool:
+        # dropout in training mode: the HF modules are the reference for that
+        return self.fast_path and not self.combiner.model.training
+
+    def _tree_for(self, model: torch.nn.Module) -> TreeScorer:
+        """The TreeScorer for the model's current weights (rebuilt when they change:
+        other dtype or device, replaced or in-place modified parameters)."""
+        key = (model.dtype, model.device, tuple((p.data_ptr(), p._version) for p in model.parameters()))
+        if self._tree is None or key != self._tree_key:
+            self._tree = TreeScorer(extract_decoder(model), self.trie, device=model.device, dtype=model.dtype)
+            self._tree_key = key
+            self._encoder = model.get_encoder()
+            self._proj = None
+            if is_composite(model) and (
+                model.encoder.config.hidden_size != model.decoder.config.hidden_size
+                and getattr(model.decoder.config, "cross_attention_hidden_size", None) is None
+            ):
+                self._proj = model.enc_to_dec_proj
+        return self._tree
+
+    def _fast_text(self, rows: list[torch.Tensor]) -> list[LabelScores]:
+        model = self.combiner.model
+        tree = self._tree_for(model)
+        device = model.device
+        pad = self.combiner.preprocessor.input_pad_token_id
+        lengths = [len(r) for r in rows]
+        if min(lengths) == 0:
+            raise ValueError("an input has no tokens; tokenize with special tokens or drop it")
+        order = sorted(range(len(rows)), key=lambda i: -lengths[i])
+        seq_logp: list[list[float] | None] = [None] * len(rows)
+        for bucket in _length_buckets(order, lengths, ENCODER_BATCH):
+            width = lengths[bucket[0]]
+            ids = torch.full((len(bucket), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(bucket), width), dtype=torch.long)
+            for j, i in enumerate(bucket):
+                ids[j, : lengths[i]] = rows[i]
+                mask[j, : lengths[i]] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            states = self._encoder(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
+            bias = None
+            if any(lengths[i] != width for i in bucket):
+                bias = torch.zeros(mask.shape, dtype=states.dtype, device=device)
+                bias.masked_fill_(mask == 0, tree.min_value)
+            self._fast_rows(tree, states, bias, bucket, seq_logp)
+        return [self._label_scores(row) for row in seq_logp]
+
+    def _fast_pixels(self, pixel_values: torch.Tensor) -> list[LabelScores]:
+        model = self.combiner.model
+        tree = self._tree_for(model)
+        n = int(pixel_values.shape[0])
+        seq_logp: list[list[float] | None] = [None] * n
+        for s in range(0, n, ENCODER_BATCH):
+            pixels = pixel_values[s : s + ENCODER_BATCH].to(device=model.device, dtype=model.dtype)
+            states = self._encoder(pixel_values=pixels, return_dict=True).last_hidden_state
+            self._fast_rows(tree, states, None, list(range(s, s + pixels.shape[0])), seq_logp)
+        return [self._label_scores(row) for row in seq_logp]
+
+    def _fast_rows(self, tree: TreeScorer, states: torch.Tensor, bias: torch.Tensor | None,
+                   idx: list[int], seq_logp: list) -> None:
+        if self._proj is not None:
+            states = self._proj(states)
+        values = tree.sequence_logprobs(states, bias).tolist()
+        for i, row in zip(idx, values, strict=True):
+            seq_logp[i] = row
+        b = len(idx)
+        self.stats.rows += b
+        self.stats.encoder_runs += b
+        self.stats.encoder_batches += 1
+        self.stats.decoder_positions += b * tree.M
+        self.stats.sequence_tokens += b * self._sequence_tokens
+
+    # --- the reference: HF's decoder on every (input, verbalization) pair ------------------
 
     def _score(self, batch: dict[str, torch.Tensor]) -> list[LabelScores]:
         model = self.combiner.model
@@ -181,7 +317,9 @@ class LabelScorer:
         seq_logp = picked.sum(-1).view(n, k).tolist()
         self.stats.rows += n
         self.stats.encoder_runs += n
+        self.stats.encoder_batches += 1
         self.stats.decoder_positions += n * int(labels.shape[0] * labels.shape[1])
+        self.stats.sequence_tokens += n * self._sequence_tokens
         return [self._label_scores(row) for row in seq_logp]
 
     def _label_scores(self, seq_logp: Sequence[float]) -> LabelScores:
@@ -204,6 +342,24 @@ class LabelScorer:
             tokens=tuple(b[1] for b in best),
             verbalization_logprobs=tuple(tuple(v) for v in per_label),
         )
+
+
+def _length_buckets(order: list[int], lengths: list[int], cap: int) -> list[list[int]]:
+    """Split inputs sorted by length (longest first) into encoder batches whose padding
+    stays under ~10% of their tokens, of at most `cap` inputs each."""
+    buckets: list[list[int]] = []
+    cur: list[int] = []
+    total = 0
+    for i in order:
+        n = lengths[i]
+        if cur and (len(cur) >= cap or lengths[cur[0]] * (len(cur) + 1) > 1.1 * (total + n)):
+            buckets.append(cur)
+            cur, total = [], 0
+        cur.append(i)
+        total += n
+    if cur:
+        buckets.append(cur)
+    return buckets
 
 
 def score_labels(combiner: Combiner, inputs: dict[str, torch.Tensor], labels: LabelSet) -> list[LabelScores]:
