@@ -435,7 +435,7 @@ def test_caption_gallery_is_escaped_self_contained_and_lists_errors(ray_cluster,
     page = (out / "_gallery.html").read_text()
     assert summary.gallery_uri == str(out / "_gallery.html")
     assert page.count('<div class="card">') == 2  # capped at gallery_rows outputs
-    assert page.count('<div class="card err">') == 1 and "corrupt_image" in page and "broken" in page
+    assert page.count('<div class="card err">') == 1 and "unknown_format" in page and "broken" in page
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
     # Self-contained: every picture is inline, nothing is fetched from elsewhere.
     assert page.count('<img src="data:image/png;base64,') == 2 and "http" not in page.replace("http-equiv", "")
