@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python jobs/x.py` from a checkout that is not pip-installed
     sys.path.insert(0, str(REPO))
 
-BATCH_SIZE = 64  # the jobs' default batch_size, used by both paths
+BATCH_SIZE = 256  # the jobs' default batch_size (the job runs with its defaults); the bare path too
 GENERATION = {"strategy": "greedy", "max_new_tokens": 12}
 ROWS_PER_FILE = 200
 
@@ -124,7 +124,6 @@ def _job(kind: str, model_uri: str, folder: Path, out: Path) -> dict[str, Any]:
         "output": {"uri": str(out), "mode": "overwrite"},
         "model": {"uri": model_uri},
         "generation": GENERATION,
-        "batch_size": BATCH_SIZE,
     }
     spec_path = out.with_suffix(".yaml")
     spec_path.write_text(json.dumps(spec))
