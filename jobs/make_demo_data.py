@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minilm: {link} -> {minilm_folder()}")
     if args.summaries:
         root = out.parent / "summaries"
-        for split, count in (("train", 8000), ("eval", 300), ("heldout", 500)):
+        for split, count in (("train", 12000), ("eval", 300), ("heldout", 500)):
             print(f"summaries {split}: {count} rows in {facts.write_split(root / split, split, count)}")
         print(f"summaries vocabulary: {facts.write_vocabulary(root / 'vocab.txt')}")
         for line in _bundled(facts.write_sample, Path(__file__).resolve().parent / "sample" / "docs", force=args.force):

@@ -1,6 +1,6 @@
 """A deterministic synthetic summarization set: short news items made of facts and filler.
 
-A document is a few to a dozen sentences. Some sentences state a *key fact* (a
+A document is one to a dozen or so sentences. Some sentences state a *key fact* (a
 trip, a sale, a storm, a meeting, a win, an opening); the others are *filler*
 that carries no fact, some of it naming the same people, cities and days so that
 a model has to read a sentence's structure, not spot a name. The reference
@@ -12,9 +12,10 @@ happened .".
 Hierarchical use: the summarize job cuts documents longer than the encoder's
 limit into windows at sentence boundaries, summarizes each window, then
 summarizes the joined window summaries. So about 15% of the rows in every split
-are such joined summaries (with an occasional "nothing of note happened ." from a
-window that held only filler); their reference keeps every key fact and drops
-the rest, so summarizing a summary gives it back unchanged. Key facts fall
+are such joined summaries (with "nothing of note happened ." from windows that
+held only filler, and a line twice where neighbouring windows shared a fact's
+sentence); their reference keeps every key fact once and drops the rest, so
+summarizing a summary gives it back unchanged. Key facts fall
 anywhere in a document, the end included, and in the long documents of the
 bundled sample they are spread over the whole length, one per stretch.
 
@@ -237,17 +238,31 @@ def _arrange(facts: list[tuple[str, str]], fillers: list[str], slots: set[int]) 
     )
 
 
+def _distinct_facts(rng: random.Random, count: int) -> list[tuple[str, str]]:
+    """`count` key facts with different summaries.
+
+    A repeated line in joined window summaries means two windows saw the same
+    sentence (see _joined_summaries), never two equal facts.
+    """
+    facts: list[tuple[str, str]] = []
+    while len(facts) < count:
+        fact = _fact(rng)
+        if all(fact[1] != summary for _, summary in facts):
+            facts.append(fact)
+    return facts
+
+
 def _fact_count(rng: random.Random) -> int:
     return 0 if rng.random() < QUIET_SHARE else rng.choice((1, 2, 3))
 
 
 def _document(rng: random.Random, *, max_tokens: int) -> tuple[str, str, int]:
     """An ordinary document within `max_tokens`: (text, summary, key facts)."""
-    facts = [_fact(rng) for _ in range(_fact_count(rng))]
+    facts = _distinct_facts(rng, _fact_count(rng))
     # Lengths vary from a bare fact to a page that fills the encoder: a third
     # short (0-2 filler sentences), a third medium (2-5), a third long (5-12).
     low, high = rng.choice(((0, 2), (2, 5), (5, 12)))
-    fillers = _fillers(rng, max(rng.randint(low, high), 0 if facts else 2))
+    fillers = _fillers(rng, max(rng.randint(low, high), 0 if facts else 3))
     # Drop filler until the document fits; the facts always fit (3 facts < 60 tokens).
     while fillers and count_tokens(" ".join([d for d, _ in facts] + fillers)) > max_tokens:
         fillers.pop()
@@ -260,16 +275,20 @@ def _document(rng: random.Random, *, max_tokens: int) -> tuple[str, str, int]:
 def _joined_summaries(rng: random.Random) -> tuple[str, str, int]:
     """What the reduce step of hierarchical summarizing reads: window summaries joined.
 
-    One to three fact summaries, sometimes with a quiet window's summary among them;
-    the reference keeps the facts, in order, and drops the quiet lines.
+    One to three fact summaries, in order. The summarize job's windows share a
+    sentence with their neighbour, so a fact in that sentence is summarized by
+    both windows: sometimes a line comes twice in a row. Windows of pure filler
+    add "nothing of note happened ." lines between them. The reference keeps each
+    fact once, in order, and drops the quiet lines.
     """
     if rng.random() < 0.03:  # every window was quiet
         return " ".join([QUIET_SUMMARY] * rng.choice((2, 3))), QUIET_SUMMARY, 0
-    facts = [_fact(rng)[1] for _ in range(rng.choice((1, 2, 3)))]
-    lines = list(facts)
-    for _ in range(rng.choice((0, 0, 0, 1, 2))):
-        lines.insert(rng.randint(0, len(lines)), QUIET_SUMMARY)
-    return " ".join(lines), " ".join(facts), len(facts)
+    facts = [summary for _, summary in _distinct_facts(rng, rng.choice((1, 2, 3)))]
+    # One group per window boundary: a fact line, or a fact line twice (overlap).
+    groups = [[line, line] if rng.random() < 0.12 else [line] for line in facts]
+    for _ in range(rng.choice((0, 0, 0, 1, 1, 2, 3))):
+        groups.insert(rng.randint(0, len(groups)), [QUIET_SUMMARY])
+    return " ".join(line for group in groups for line in group), " ".join(facts), len(facts)
 
 
 def _long_document(rng: random.Random, *, min_tokens: int, max_tokens: int) -> tuple[str, str, int]:
@@ -280,7 +299,7 @@ def _long_document(rng: random.Random, *, min_tokens: int, max_tokens: int) -> t
     least twice the encoder's limit, the last fact starts past the first window,
     so a summary of a truncated document would miss it.
     """
-    facts = [_fact(rng) for _ in range(rng.choice((2, 3, 3)))]
+    facts = _distinct_facts(rng, rng.choice((2, 3, 3)))
     share = rng.randint(min_tokens, max_tokens) / len(facts)
     # Every filler sentence has at least 7 tokens: enough sentences for any share.
     deck = iter(_fillers(rng, int(max_tokens / 7) + len(facts)))
