@@ -43,6 +43,7 @@ from .combiner import (
     set_special_tokens,
     special_tokens_from_tokenizer,
 )
+from .describe import TOKENIZER_FILES
 from .errors import (
     CheckpointNotFoundError,
     ManifestMismatchError,
@@ -58,15 +59,6 @@ MANIFEST_NAME = "combiner_manifest.json"
 DECODER_TOKENIZER_DIR = "decoder_tokenizer"
 MANIFEST_FORMAT = 1
 
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "vocab.json",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "source.spm",
-)
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
@@ -159,10 +151,10 @@ def load_tokenizer(
 ) -> PreTrainedTokenizerBase:
     """AutoTokenizer from a resolved checkpoint, with a clear error when there is none."""
     if _is_local_dir(resolved) and not any(
-        (Path(resolved) / name).exists() for name in _TOKENIZER_FILES
+        (Path(resolved) / name).exists() for name in TOKENIZER_FILES
     ):
         raise MissingTokenizerError(
-            f"no {role} in {uri} (none of {', '.join(_TOKENIZER_FILES)}). Save the tokenizer "
+            f"no {role} in {uri} (none of {', '.join(TOKENIZER_FILES)}). Save the tokenizer "
             f"into that folder, or pass its location explicitly (tokenizer_uri=...)."
         )
     try:
