@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import tests.generation_support as gs
+
 # Nothing in the suite may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -98,3 +100,24 @@ def minilm_dir() -> Path:
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Remote checkpoints are fetched into a per-session cache, not ~/.cache."""
     monkeypatch.setenv("COMBINER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "combiner-cache"))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3_endpoint):
+    """One local Ray per job-test module (a module may define its own); started after the
+    S3 env is exported, so workers see it."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The tiny captioner and summarizer, saved once per module."""
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "captioner": gs.save(gs.captioner(), str(root / "captioner")),
+        "summarizer": gs.save(gs.summarizer(), str(root / "summarizer")),
+    }

@@ -28,25 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def ray_cluster(s3_endpoint):
-    """One local Ray for the module; started after the S3 env is exported, so workers see it."""
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return {
-        "captioner": gs.save(gs.captioner(), str(root / "captioner")),
-        "summarizer": gs.save(gs.summarizer(), str(root / "summarizer")),
-    }
-
-
 def caption(spec: dict, **kw):
     return run_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=None, **kw)
 
