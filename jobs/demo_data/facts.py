@@ -51,9 +51,12 @@ SUMMARY_ROW_SHARE = 0.15
 QUIET_SHARE = 0.06
 QUIET_SUMMARY = "nothing of note happened ."
 
-NAMES = ("anna", "ben", "carla", "david", "elena", "frank", "grace", "hugo", "iris", "jonas", "karin", "leo")
+NAMES = (
+    "anna", "ben", "carla", "david", "elena", "frank", "grace", "hugo", "iris", "jonas", "karin", "leo",
+)
 CITIES = (
-    "oslo", "rome", "paris", "vienna", "lisbon", "dublin", "prague", "madrid", "berlin", "athens", "warsaw", "zurich",
+    "oslo", "rome", "paris", "vienna", "lisbon", "dublin", "prague", "madrid", "berlin", "athens",
+    "warsaw", "zurich",
 )
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 NUMBERS = ("two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
@@ -388,7 +391,8 @@ def _write_jsonl(path: Path, examples: list[Example]) -> Path:
 
 def write_split(path: str | Path, split: str, count: int, *, max_tokens: int = MAX_DOC_TOKENS) -> Path:
     """Write a split as one JSONL file {id, text, summary} in folder `path`."""
-    return _write_jsonl(Path(path) / "part-00000.jsonl", list(iter_examples(split, count, max_tokens=max_tokens)))
+    rows = list(iter_examples(split, count, max_tokens=max_tokens))
+    return _write_jsonl(Path(path) / "part-00000.jsonl", rows)
 
 
 def write_sample(folder: str | Path, *, count: int = 100, long_count: int = 8, shards: int = 2) -> list[Path]:
@@ -398,4 +402,6 @@ def write_sample(folder: str | Path, *, count: int = 100, long_count: int = 8, s
         old.unlink()
     rows = list(iter_sample(count, long_count=long_count))
     per = -(-len(rows) // shards)
-    return [_write_jsonl(folder / f"docs-{k:02d}.jsonl", rows[k * per : (k + 1) * per]) for k in range(shards)]
+    return [
+        _write_jsonl(folder / f"docs-{k:02d}.jsonl", rows[k * per : (k + 1) * per]) for k in range(shards)
+    ]
