@@ -459,3 +459,29 @@ def test_nightly_partition_rerun_processes_only_late_files_and_scores_rouge(ray_
                ["rougeLsum"].fmeasure for r in rows) / len(rows)
     assert again.metrics["rougeLsum"] == pytest.approx(lsum, abs=1e-4)
     assert all(r["chunks"] == 1 for r in rows)  # short documents: one window each
+
+
+def test_bare_summarize_corpus_runs_the_bundled_sample(ray_cluster, tmp_path, monkeypatch, capsys):
+    """`python jobs/summarize_corpus.py` with no spec (fast variant: four of the bundled
+    documents, two of them longer than the summarizer's limit): summaries beside their
+    references with ROUGE, the long ones windowed."""
+    import importlib.util
+    import json as _json
+
+    docs = [_json.loads(line) for f in sorted((REPO / "jobs" / "sample" / "docs").glob("*.jsonl"))
+            for line in f.read_text().splitlines()]
+    subset = [d for d in docs if d["id"].startswith("long-")][:2] + [d for d in docs if not d["id"].startswith("long-")][:2]
+    gs.write_jsonl(str(tmp_path / "docs" / "part-0.jsonl"), subset)
+    loader = importlib.util.spec_from_file_location("summarize_corpus", REPO / "jobs" / "summarize_corpus.py")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster)
+    monkeypatch.chdir(tmp_path)
+    assert module.main(["--set", f"input.uri={tmp_path / 'docs'}"]) == 0
+    printed = capsys.readouterr().out
+    assert "ROUGE vs reference (F1): ROUGE-1" in printed and "(reference: " in printed
+    ok = gs.read_dir(str(tmp_path / "outputs" / "summarize_sample")).to_pylist()
+    chunks = {r["id"]: r["chunks"] for r in ok}
+    assert {k: v > 1 for k, v in chunks.items()} == {d["id"]: d["id"].startswith("long-") for d in subset}
+    summary = gs.read_summary(str(tmp_path / "outputs" / "summarize_sample"))
+    assert summary["metrics"]["rougeL"] > 0.5 and (tmp_path / "outputs" / "summarize_sample" / "_SUCCESS").exists()
