@@ -18,9 +18,9 @@ and encoder efficiency (share of encoder positions that were not padding).
 
 Output lengths come from the models' own EOS decisions: the small model is
 models/multishape-captioner (ViT + GPT-2 trained on pictures of one to three shapes,
-captions of 9/18/27 tokens); the base model is a random bert2bert of BERT-base size
-(seed 0, MiniLM's vocabulary) whose [SEP] logit carries a fixed bias, so its greedy
-outputs end anywhere from the first to the last step.
+captions of 9/18/27 tokens); the base model is a bert2bert of BERT-base size grown
+from the MiniLM-L6 warm start (units duplicated, layers applied twice) whose [SEP]
+logit carries a fixed bias, so its outputs end anywhere from the first to the last step.
 
 The last line is one JSON object: ratio (engine tokens/s over HF tokens/s), the two
 rates, efficiencies, outputs_identical, output_lengths, peak memory, model, strategy, batch.
@@ -49,7 +49,7 @@ if str(REPO) not in sys.path:  # `python jobs/x.py` from a checkout that is not 
     sys.path.insert(0, str(REPO))
 
 SMALL_MODEL = REPO / "models" / "multishape-captioner"
-BASE_EOS_BIAS = 88.0  # [SEP] logit bias of the random base model (see base_model)
+BASE_EOS_BIAS = 3.5  # added to the [SEP] logit of the MiniLM-derived base model (see base_model)
 WORDS = (
     "the a of and to in is was for on that with as by at from it this be are have not or "
     "one all were when there can an which their if has more time will about would they year "
@@ -83,29 +83,66 @@ def small_model():
 
 
 def base_model():
-    """A random BERT-base-size bert2bert (12 + 12 layers, hidden 768) over MiniLM's vocabulary.
+    """A BERT-base-size bert2bert (12 + 12 layers, hidden 768, 12 heads) derived from MiniLM-L6.
 
-    Seed 0. The decoder is drawn with initializer_range 1.0: at BERT's 0.02 a random
-    decoder repeats one token forever, while large weights make it wander from token
-    to token as a trained one does. Its [SEP] logit carries +BASE_EOS_BIAS (logits
-    spread over about +-100 at this init), so each output ends when the model's own
-    [SEP] logit wins: after 2 tokens for some inputs, 10-20 for others, never within
-    48 for some (nothing is forced).
+    Random weights at this size make a chaotic or a stuck decoder (BERT's 0.02 init
+    repeats one token forever; large inits flip outputs on float noise, so that even
+    HF disagrees with itself between batch sizes). So the model is grown from the
+    MiniLM warm start (real BERT weights, random cross-attention, seed 0), as model-
+    growth methods do: every unit is duplicated (function-preserving: duplicated
+    inputs meet halved weights; queries scaled by 1/sqrt(2) for the doubled head
+    width; the LM-head LayerNorm halved because its output meets the tied, duplicated
+    embeddings) and every layer is applied twice (depth 6 -> 12). The decoder's [SEP]
+    logit gets +BASE_EOS_BIAS, so outputs end when the model's own [SEP] logit wins:
+    after 2 tokens for some inputs, 40+ for others (nothing is forced).
     """
-    import torch
-    from transformers import AutoTokenizer, BertConfig
+    import math
 
-    from combiner_core import random_combiner
+    import torch
+
+    from combiner_core import random_combiner, warm_start_combiner
     from jobs.make_demo_data import minilm_folder
 
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()))
+    small = warm_start_combiner(encoder_uri=str(minilm_folder()), decoder_uri=str(minilm_folder()), seed=0)
+    tokenizer = small.tokenizer
+    src = small.model.state_dict()
+    d_small = small.model.config.encoder.hidden_size  # 384
+    i_small = small.model.config.encoder.intermediate_size  # 1536
+    heads = small.model.config.encoder.num_attention_heads  # 12
+    head = d_small // heads
     config = dict(
-        model_type="bert", vocab_size=tokenizer.vocab_size, hidden_size=768, num_hidden_layers=12,
-        num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512,
+        model_type="bert", vocab_size=tokenizer.vocab_size, hidden_size=2 * d_small, num_hidden_layers=12,
+        num_attention_heads=heads, intermediate_size=2 * i_small, max_position_embeddings=512,
     )
-    combiner = random_combiner(
-        encoder_config=config, decoder_config=dict(config, initializer_range=1.0), decoder_tokenizer=tokenizer, seed=0
-    )
+    combiner = random_combiner(encoder_config=config, decoder_config=config, decoder_tokenizer=tokenizer, seed=0)
+    wide = torch.arange(2 * d_small)
+    # new unit -> MiniLM unit, so that each head's 2*head dims hold its head dims twice
+    hidden_map = (wide // (2 * head)) * head + (wide % (2 * head)) % head
+    inter_map = torch.arange(2 * i_small) % i_small
+
+    def index_map(size: int):
+        return hidden_map if size == 2 * d_small else inter_map if size == 2 * i_small else None
+
+    with torch.no_grad():
+        for name, param in combiner.model.named_parameters():
+            parts = name.split(".")
+            if "layer" in parts:
+                k = parts.index("layer") + 1
+                parts[k] = str(int(parts[k]) // 2)  # each MiniLM layer twice
+            w = src[".".join(parts)]
+            if "embeddings" in name:
+                w = w[:, hidden_map] if w.dim() == 2 else w[hidden_map]
+            elif w.dim() == 2:
+                rows, cols = index_map(param.shape[0]), index_map(param.shape[1])
+                w = (w if rows is None else w[rows]) if cols is None else (w if rows is None else w[rows])[:, cols] / 2
+            else:
+                rows = index_map(param.shape[0])
+                w = w if rows is None else w[rows]
+            if ".query." in name:
+                w = w / math.sqrt(2)
+            if "predictions.transform.LayerNorm" in name:
+                w = w / 2
+            param.copy_(w)
     eos = combiner.special_token_ids()["eos_token_id"]
     with torch.no_grad():
         combiner.model.decoder.cls.predictions.decoder.bias[eos] += BASE_EOS_BIAS
@@ -177,14 +214,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", choices=["greedy", "beam"], default="greedy")
     parser.add_argument("--num-beams", type=int, default=4)
     parser.add_argument("--batch", type=int, default=32, help="HF batch size = engine slots")
-    parser.add_argument("--rows", type=int, default=None, help="inputs per run (default 4 x batch)")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs of each, alternating")
+    parser.add_argument("--rows", type=int, default=None, help="inputs per run (default 4 x batch; 2 x for base)")
+    parser.add_argument("--runs", type=int, default=None, help="timed runs of each, alternating (default 3; 2 for base)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: 32 small, 48 base")
     parser.add_argument("--dtype", default="auto", help="engine dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="intra-op threads for both engines (default: torch's; Ray actors get OMP_NUM_THREADS=num_cpus)",
+    )
     args = parser.parse_args(argv)
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from combiner_core import GenerationEngine, GenerationParams, hf_generate, resolve_dtype
 
@@ -192,14 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     dtype = resolve_dtype(args.dtype, device)
     combiner, make_inputs = small_model() if args.model == "small" else base_model()
     combiner.to(device=device, dtype=dtype)  # HF runs in the engine's dtype too
-    rows = args.rows or 4 * args.batch
+    rows = args.rows or (4 if args.model == "small" else 2) * args.batch
+    runs = args.runs or (3 if args.model == "small" else 2)
     max_new = args.max_new_tokens or (32 if args.model == "small" else 48)
     params = GenerationParams(
         strategy=args.strategy, num_beams=args.num_beams if args.strategy == "beam" else 4, max_new_tokens=max_new
     )
     inputs = make_inputs(rows)
     image = args.model == "small"
-    model_name = SMALL_MODEL.name if image else "bert-base-size-random (12+12 layers, hidden 768)"
+    model_name = SMALL_MODEL.name if image else "bert2bert-base-size-from-minilm (12+12 layers, hidden 768)"
     print(
         f"model {model_name}, {args.strategy}{'-' + str(args.num_beams) if args.strategy == 'beam' else ''}, "
         f"batch {args.batch}, {rows} rows per run, max_new_tokens {max_new}, {device} {dtype}, "
@@ -248,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     identical = True
     max_score_diff = 0.0
     reference = None
-    for run in range(1, args.runs + 1):
+    for run in range(1, runs + 1):
         for name, fn in (("hf", run_hf), ("engine", run_engine)):
             out, seconds, mib = timed(fn, inputs)
             tokens = sum(c.num_tokens for r in out for c in r)
@@ -295,11 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         "strategy": args.strategy if args.strategy == "greedy" else f"beam-{args.num_beams}",
         "batch": args.batch,
         "rows_per_run": rows,
-        "runs": args.runs,
+        "runs": runs,
         "max_new_tokens": max_new,
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
         "fast_path": engine.fast_path,
+        "threads": torch.get_num_threads(),
     }
     print(f"HF {hf_rate:.1f} tokens/s, engine {engine_rate:.1f} tokens/s: ratio {result['ratio']}")
     print(json.dumps(result))

@@ -424,6 +424,7 @@ class GenerationEngine:
         slot_input = [-1] * runner.slots
         slot_src = [0] * runner.slots
         active_acc = torch.zeros((), dtype=torch.long, device=self.device)
+        active = 0
         col = 0
 
         def take(count: int) -> list[tuple[_Bucket, int]]:
@@ -455,9 +456,12 @@ class GenerationEngine:
             self.stats.decoder_steps += 1
             self.stats.decoder_positions += (runner.computed_rows(n) if runner.use_graphs else N)
             if plan.mode == "beam":
-                active_acc += N
+                active += N  # all beams of an unfinished input are live
                 done = self._beam_step(logits, n)
-            else:
+            elif G == 1:
+                active += N
+                done = self._token_step(logits, n)
+            else:  # samples of one input that ended early wait for their siblings
                 active_acc += (~st.row_done[:N]).sum()
                 done = self._token_step(logits, n)
             col = (col + 1) % T
@@ -473,7 +477,7 @@ class GenerationEngine:
             holes = finished[len(fill) :]
             if holes:
                 n_active = self._compact(holes, n_active, slot_input, slot_src)
-        self.stats.active_positions += int(active_acc)
+        self.stats.active_positions += active + int(active_acc)
         assert all(r is not None for r in results)
         return self._record(results)  # type: ignore[arg-type]
 
@@ -562,15 +566,21 @@ class GenerationEngine:
             tok = torch.argmax(logp + self._sampler.gumbel(st.stream[:N], age), dim=-1)
         else:
             tok = torch.argmax(scores, dim=-1)
-        rows = torch.arange(N, device=self.device)
-        st.step_logp[rows, age] = logp.gather(1, tok[:, None]).squeeze(1)
-        st.hist[rows, cur_len] = tok
-        ends = torch.isin(tok, self._eos) | (cur_len + 1 >= plan.max_length)
+        logp_tok = logp.gather(1, tok[:, None])
+        st.step_logp[:N].scatter_(1, age[:, None], logp_tok)
+        st.hist[:N].scatter_(1, cur_len[:, None], tok[:, None])
+        eos = self.plan.eos_ids
+        if len(eos) == 1:
+            ends = (tok == eos[0]) | (cur_len >= plan.max_length - 1)
+        else:
+            ends = torch.isin(tok, self._eos) | (cur_len >= plan.max_length - 1)
+        runner.tok_in[:N] = tok
+        self._advance(N)
+        if G == 1:  # the slot ends with its row; its length is its age (read in _collect)
+            return ends
         newly = ends & ~st.row_done[:N]
         st.row_len[:N] = torch.where(newly, cur_len, st.row_len[:N])
         st.row_done[:N] |= ends
-        runner.tok_in[:N] = tok
-        self._advance(N)
         return st.row_done[:N].view(n, G).all(dim=1)
 
     # ------------------------------------------------------------------ beam search
@@ -678,7 +688,7 @@ class GenerationEngine:
             R = G
             rows = (s_t[:, None] * G + torch.arange(G, device=self.device)[None, :]).reshape(-1)
             hist = st.hist[rows, 1:].cpu().tolist()
-            lens = st.row_len[rows].cpu().tolist()
+            lens = (st.row_len if G > 1 else st.age)[rows].cpu().tolist()
             for r in range(len(rows)):
                 cands.append((r // G, trim_generated(hist[r][: lens[r]], pad=pad, eos=eos)))
             # mean log-prob of the kept tokens, non-finite steps left out (as hf_generate)

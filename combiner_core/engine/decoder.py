@@ -493,6 +493,17 @@ class DecoderRunner:
         self.pos_in = torch.zeros(self.rows, dtype=torch.long, device=device)
         self.col = torch.zeros(1, dtype=torch.long, device=device)
         self.self_bias = torch.full((self.rows, self.T), self.min_value, **z)
+        self._flat = [
+            (
+                lay.qkv.weight, lay.qkv.bias, lay.self_out.weight, lay.self_out.bias,
+                lay.self_norm.weight, lay.self_norm.bias, lay.self_norm.eps,
+                lay.cross_q.weight, lay.cross_q.bias, lay.cross_out.weight, lay.cross_out.bias,
+                lay.cross_norm.weight, lay.cross_norm.bias, lay.cross_norm.eps,
+                lay.fc1.weight, lay.fc1.bias, lay.act, lay.fc2.weight, lay.fc2.bias,
+                lay.ffn_norm.weight, lay.ffn_norm.bias, lay.ffn_norm.eps,
+            )
+            for lay in spec.layers
+        ]
 
     # -- buffers
 
@@ -540,10 +551,17 @@ class DecoderRunner:
     # -- the step
 
     def _forward(self, n: int, src_w: int) -> torch.Tensor:
-        """Logits [n*group, vocab] for the staged inputs of the first n slots."""
+        """Logits [n*group, vocab] for the staged inputs of the first n slots.
+
+        Written flat (weights unpacked into locals, torch functions called directly)
+        because for small models Python overhead per op is what a step costs.
+        """
         spec = self.spec
         G, H, d = self.group, spec.heads, spec.head_dim
         N = n * G
+        D = spec.hidden
+        shape = (D,)
+        linear, layer_norm, sdpa = F.linear, F.layer_norm, F.scaled_dot_product_attention
         x = F.embedding(self.tok_in[:N], spec.word_emb)
         if spec.emb_scale != 1.0:
             x = x * spec.emb_scale
@@ -556,27 +574,28 @@ class DecoderRunner:
         cross_bias = self.cross_bias[:n, :src_w].view(n, 1, 1, src_w)
         col = self.col
         pre = spec.pre_ln
-        D = spec.hidden
-        for i, layer in enumerate(spec.layers):
+        for cache, cross, p in zip(self.kv_cache, self.cross_kv, self._flat):
+            (qkv_w, qkv_b, so_w, so_b, n1_w, n1_b, e1, cq_w, cq_b, co_w, co_b, n2_w, n2_b, e2,
+             f1_w, f1_b, act, f2_w, f2_b, n3_w, n3_b, e3) = p
             # self-attention over the ring cache (the scale is folded into the q weights)
-            h = layer.self_norm(x) if pre else x
-            qkv = layer.qkv(h).view(N, 3, H, 1, d)
-            cache = self.kv_cache[i][:N]
+            h = layer_norm(x, shape, n1_w, n1_b, e1) if pre else x
+            qkv = linear(h, qkv_w, qkv_b).view(N, 3, H, 1, d)
+            cache = cache[:N]
             cache.index_copy_(3, col, qkv[:, 1:])
-            a = F.scaled_dot_product_attention(qkv[:, 0], cache[:, 0], cache[:, 1], attn_mask=self_bias, scale=1.0)
-            a = layer.self_out(a.view(N, D))
-            x = x + a if pre else layer.self_norm(x + a)
+            a = sdpa(qkv[:, 0], cache[:, 0], cache[:, 1], attn_mask=self_bias, scale=1.0)
+            a = linear(a.view(N, D), so_w, so_b)
+            x = x + a if pre else layer_norm(x + a, shape, n1_w, n1_b, e1)
             # cross-attention: the group's queries share their slot's K|V
-            h = layer.cross_norm(x) if pre else x
-            cq = layer.cross_q(h).view(n, G, H, d).transpose(1, 2)  # [n, H, G, d]
-            kv = self.cross_kv[i][:n, :, :, :src_w]
-            a = F.scaled_dot_product_attention(cq, kv[:, 0], kv[:, 1], attn_mask=cross_bias, scale=1.0)
-            a = layer.cross_out(a.transpose(1, 2).reshape(N, D))
-            x = x + a if pre else layer.cross_norm(x + a)
+            h = layer_norm(x, shape, n2_w, n2_b, e2) if pre else x
+            cq = linear(h, cq_w, cq_b).view(n, G, H, d).transpose(1, 2)  # [n, H, G, d]
+            kv = cross[:n, :, :, :src_w]
+            a = sdpa(cq, kv[:, 0], kv[:, 1], attn_mask=cross_bias, scale=1.0)
+            a = linear(a.transpose(1, 2).reshape(N, D), co_w, co_b)
+            x = x + a if pre else layer_norm(x + a, shape, n2_w, n2_b, e2)
             # feed-forward
-            h = layer.ffn_norm(x) if pre else x
-            a = layer.fc2(layer.act(layer.fc1(h)))
-            x = x + a if pre else layer.ffn_norm(x + a)
+            h = layer_norm(x, shape, n3_w, n3_b, e3) if pre else x
+            a = linear(act(linear(h, f1_w, f1_b)), f2_w, f2_b)
+            x = x + a if pre else layer_norm(x + a, shape, n3_w, n3_b, e3)
         if spec.final_norm is not None:
             x = spec.final_norm(x)
         if spec.head_dense is not None:
