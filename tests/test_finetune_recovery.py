@@ -88,6 +88,8 @@ def test_driver_killed_then_restarted_resumes_from_s3_checkpoint(s3_bucket, tmp_
     # Rank 0 stops right after reporting the checkpoint of step 4: the kill lands there.
     first = _start(spec_file, log1, fault=f"train_after_checkpoint:4:{paused}")
     _wait_for(paused.exists, proc=first, log=log1, what="the run to pause after its step-4 checkpoint")
+    # Ray Train records a reported checkpoint in its snapshot asynchronously: wait for it.
+    _wait_for(lambda: 4 in saved_steps(), proc=first, log=log1, what="Ray's snapshot to record step 4")
     _kill_session(first)
     before = saved_steps()  # read after the kill: nothing changes it any more
     assert before and max(before) == 4, f"the first run was killed at step 4, saved steps {before}"
@@ -119,6 +121,16 @@ def test_worker_killed_mid_epoch_is_restarted_by_failure_config(tmp_path):
     # worker finds the marker and goes on); the marker holds its pid, which is killed.
     proc = _start(spec_file, log, fault=f"train_after_checkpoint:4:{paused}")
     _wait_for(lambda: paused.exists() and paused.read_text(), proc=proc, log=log, what="the worker to pause")
+    snapshot = tmp_path / "runs" / "workerkill" / "checkpoint_manager_snapshot.json"
+
+    def recorded_step_4() -> bool:
+        # Ray Train records a reported checkpoint in its snapshot asynchronously.
+        try:
+            return 4 in [r["metrics"]["step"] for r in json.loads(snapshot.read_text())["checkpoint_results"]]
+        except (FileNotFoundError, ValueError):
+            return False
+
+    _wait_for(recorded_step_4, proc=proc, log=log, what="Ray's snapshot to record step 4")
     pid = int(paused.read_text())
     assert "RayTrainWorker" in _cmdline(pid), _cmdline(pid)
     os.kill(pid, signal.SIGKILL)

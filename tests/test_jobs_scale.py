@@ -31,13 +31,13 @@ def cluster():
 
 
 def _generate_workers() -> list[dict]:
-    """Generation actors (alive and dead) from the GCS; no dashboard needed."""
+    """The pipeline's model actors (alive and dead) from the GCS; no dashboard needed."""
     from ray._private.state import actors
 
     return [
         {"state": a["State"], "node_id": a["Address"]["NodeID"]}
         for a in actors().values()
-        if "GenerateWorker" in a["ActorClassName"]
+        if "ModelWorker" in a["ActorClassName"]
     ]
 
 
@@ -64,9 +64,12 @@ def test_actor_pool_spreads_over_gpu_nodes_and_survives_node_loss(cluster, tmp_p
     monkeypatch.setenv("COMBINER_FAULT", f"worker_pause:2:{marker}")
     seen: dict = {}
 
+    job_done = threading.Event()
+
     def remove_the_paused_node() -> None:
-        deadline = time.time() + 300
-        while time.time() < deadline:
+        # Waits on what the job writes (the marker, the actors' state), never on a deadline;
+        # if no actor ever pauses, the job ends and so does this thread.
+        while not job_done.is_set():
             node_id = marker.read_text().strip() if marker.exists() else ""
             if node_id:
                 break
@@ -74,7 +77,7 @@ def test_actor_pool_spreads_over_gpu_nodes_and_survives_node_loss(cluster, tmp_p
         else:
             return
         # The paused batch waits for us: let the pool's second actor finish starting too.
-        while time.time() < deadline:
+        while not job_done.is_set():
             seen["actor_nodes"] = {a["node_id"] for a in _generate_workers() if a["state"] == "ALIVE"}
             if len(seen["actor_nodes"]) == 2:
                 break
@@ -88,7 +91,8 @@ def test_actor_pool_spreads_over_gpu_nodes_and_survives_node_loss(cluster, tmp_p
     watcher = threading.Thread(target=remove_the_paused_node, daemon=True)
     watcher.start()
     summary = run_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=None)
-    watcher.join(timeout=10)
+    job_done.set()
+    watcher.join()
     assert "removed" in seen, "no generation actor reached its 2nd batch"
     # Two actors with one GPU each on 1-GPU nodes: necessarily on two different nodes.
     assert len(seen["actor_nodes"]) == 2 and seen["actor_nodes"] <= {n.node_id for n in gpu_nodes}
