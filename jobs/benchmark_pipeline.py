@@ -7,10 +7,9 @@ In one run, on the same generated inputs and model, it measures:
 - the bare path: combiner_core in this process, batch by batch (read Parquet, decode /
   tokenize, preprocess, generate), timed after the model is loaded;
 - the job: `python jobs/<job>.py --spec <generated spec>` as a user runs it (a private
-  local Ray), on `--small` and `--large` rows. Its steady-state rate counts the rows after
-  the job's first block of results over the time after it (from _summary.json timings), so
-  start-up, actor start and the first batch are outside it; the marginal rate between the
-  two sizes, (large - small) / (t_large - t_small), is printed beside it;
+  local Ray), on `--small` and `--large` rows. Its steady-state rate is the marginal rate
+  between the two sizes, (large - small) / (t_large - t_small), t being each job's
+  processing phase from _summary.json, so start-up, actor start and model load cancel;
 - start-up: a 16-row job from process start to exit, split into phases (imports, plan,
   Ray start, first batch, the rest of processing, commit, shutdown) from the job's
   `_summary.json` timings.
@@ -157,17 +156,15 @@ def _measure(kind: str, model_uri: str, root: Path, small: int, large: int) -> d
     bare_rows, bare_s = _bare(kind, model_uri, folders[large])
     startup = _job(kind, model_uri, folders[16], root / f"out-{kind}-16")
     jobs = {n: _job(kind, model_uri, folders[n], root / f"out-{kind}-{n}") for n in (small, large)}
-    # Steady state: the rows that came after the first block of results, over the time
-    # after it (Ray Data execution and commits), in each job; the fixed costs (start-up,
-    # actor start and model load, the first batch, shutdown) are all before or outside it.
-    # Reported for the larger job, with the marginal rate between the two sizes beside it.
-    def steady(n: int) -> float:
-        t = jobs[n]["summary"]["timings"]
-        return (n - t["first_batch_rows"]) / max(t["process_s"] - t["first_batch_s"], 1e-9)
-
-    marginal = steady(large)
+    # The marginal rate between the two sizes over the jobs' processing phase (Ray Data
+    # execution and commits, from _summary.json): the fixed costs (start-up, actor start
+    # and model load, shutdown) cancel. It needs a quiet machine: a few seconds of noise in
+    # either job's fixed costs move it a lot, so use sizes that take tens of seconds.
     spent = jobs[large]["summary"]["timings"]["process_s"] - jobs[small]["summary"]["timings"]["process_s"]
-    between = (large - small) / spent if spent > 0 else float("nan")
+    if spent <= 0:
+        raise SystemExit(f"[{kind}] the {large}-row job did not take longer than the {small}-row one "
+                         "(a loaded machine?); rerun on a quiet machine, or raise --large")
+    marginal = (large - small) / spent
     bare_rate = bare_rows / bare_s
     return {
         "kind": kind,
@@ -177,7 +174,6 @@ def _measure(kind: str, model_uri: str, root: Path, small: int, large: int) -> d
         "startup_s": round(startup["wall_s"], 2),
         "startup_phases": {k: round(v, 2) for k, v in startup["phases"].items()},
         "job_wall_s": {str(n): round(j["wall_s"], 2) for n, j in jobs.items()},
-        "job_rows_per_s_between_sizes": round(between, 2),
         "decoder_efficiency": jobs[large]["summary"]["stats"].get("decoder_efficiency"),
     }
 
