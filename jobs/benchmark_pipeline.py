@@ -38,27 +38,16 @@ GENERATION = {"strategy": "greedy", "max_new_tokens": 12}
 ROWS_PER_FILE = 200
 
 
-def _write_images(folder: Path, count: int) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from jobs.demo_data.shapes import iter_examples
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = list(iter_examples("heldout", count))
-    for start in range(0, count, ROWS_PER_FILE):
-        pq.write_table(pa.Table.from_pylist(rows[start : start + ROWS_PER_FILE]), folder / f"part-{start:06d}.parquet")
-    return folder
-
-
-def _write_texts(folder: Path, count: int) -> Path:
+def _write_inputs(kind: str, folder: Path, count: int) -> Path:
+    """`count` held-out rows of the kind's synthetic set as Parquet files in `folder`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from jobs.demo_data.reverse_words import iter_reverse_examples
+    from jobs.demo_data.shapes import iter_examples
 
+    rows = list((iter_examples if kind == "images" else iter_reverse_examples)("heldout", count))
     folder.mkdir(parents=True, exist_ok=True)
-    rows = list(iter_reverse_examples("heldout", count))
     for start in range(0, count, ROWS_PER_FILE):
         pq.write_table(pa.Table.from_pylist(rows[start : start + ROWS_PER_FILE]), folder / f"part-{start:06d}.parquet")
     return folder
@@ -151,8 +140,7 @@ def _job(kind: str, model_uri: str, folder: Path, out: Path) -> dict[str, Any]:
 
 
 def _measure(kind: str, model_uri: str, root: Path, small: int, large: int) -> dict[str, Any]:
-    write = _write_images if kind == "images" else _write_texts
-    folders = {n: write(root / f"{kind}-{n}", n) for n in (16, small, large)}
+    folders = {n: _write_inputs(kind, root / f"{kind}-{n}", n) for n in (16, small, large)}
     bare_rows, bare_s = _bare(kind, model_uri, folders[large])
     startup = _job(kind, model_uri, folders[16], root / f"out-{kind}-16")
     jobs = {n: _job(kind, model_uri, folders[n], root / f"out-{kind}-{n}") for n in (small, large)}
