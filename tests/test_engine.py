@@ -14,7 +14,14 @@ import logging
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForSeq2SeqLM, BartConfig, MarianConfig, MBartConfig, RobertaConfig, T5Config
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    BartConfig,
+    MarianConfig,
+    MBartConfig,
+    RobertaConfig,
+    T5Config,
+)
 
 import tests.tiny as tiny
 from combiner_core import (
@@ -153,8 +160,8 @@ TINY_TOL = 5e-4
 def assert_same(ours, ref, *, tol: float = TINY_TOL) -> None:
     assert [[c.token_ids for c in r] for r in ours] == [[c.token_ids for c in r] for r in ref]
     assert [[c.text for c in r] for r in ours] == [[c.text for c in r] for r in ref]
-    for r_ours, r_ref in zip(ours, ref):
-        for a, b in zip(r_ours, r_ref):
+    for r_ours, r_ref in zip(ours, ref, strict=True):
+        for a, b in zip(r_ours, r_ref, strict=True):
             assert a.score == pytest.approx(b.score, abs=tol)
             assert a.num_tokens == b.num_tokens
 
@@ -238,7 +245,7 @@ def test_sampling_depends_only_on_seed_and_row_key() -> None:
     keys = [f"row-{i}" for i in range(8)]
     params = GenerationParams(strategy="sample", seed=11, top_k=8, top_p=0.9, temperature=1.3, num_return_sequences=2, max_new_tokens=12)
     reference = engine_run(GenerationEngine(c, params, dtype=None), batch, keys)
-    by_key = dict(zip(keys, [[x.token_ids for x in r] for r in reference]))
+    by_key = dict(zip(keys, [[x.token_ids for x in r] for r in reference], strict=True))
     assert len({t for r in by_key.values() for t in r}) > 4, "samples should differ between rows"
     # other slot counts, reversed order, and a subset mixed with other rows
     for slots in (1, 3):

@@ -33,7 +33,15 @@ import torch
 from ..combiner import Combiner
 from ..generation import Generated, GenerationParams, hf_generate, trim_generated
 from .decoder import DecoderRunner, UnsupportedFamily, decoder_family, extract_decoder, is_composite
-from .search import GumbelSampler, Plan, Unsupported, apply, processors_to, resolve_plan, row_stream_key
+from .search import (
+    GumbelSampler,
+    Plan,
+    Unsupported,
+    apply,
+    processors_to,
+    resolve_plan,
+    row_stream_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,11 @@ _LOG_LOCK = threading.Lock()
 # step; 256 rows keeps an H100-class GPU busy for base-size decoders while the cache
 # of a 12-layer, 768-wide decoder at 128 new tokens stays near 1.2 GB (bf16).
 DEFAULT_ROWS = {"cpu": 64, "cuda": 256}
+
+
+# Bytes of cross-attention K|V that encoded-but-waiting inputs may hold (CPU, CUDA):
+# enough for the encoder to run on batches of hundreds of short inputs.
+STAGE_BYTES = (64 << 20, 512 << 20)
 
 
 def default_slots(device: torch.device, group: int) -> int:
@@ -243,6 +256,9 @@ class GenerationEngine:
             T = self.plan.max_new_tokens
             # float32(len ** length_penalty), the divisor HF applies as a Python float
             self._denom = torch.tensor([float(max(i, 1)) ** lp for i in range(T + 2)], dtype=torch.float32, device=self.device)
+            # Cross K|V of encoded inputs that wait for a slot: a fixed budget of staging bytes.
+            per_token = 2 * len(self.spec.layers) * self.spec.hidden * torch.finfo(self.dtype).bits // 8
+            self._stage_tokens = max(1, STAGE_BYTES[self.device.type == "cuda"] // per_token)
             pad = self.spec.pos_padding_idx
             start = self.plan.start_id
             self._start_position = self.spec.pos_offset if pad is None else (pad if start == pad else pad + 1)
@@ -359,7 +375,7 @@ class GenerationEngine:
     def _encode_text(self, rows: list[torch.Tensor], lengths: list[int], idx: list[int]) -> list[_Bucket]:
         pad = self.combiner.preprocessor.input_pad_token_id
         out = []
-        for bucket in self._buckets(idx, lengths, cap=max(self.slots, 1)):
+        for bucket in self._buckets(idx, lengths, cap=max(self.slots, len(idx))):
             width = max(lengths[i] for i in bucket)
             ids = torch.full((len(bucket), width), pad, dtype=torch.long)
             mask = torch.zeros((len(bucket), width), dtype=torch.long)
@@ -372,13 +388,27 @@ class GenerationEngine:
         return out
 
     def _encode_pixels(self, pixel_values: torch.Tensor, idx: list[int]) -> list[_Bucket]:
-        out = []
-        for start in range(0, len(idx), self.slots):
-            bucket = idx[start : start + self.slots]
-            pixels = pixel_values[bucket].to(device=self.device, dtype=self.dtype)
-            states = self._encoder(pixel_values=pixels, return_dict=True).last_hidden_state
-            out.append(self._make_bucket(bucket, states, [states.shape[1]] * len(bucket)))
-        return out
+        pixels = pixel_values[idx].to(device=self.device, dtype=self.dtype)
+        states = self._encoder(pixel_values=pixels, return_dict=True).last_hidden_state
+        self._source_tokens = states.shape[1]
+        return [self._make_bucket(idx, states, [states.shape[1]] * len(idx))]
+
+    def _chunk_rows(self, pending: deque, lengths: list[int], at_least: int) -> int:
+        """How many pending inputs to encode next: at least what the free slots need (and a
+        slot set's worth), more while their cross K|V stay within the staging budget, since
+        the encoder runs faster on larger batches."""
+        budget = self._stage_tokens
+        if self.combiner.modality == "image":
+            per = getattr(self, "_source_tokens", None)
+            rows = at_least if per is None else max(at_least, budget // max(per, 1))
+            return min(len(pending), rows)
+        rows, tokens = 0, 0
+        for i in pending:
+            if rows >= at_least and tokens + lengths[i] > budget:
+                break
+            rows += 1
+            tokens += lengths[i]
+        return rows
 
     # ------------------------------------------------------------------ buffers
 
@@ -433,7 +463,7 @@ class GenerationEngine:
                 if not ready:
                     if not pending:
                         break
-                    chunk = [pending.popleft() for _ in range(min(len(pending), max(slots, count)))]
+                    chunk = [pending.popleft() for _ in range(self._chunk_rows(pending, lengths, max(slots, count)))]
                     for bucket in encode(chunk):
                         if bucket.width > runner.src_cap:
                             runner.grow_source(bucket.width)
@@ -486,7 +516,7 @@ class GenerationEngine:
         runner, st, plan = self._runner, self._state, self.plan
         G = plan.group
         by_bucket: dict[int, tuple[_Bucket, list[int], list[int]]] = {}
-        for s, (bucket, j) in zip(slots, items):
+        for s, (bucket, j) in zip(slots, items, strict=True):
             entry = by_bucket.setdefault(id(bucket), (bucket, [], []))
             entry[1].append(s)
             entry[2].append(j)
@@ -534,7 +564,7 @@ class GenerationEngine:
             src = torch.tensor(movers, device=self.device)
             for t in (*self._runner.slot_tensors(), *self._state.slot_tensors()):
                 t.index_copy_(0, dst, t.index_select(0, src))
-            for d, s in zip(targets, movers):
+            for d, s in zip(targets, movers, strict=True):
                 slot_input[d], slot_src[d] = slot_input[s], slot_src[s]
         for s in range(new_n, n_active):
             slot_input[s] = -1
