@@ -73,13 +73,13 @@ def test_images_on_s3_match_core_scores_and_bad_rows_reconcile(ray_cluster, mode
     assert sum(n for row in m["confusion_matrix"].values() for n in row.values()) == 7
 
 
-def test_texts_with_template_abstain_and_multi_label(ray_cluster, models, tmp_path):
+def test_texts_on_s3_with_template_abstain_and_multi_label(ray_cluster, models, tmp_path, s3_bucket):
     docs = [{"id": f"d{i}", "text": gs.document(i)} for i in range(5)] + [{"id": "empty", "text": ""}]
-    gs.write_jsonl(str(tmp_path / "in" / "docs.jsonl"), docs)
-    base = dict(input={"uri": str(tmp_path / "in"), "format": "jsonl", "input_column": "text", "id_column": "id"},
+    gs.write_jsonl(f"{s3_bucket}/docs/docs.jsonl", docs)
+    base = dict(input={"uri": f"{s3_bucket}/docs/", "format": "jsonl", "input_column": "text", "id_column": "id"},
                 labels=["cat", "dog", "red square"], template="summary of {text}")
     out = str(tmp_path / "out")
-    label(_spec(str(tmp_path / "in"), out, models["summarizer"], abstain_below=0.99, **base))
+    label(_spec(f"{s3_bucket}/docs/", out, models["summarizer"], abstain_below=0.99, **base))
     ok, bad = gs.assert_exactly_once(out, {d["id"] for d in docs})
     assert bad.column("cause").to_pylist() == ["empty_text"]
     rows = ok.to_pylist()
@@ -87,14 +87,14 @@ def test_texts_with_template_abstain_and_multi_label(ray_cluster, models, tmp_pa
     assert all((r["label"] is None) == r["abstained"] for r in rows) and any(r["abstained"] for r in rows)
     assert all(r["input_tokens"] > 0 and r["label_tokens"] >= 2 for r in rows)
     multi = str(tmp_path / "multi")
-    label(_spec(str(tmp_path / "in"), multi, models["summarizer"], multi_label=True, multi_label_threshold=1e-30,
+    label(_spec(f"{s3_bucket}/docs/", multi, models["summarizer"], multi_label=True, multi_label_threshold=1e-30,
                 **base))
     for r in gs.read_dir(multi).to_pylist():
         probs = dict(r["label_probs"])
         assert sorted(r["labels"]) == sorted(probs) and sum(probs.values()) < 1.0  # independent, tiny
     # The template reached the encoder: without it the scores differ.
     plain = str(tmp_path / "plain")
-    label(_spec(str(tmp_path / "in"), plain, models["summarizer"], **{**base, "template": None}))
+    label(_spec(f"{s3_bucket}/docs/", plain, models["summarizer"], **{**base, "template": None}))
     with_t = {r["id"]: r["label_prob"] for r in rows}
     without = {r["id"]: r["label_prob"] for r in gs.read_dir(plain).to_pylist()}
     assert with_t != without
