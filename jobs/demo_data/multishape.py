@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from jobs.demo_data.shapes import COLORS, IMAGE_SIZE, SHAPES, SIZES, caption_words  # noqa: E402
+from jobs.demo_data.shapes import COLORS, IMAGE_SIZE, SHAPES, SIZES, caption_words, draw_on  # noqa: E402
 
 QUADRANTS = (("top", "left"), ("top", "right"), ("bottom", "left"), ("bottom", "right"))
 COUNT_WEIGHTS = {1: 0.45, 2: 0.30, 3: 0.25}
@@ -39,20 +39,6 @@ SCHEMA = pa.schema([("id", pa.string()), ("image", pa.binary()), ("caption", pa.
 def words() -> list[str]:
     """The caption vocabulary: the single-shape words plus "and"."""
     return sorted({*caption_words(), "and"})
-
-
-def _draw(draw: ImageDraw.ImageDraw, *, color: str, shape: str, size: str, row: str, column: str, rng: random.Random) -> None:
-    half = IMAGE_SIZE // 2
-    cx = (half // 2 if column == "left" else half + half // 2) + rng.randint(-3, 3)
-    cy = (half // 2 if row == "top" else half + half // 2) + rng.randint(-3, 3)
-    r = rng.randint(*SIZES[size])
-    fill = tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in COLORS[color])
-    if shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif shape == "square":
-        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    else:
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
 
 
 def example(rng: random.Random) -> tuple[bytes, str]:
@@ -66,7 +52,7 @@ def example(rng: random.Random) -> tuple[bytes, str]:
     for q in quadrants:
         row, column = QUADRANTS[q]
         color, shape, size = rng.choice(sorted(COLORS)), rng.choice(SHAPES), rng.choice(sorted(SIZES))
-        _draw(draw, color=color, shape=shape, size=size, row=row, column=column, rng=rng)
+        draw_on(draw, color=color, shape=shape, size=size, row=row, column=column, rng=rng)
         parts.append(f"a {size} {color} {shape} in the {row} {column}")
     buf = io.BytesIO()
     image.save(buf, "PNG")

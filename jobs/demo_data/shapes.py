@@ -45,7 +45,16 @@ def draw_shape(*, color: str, shape: str, size: str, row: str, column: str, rng:
     """One PNG: the shape drawn in its quadrant with jittered center, radius and background."""
     shade = rng.randint(235, 255)
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (shade, shade, rng.randint(225, 255)))
-    draw = ImageDraw.Draw(image)
+    draw_on(ImageDraw.Draw(image), color=color, shape=shape, size=size, row=row, column=column, rng=rng)
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def draw_on(
+    draw: ImageDraw.ImageDraw, *, color: str, shape: str, size: str, row: str, column: str, rng: random.Random
+) -> None:
+    """Draw one shape in its quadrant with jittered center, radius and color."""
     half = IMAGE_SIZE // 2
     cx = (half // 2 if column == "left" else half + half // 2) + rng.randint(-3, 3)
     cy = (half // 2 if row == "top" else half + half // 2) + rng.randint(-3, 3)
@@ -57,9 +66,6 @@ def draw_shape(*, color: str, shape: str, size: str, row: str, column: str, rng:
         draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
     else:
         draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()
 
 
 def iter_examples(split: str, count: int) -> Iterator[dict[str, object]]:
