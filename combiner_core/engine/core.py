@@ -58,11 +58,6 @@ _LOG_LOCK = threading.Lock()
 DEFAULT_ROWS = {"cpu": 64, "cuda": 256}
 
 
-# Bytes of cross-attention K|V that encoded-but-waiting inputs may hold (CPU, CUDA):
-# enough for the encoder to run on batches of hundreds of short inputs.
-STAGE_BYTES = (64 << 20, 512 << 20)
-
-
 def default_slots(device: torch.device, group: int) -> int:
     """Slots for a device when the caller gives none: a row budget split among inputs' hypotheses."""
     rows = DEFAULT_ROWS.get(device.type, DEFAULT_ROWS["cpu"])
@@ -153,11 +148,12 @@ class _Bucket:
 class _State:
     """Per-slot decoding state beside the runner's buffers (rows = slots x group)."""
 
-    def __init__(self, slots: int, group: int, T: int, device: torch.device, beam: bool) -> None:
+    def __init__(self, slots: int, group: int, T: int, age: torch.Tensor, beam: bool) -> None:
         rows = slots * group
+        device = age.device
         long = dict(dtype=torch.long, device=device)
         self.hist = torch.zeros(rows, T + 1, **long)  # token history, [:, 0] = start token
-        self.age = torch.zeros(rows, **long)  # position of the row's next input token
+        self.age = age  # the runner's: position of each row's next input token (moved with the runner's buffers)
         self.row_len = torch.zeros(rows, **long)  # tokens generated when the row finished
         self.row_done = torch.zeros(rows, dtype=torch.bool, device=device)
         self.step_logp = torch.zeros(rows, T, dtype=torch.float32, device=device)
@@ -175,7 +171,7 @@ class _State:
 
     def slot_tensors(self) -> list[torch.Tensor]:
         S, G = self.slots, self.group
-        views = [t.view(S, G, *t.shape[1:]) for t in (self.hist, self.age, self.row_len, self.row_done, self.step_logp, self.stream)]
+        views = [t.view(S, G, *t.shape[1:]) for t in (self.hist, self.row_len, self.row_done, self.step_logp, self.stream)]
         if self.beam:
             views += [self.run_scores, self.fin_seq, self.fin_scores, self.fin_flag, self.fin_len, self.heur]
         return views
@@ -256,9 +252,6 @@ class GenerationEngine:
             T = self.plan.max_new_tokens
             # float32(len ** length_penalty), the divisor HF applies as a Python float
             self._denom = torch.tensor([float(max(i, 1)) ** lp for i in range(T + 2)], dtype=torch.float32, device=self.device)
-            # Cross K|V of encoded inputs that wait for a slot: a fixed budget of staging bytes.
-            per_token = 2 * len(self.spec.layers) * self.spec.hidden * torch.finfo(self.dtype).bits // 8
-            self._stage_tokens = max(1, STAGE_BYTES[self.device.type == "cuda"] // per_token)
             pad = self.spec.pos_padding_idx
             start = self.plan.start_id
             self._start_position = self.spec.pos_offset if pad is None else (pad if start == pad else pad + 1)
@@ -390,25 +383,7 @@ class GenerationEngine:
     def _encode_pixels(self, pixel_values: torch.Tensor, idx: list[int]) -> list[_Bucket]:
         pixels = pixel_values[idx].to(device=self.device, dtype=self.dtype)
         states = self._encoder(pixel_values=pixels, return_dict=True).last_hidden_state
-        self._source_tokens = states.shape[1]
         return [self._make_bucket(idx, states, [states.shape[1]] * len(idx))]
-
-    def _chunk_rows(self, pending: deque, lengths: list[int], at_least: int) -> int:
-        """How many pending inputs to encode next: at least what the free slots need (and a
-        slot set's worth), more while their cross K|V stay within the staging budget, since
-        the encoder runs faster on larger batches."""
-        budget = self._stage_tokens
-        if self.combiner.modality == "image":
-            per = getattr(self, "_source_tokens", None)
-            rows = at_least if per is None else max(at_least, budget // max(per, 1))
-            return min(len(pending), rows)
-        rows, tokens = 0, 0
-        for i in pending:
-            if rows >= at_least and tokens + lengths[i] > budget:
-                break
-            rows += 1
-            tokens += lengths[i]
-        return rows
 
     # ------------------------------------------------------------------ buffers
 
@@ -426,7 +401,7 @@ class GenerationEngine:
                 dtype=self.dtype,
                 cuda_graphs=self.cuda_graphs,
             )
-            self._state = _State(slots, plan.group, plan.max_new_tokens, self.device, plan.mode == "beam")
+            self._state = _State(slots, plan.group, plan.max_new_tokens, self._runner.age_in, plan.mode == "beam")
         self._runner.grow_source(src)
 
     # ------------------------------------------------------------------ the loop
@@ -455,7 +430,8 @@ class GenerationEngine:
         slot_src = [0] * runner.slots
         active_acc = torch.zeros((), dtype=torch.long, device=self.device)
         active = 0
-        col = 0
+        step = 0  # decode steps of this call; a slot's age is step - slot_start[slot]
+        slot_start = [0] * runner.slots
 
         def take(count: int) -> list[tuple[_Bucket, int]]:
             got = []
@@ -463,7 +439,9 @@ class GenerationEngine:
                 if not ready:
                     if not pending:
                         break
-                    chunk = [pending.popleft() for _ in range(self._chunk_rows(pending, lengths, max(slots, count)))]
+                    # a slot set's worth at a time: larger encoder batches run little faster
+                    # here, and their waiting cross K|V would raise peak memory above HF's
+                    chunk = [pending.popleft() for _ in range(min(len(pending), max(slots, count)))]
                     for bucket in encode(chunk):
                         if bucket.width > runner.src_cap:
                             runner.grow_source(bucket.width)
@@ -474,15 +452,20 @@ class GenerationEngine:
         n_active = 0
         first = take(slots)
         self._admit(list(range(len(first))), first, slot_input, slot_src, row_keys, seed)
+        for s in range(len(first)):
+            slot_start[s] = 0
         n_active = len(first)
         while n_active:
             n, N = n_active, n_active * G
-            # The ring column this step writes becomes visible to every active row; the
-            # columns a row has not written yet stay hidden since its admission.
-            runner.self_bias[:N, col] = 0
-            runner.col.fill_(col)
-            src_w = runner.src_cap if runner.use_graphs else max(slot_src[:n])
-            logits = runner.forward(n, src_w)
+            # The column each row writes this step (its position) becomes visible to it;
+            # columns it has not written yet stay hidden since its admission.
+            runner.self_bias[:N].scatter_(1, st.age[:N, None], 0.0)
+            if runner.use_graphs:
+                src_w, self_w = runner.src_cap, T
+            else:  # only the widths in use: the longest source, the oldest row
+                src_w, self_w = max(slot_src[:n]), step - min(slot_start[:n]) + 1
+            self._self_w = self_w
+            logits = runner.forward(n, src_w, self_w)
             self.stats.decoder_steps += 1
             self.stats.decoder_positions += (runner.computed_rows(n) if runner.use_graphs else N)
             if plan.mode == "beam":
@@ -494,7 +477,7 @@ class GenerationEngine:
             else:  # samples of one input that ended early wait for their siblings
                 active_acc += (~st.row_done[:N]).sum()
                 done = self._token_step(logits, n)
-            col = (col + 1) % T
+            step += 1
             finished = [s for s, d in enumerate(done.tolist()) if d]
             if not finished:
                 continue
@@ -504,9 +487,11 @@ class GenerationEngine:
             if fill:
                 self.stats.refills += len(fill)
                 self._admit(finished[: len(fill)], fill, slot_input, slot_src, row_keys, seed)
+                for s in finished[: len(fill)]:
+                    slot_start[s] = step
             holes = finished[len(fill) :]
             if holes:
-                n_active = self._compact(holes, n_active, slot_input, slot_src)
+                n_active = self._compact(holes, n_active, slot_input, slot_src, slot_start)
         self.stats.active_positions += active + int(active_acc)
         assert all(r is not None for r in results)
         return self._record(results)  # type: ignore[arg-type]
@@ -552,7 +537,7 @@ class GenerationEngine:
             st.fin_len[s_t] = 0
             st.heur[s_t] = True
 
-    def _compact(self, holes: list[int], n_active: int, slot_input, slot_src) -> int:
+    def _compact(self, holes: list[int], n_active: int, slot_input, slot_src, slot_start) -> int:
         """Move the last active slots into the holes so active slots stay a prefix."""
         hole_set = set(holes)
         new_n = n_active - len(holes)
@@ -565,7 +550,7 @@ class GenerationEngine:
             for t in (*self._runner.slot_tensors(), *self._state.slot_tensors()):
                 t.index_copy_(0, dst, t.index_select(0, src))
             for d, s in zip(targets, movers, strict=True):
-                slot_input[d], slot_src[d] = slot_input[s], slot_src[s]
+                slot_input[d], slot_src[d], slot_start[d] = slot_input[s], slot_src[s], slot_start[s]
         for s in range(new_n, n_active):
             slot_input[s] = -1
         return new_n
@@ -693,8 +678,10 @@ class GenerationEngine:
         if changed.numel() == 0:
             return
         from_rows = src[changed]
+        width = self._self_w  # a row's keys are the prefix it has written
         for cache in self._runner.kv_cache:
-            cache.index_copy_(0, changed, cache.index_select(0, from_rows))
+            used = cache[:, :, :, :width]
+            used.index_copy_(0, changed, used.index_select(0, from_rows))
 
     # ------------------------------------------------------------------ results
 

@@ -455,17 +455,19 @@ class DecoderRunner:
     hypotheses per input (beams, or samples per input). Buffers:
 
     - self-attention K|V per layer, [rows, 2, heads, T, head_dim], T = max_new_tokens,
-      written in place at one global column per step: a ring in which a row admitted
-      at any step owns the columns it writes, and a per-row bias hides the others
-      (no torch.cat, no shifting, one write per layer for K and V together);
+      written in place at each row's own position (one scatter per layer for K and V
+      together; no torch.cat). A row's keys are the prefix [0, position], so a step
+      attends over the first `self_w` columns only, the oldest live row's length, and
+      a per-row bias hides the columns a younger row has not written;
     - cross-attention K|V per layer, [slots, 2, heads, src_cap, head_dim], computed once
       per input and shared by its beams: queries [slots, heads, group, d] broadcast
       against them (no repeat_interleave, no per-beam copy);
     - step inputs (token, position, column, biases) that a CUDA graph reads.
 
-    `forward(n, src_w)` runs the first n slots over the first src_w source positions.
-    On CUDA it replays a graph captured per (n bucket, src_cap); on CPU it runs eagerly
-    on exactly n slots (shapes vary, which costs nothing there).
+    `forward(n, src_w, self_w)` runs the first n slots over the first src_w source and
+    self_w target positions. On CUDA it replays a graph captured per (n bucket, src_cap)
+    over all T columns; on CPU it runs eagerly on exactly n slots and the used widths
+    (shapes vary, which costs nothing there).
     """
 
     def __init__(
@@ -498,7 +500,7 @@ class DecoderRunner:
         self.grow_source(src_cap)
         self.tok_in = torch.zeros(self.rows, dtype=torch.long, device=device)
         self.pos_in = torch.zeros(self.rows, dtype=torch.long, device=device)
-        self.col = torch.zeros(1, dtype=torch.long, device=device)
+        self.age_in = torch.zeros(self.rows, dtype=torch.long, device=device)  # column each row writes
         self.self_bias = torch.full((self.rows, self.T), self.min_value, **z)
         self._flat = [
             (
@@ -552,12 +554,14 @@ class DecoderRunner:
         """Every buffer indexed by slot (views shaped [slots, ...]), for moving slots."""
         views = [t.view(self.slots, self.group, *t.shape[1:]) for t in self.kv_cache]
         views += [*self.cross_kv, self.cross_bias]
-        views += [t.view(self.slots, self.group, *t.shape[1:]) for t in (self.tok_in, self.pos_in, self.self_bias)]
+        views += [
+            t.view(self.slots, self.group, *t.shape[1:]) for t in (self.tok_in, self.pos_in, self.age_in, self.self_bias)
+        ]
         return views
 
     # -- the step
 
-    def _forward(self, n: int, src_w: int) -> torch.Tensor:
+    def _forward(self, n: int, src_w: int, self_w: int) -> torch.Tensor:
         """Logits [n*group, vocab] for the staged inputs of the first n slots.
 
         Written flat (weights unpacked into locals, torch functions called directly)
@@ -577,9 +581,10 @@ class DecoderRunner:
         x = x + F.embedding(self.pos_in[:N], spec.pos_emb)
         if spec.emb_norm is not None:
             x = spec.emb_norm(x)
-        self_bias = self.self_bias[:N].view(N, 1, 1, self.T)
+        self_bias = self.self_bias[:N, :self_w].view(N, 1, 1, self_w)
         cross_bias = self.cross_bias[:n, :src_w].view(n, 1, 1, src_w)
-        col = self.col
+        # each row writes its new K|V at its own position: [N, 2, H, 1, d] indices
+        write_at = self.age_in[:N].view(N, 1, 1, 1, 1).expand(N, 2, H, 1, d)
         pre = spec.pre_ln
         for cache, cross, p in zip(self.kv_cache, self.cross_kv, self._flat, strict=True):
             (qkv_w, qkv_b, so_w, so_b, n1_w, n1_b, e1, cq_w, cq_b, co_w, co_b, n2_w, n2_b, e2,
@@ -588,7 +593,8 @@ class DecoderRunner:
             h = layer_norm(x, shape, n1_w, n1_b, e1) if pre else x
             qkv = linear(h, qkv_w, qkv_b).view(N, 3, H, 1, d)
             cache = cache[:N]
-            cache.index_copy_(3, col, qkv[:, 1:])
+            cache.scatter_(3, write_at, qkv[:, 1:])
+            cache = cache[:, :, :, :self_w]
             a = sdpa(qkv[:, 0], cache[:, 0], cache[:, 1], attn_mask=self_bias, scale=1.0)
             a = linear(a.view(N, D), so_w, so_b)
             x = x + a if pre else layer_norm(x + a, shape, n1_w, n1_b, e1)
@@ -620,10 +626,10 @@ class DecoderRunner:
     def computed_rows(self, n: int) -> int:
         return (self.bucket(n) if self.use_graphs else n) * self.group
 
-    def forward(self, n: int, src_w: int) -> torch.Tensor:
+    def forward(self, n: int, src_w: int, self_w: int) -> torch.Tensor:
         """Run the step for the first n slots; returns logits [n*group, vocab] (a view)."""
         if not self.use_graphs:
-            return self._forward(n, src_w)
+            return self._forward(n, src_w, self_w)
         bucket = self.bucket(n)
         key = (bucket, self.src_cap)
         entry = self._graphs.get(key)
@@ -636,17 +642,17 @@ class DecoderRunner:
 
     def _capture(self, n: int, src_w: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Capture the step for (n, src_w). Inputs are already staged for the real step, and
-        the step only writes K/V at the staged column from staged inputs, so the warm-up
+        the step only writes K/V at the staged positions from staged inputs, so the warm-up
         and capture runs write exactly what the replay will: capturing is side-effect free."""
         stream = torch.cuda.Stream(device=self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._forward(n, src_w)
+                self._forward(n, src_w, self.T)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            out = self._forward(n, src_w)
+            out = self._forward(n, src_w, self.T)
         return graph, out
