@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         cpu_rates = {name: args.runs * len(inputs) / s for name, s in cpu_seconds.items()}
         checks = {}
         for other in [n for n in ways if n != "naive"]:
-            diff = max(abs(a - b) for ra, rb in zip(results[other], results["naive"]) for a, b in zip(ra, rb))
+            pairs = zip(results[other], results["naive"], strict=True)
+            diff = max(abs(a - b) for ra, rb in pairs for a, b in zip(ra, rb, strict=True))
             same = [max(range(k), key=r.__getitem__) for r in results[other]] == [
                 max(range(k), key=r.__getitem__) for r in results["naive"]
             ]

@@ -211,7 +211,7 @@ def test_trie_shares_prefixes() -> None:
     assert trie.depth.tolist() == [0, 1, 2, 3, 1]
     assert trie.parent == (-1, 0, 1, 2, 0)
     # edges: (start,1) (1,2) (2,eos) (2,3) (3,eos) (1,eos) (start,4) (4,eos)
-    assert list(zip(trie.edge_node.tolist(), trie.edge_token.tolist())) == [
+    assert list(zip(trie.edge_node.tolist(), trie.edge_token.tolist(), strict=True)) == [
         (0, 1), (1, 2), (2, eos), (2, 3), (3, eos), (1, eos), (0, 4), (4, eos)
     ]
     assert trie.paths == ((0, 1, 2), (0, 1, 3, 4), (0, 5), (6, 7), (0, 1, 2))

@@ -589,7 +589,7 @@ class DecoderRunner:
         for cache, cross, p in zip(self.kv_cache, self.cross_kv, self._flat, strict=True):
             (qkv_w, qkv_b, so_w, so_b, n1_w, n1_b, e1, cq_w, cq_b, co_w, co_b, n2_w, n2_b, e2,
              f1_w, f1_b, act, f2_w, f2_b, n3_w, n3_b, e3) = p
-            # self-attention over the ring cache (the scale is folded into the q weights)
+            # self-attention over the row's cached prefix (the scale is folded into the q weights)
             h = layer_norm(x, shape, n1_w, n1_b, e1) if pre else x
             qkv = linear(h, qkv_w, qkv_b).view(N, 3, H, 1, d)
             cache = cache[:N]
