@@ -102,7 +102,7 @@ def test_actor_pool_spreads_over_gpu_nodes_and_survives_node_loss(cluster, tmp_p
     assert seen["removed"] not in alive_nodes
     gs.assert_exactly_once(str(tmp_path / "out"), ids)
     assert summary.rows_processed_now == 24 and summary.shards_committed_now == 12
-    # The batch in flight on the lost node was redone elsewhere (by the surviving actor,
-    # or by a replacement on the spare GPU node, as Ray Data's pool decides).
-    nodes_used = {a["node_id"] for a in _generate_workers()}
-    assert len(nodes_used) >= 2
+    # The batch in flight on the lost node was redone elsewhere: its node is gone (checked
+    # above), yet every row is committed exactly once. (Which node redid it is Ray Data's
+    # choice: the surviving actor, or the victim's actor restarted on the spare node, whose
+    # GCS record then names the new node; so the actor records cannot tell it apart.)
