@@ -18,7 +18,7 @@ import json
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import fsspec
 import pyarrow as pa
@@ -66,6 +66,8 @@ class Shard:
 
     files: tuple[str, ...]
     key: str = field(default="")
+    # Bytes of its files when the listing said (0 = unknown); sizes read tasks (stages.py).
+    nbytes: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -115,18 +117,26 @@ def input_extensions(opts: ReaderOptions) -> tuple[str, ...]:
     return _FORMAT_EXTENSIONS.get(opts.format, ())
 
 
-def list_input_files(
+class InputListing(NamedTuple):
+    """What listing an input URI found: input files (sorted full URIs), the files skipped
+    because their name does not fit the format, and each input file's size in bytes."""
+
+    files: list[str]
+    ignored: list[str]
+    sizes: dict[str, int]
+
+
+def list_inputs(
     uri: str,
     *,
     format: InputFormat,
     extensions: Sequence[str] = (),
     storage_options: dict[str, Any] | None = None,
-) -> tuple[list[str], list[str]]:
-    """Files under `uri` (a file, a folder/prefix, or a glob) that hold inputs.
+) -> InputListing:
+    """Files under `uri` (a file, a folder/prefix, or a glob) that hold inputs, with sizes.
 
-    Returns (files, ignored): sorted full URIs of input files, and the files that
-    were skipped because their name does not fit `format`. Paths with a component
-    starting with '_' or '.' (_SUCCESS, .crc, our own _errors/) are not inputs.
+    Paths with a component starting with '_' or '.' (_SUCCESS, .crc, our own _errors/)
+    are not inputs. Sizes come with the listing itself (no request per file).
     """
     fs, path = url_to_fs(uri, **(storage_options or {}))
     prefix = _protocol_prefix(uri, fs)
@@ -134,19 +144,19 @@ def list_input_files(
     if format in ("text_lines", "text_files") and not extensions:
         wanted = _TEXT_EXTENSIONS
     if any(ch in path for ch in "*?["):
-        found = [p for p in fs.glob(path) if fs.isfile(p)]
+        found = {p: info for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file"}
         base = path.split("*")[0].rsplit("/", 1)[0]
     elif fs.isdir(path):
-        found = fs.find(path)
+        found = fs.find(path, detail=True)
         base = path.rstrip("/")
     elif fs.isfile(path):
-        return [prefix + path], []
+        return InputListing([prefix + path], [], {prefix + path: int(fs.size(path) or 0)})
     else:
         raise InputListingError(
             f"input.uri {uri!r}: no such file, folder or prefix; check the path (and, for s3://, "
             "the bucket and credentials)"
         )
-    files, ignored = [], []
+    files, ignored, sizes = [], [], {}
     for p in sorted(found):
         rel = posixpath.relpath(p, base) if base else p
         if any(part.startswith(("_", ".")) for part in rel.split("/")):
@@ -155,7 +165,20 @@ def list_input_files(
             ignored.append(prefix + p)
             continue
         files.append(prefix + p)
-    return files, ignored
+        sizes[prefix + p] = int(found[p].get("size") or 0)
+    return InputListing(files, ignored, sizes)
+
+
+def list_input_files(
+    uri: str,
+    *,
+    format: InputFormat,
+    extensions: Sequence[str] = (),
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[list[str], list[str]]:
+    """(files, ignored) of `list_inputs`: the input files and the skipped ones."""
+    listing = list_inputs(uri, format=format, extensions=extensions, storage_options=storage_options)
+    return listing.files, listing.ignored
 
 
 def count_rows(files: Sequence[str], opts: ReaderOptions) -> int | None:
@@ -173,10 +196,17 @@ def count_rows(files: Sequence[str], opts: ReaderOptions) -> int | None:
     return total
 
 
-def plan_shards(files: Sequence[str], *, format: InputFormat, files_per_shard: int = 1) -> list[Shard]:
-    """Group input files into shards: image files by `files_per_shard`, others one per file."""
+def plan_shards(
+    files: Sequence[str], *, format: InputFormat, files_per_shard: int = 1, sizes: Mapping[str, int] | None = None
+) -> list[Shard]:
+    """Group input files into shards: image files by `files_per_shard`, others one per file.
+
+    `sizes` (from `list_inputs`) gives each shard its `nbytes`.
+    """
     size = files_per_shard if format == "images" else 1
-    return [Shard(files=tuple(files[i : i + size])) for i in range(0, len(files), size)]
+    sizes = sizes or {}
+    groups = [tuple(files[i : i + size]) for i in range(0, len(files), size)]
+    return [Shard(files=g, nbytes=sum(sizes.get(f, 0) for f in g)) for g in groups]
 
 
 def _relative_id(file_uri: str, root: str) -> str:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -336,6 +337,39 @@ def test_cpu_stage_stays_apart_from_model_actors(ray_cluster, models, tmp_path):
     physical = shown.getvalue().split("Physical Plan (Optimized)")[1]
     assert "ActorPoolMapOperator[MapBatches(ModelWorker)]" in physical, physical
     assert "TaskPoolMapOperator[MapBatches(read_and_preprocess)]" in physical, physical
+    assert "ActorPoolMapOperator[MapBatches(Stager)]" in physical, physical
+
+
+def test_read_task_yields_whole_batches_across_small_shards(models, tmp_path):
+    """A read task over a group of small shards yields batch_size rows at a time, a batch
+    spanning shards, every row once and in order, a bad row carried as an error row."""
+    import json
+
+    from pipelines.generation import build_plan
+    from pipelines.generation.stages import read_and_preprocess, read_groups
+    from pipelines.readers import list_inputs, plan_shards
+
+    for f in range(3):
+        rows = [{"image": gs.image_bytes(5 * f + r), "id": f"f{f}r{r}"} for r in range(5)]
+        if f == 1:
+            rows[2]["image"] = b"not an image"
+        gs.write_parquet(str(tmp_path / "in" / f"{f}.parquet"), rows)
+    spec = gs.caption_spec(str(tmp_path / "in"), str(tmp_path / "out"), models["captioner"],
+                           input={"uri": str(tmp_path / "in"), "format": "parquet", "input_column": "image",
+                                  "id_column": "id"})
+    plan = build_plan(validate_spec(CaptionJobSpec, spec, source="test"))
+    listing = list_inputs(plan.reader.root, format="parquet")
+    shards = plan_shards(listing.files, format="parquet", sizes=listing.sizes)
+    groups = read_groups(shards, {})
+    assert len(groups) == 1 and plan.batch_size == 4
+    chunks = list(read_and_preprocess({"shards": np.array(groups, dtype=object)}, plan=plan))
+    assert [len(c["id"]) for c in chunks] == [4, 4, 4, 3]
+    assert [i for c in chunks for i in c["id"]] == [f"f{f}r{r}" for f in range(3) for r in range(5)]
+    assert list(chunks[1]["shard_key"]) == [shards[0].key] + [shards[1].key] * 3
+    causes = {i: c for ch in chunks for i, c in zip(ch["id"], ch["error_cause"], strict=True) if c}
+    assert list(causes) == ["f1r2"]
+    assert all(c["pixel_values"].shape[0] == len(c["id"]) for c in chunks)
+    assert json.loads(groups[0])[0][0] == shards[0].key
 
 
 def test_duplicate_ids_keep_the_first_row_and_resume_exactly_once(ray_cluster, models, tmp_path):

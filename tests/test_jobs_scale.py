@@ -76,10 +76,12 @@ def test_actor_pool_spreads_over_gpu_nodes_and_survives_node_loss(cluster, tmp_p
             time.sleep(0.2)
         else:
             return
-        # The paused batch waits for us: let the pool's second actor finish starting too.
+        # The paused batch waits for us: let the pool place its second actor too. It may
+        # be DEAD already: Ray Data stops an idle actor once every input is handed out
+        # (the 24 small rows are read by one task), but its record still names its node.
         while not job_done.is_set():
-            seen["actor_nodes"] = {a["node_id"] for a in _generate_workers() if a["state"] == "ALIVE"}
-            if len(seen["actor_nodes"]) == 2:
+            seen["actor_nodes"] = {a["node_id"] for a in _generate_workers() if a["node_id"]}
+            if len(seen["actor_nodes"]) >= 2:  # more than 2 fails the assertion below, not a hang
                 break
             time.sleep(0.2)
         seen["uncommitted_shards"] = 12 - len(list((tmp_path / "out" / "_commits").glob("*.json")))

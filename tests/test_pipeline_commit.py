@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -117,6 +118,27 @@ def test_listing_filters_and_shards_are_deterministic(tmp_path):
     assert [s.key for s in shards] == [s.key for s in plan_shards(files, format="images", files_per_shard=2)]
     with pytest.raises(ValueError, match="no such file"):
         list_input_files(str(tmp_path / "nope"), format="images")
+
+
+def test_listing_gives_sizes_and_read_tasks_group_small_shards(tmp_path):
+    """Sizes come with the listing; small shards share a read task (up to 16 MiB or 16
+    shards), a large one has a task of its own, and the order of shards is kept."""
+    from pipelines.generation.stages import read_groups
+    from pipelines.readers import list_inputs
+
+    gs.write_bytes(str(tmp_path / "big.jsonl"), b"x" * (17 * 1024**2))
+    for i in range(20):
+        gs.write_bytes(str(tmp_path / f"s{i:02d}.jsonl"), b"y" * (i + 1))
+    listing = list_inputs(str(tmp_path / "*.jsonl"), format="jsonl")
+    assert listing.sizes[listing.files[0]] == 17 * 1024**2 and listing.files[0].endswith("big.jsonl")
+    assert [listing.sizes[f] for f in listing.files[1:]] == list(range(1, 21))
+    assert list_inputs(str(tmp_path), format="jsonl").sizes == listing.sizes
+    shards = plan_shards(listing.files, format="jsonl", sizes=listing.sizes)
+    assert [s.nbytes for s in shards[:3]] == [17 * 1024**2, 1, 2]
+    groups = [json.loads(g) for g in read_groups(shards, {shards[2].key: [["u", 3, "dup"]]})]
+    assert [len(g) for g in groups] == [1, 16, 4]
+    assert [key for g in groups for key, _, _ in g] == [s.key for s in shards]
+    assert groups[1][1] == [shards[2].key, list(shards[2].files), [["u", 3, "dup"]]]
 
 
 def test_read_shard_ids_sources_and_read_errors(tmp_path):

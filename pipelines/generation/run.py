@@ -19,11 +19,12 @@ from combiner_core.storage import StorageAccessError, storage_access
 
 from .. import faults
 from ..readers import (
+    InputListing,
     InputListingError,
     find_duplicates,
     ids_can_repeat,
     input_extensions,
-    list_input_files,
+    list_inputs,
     plan_shards,
     read_shard_ids,
 )
@@ -115,23 +116,24 @@ class _JobRun:
         self.lease = Lease(self.store.fs, self.store.root, self.store.uri, run_id=self.run_id)
 
     def run(self) -> JobSummary:
-        files, ignored = self._list_inputs()
+        listing = self._list_inputs()
         with storage_access(self.plan.output_uri, action="write"):
             self.lease.acquire()  # before output.mode touches anything: overwrite deletes
         try:
-            return self._run_owned(files, ignored)
+            return self._run_owned(listing)
         finally:
             self.lease.release()
 
-    def _list_inputs(self) -> tuple[list[str], list[str]]:
+    def _list_inputs(self) -> InputListing:
         """Input files (before anything is written), or InputSpecError saying what was searched."""
         reader = self.plan.reader
         try:
             with storage_access(reader.root, action="list"):
-                files, ignored = list_input_files(
+                listing = list_inputs(
                     reader.root, format=reader.format, extensions=reader.extensions,
                     storage_options=reader.storage_options,
                 )
+                files, ignored = listing.files, listing.ignored
         except (InputListingError, StorageAccessError) as exc:
             raise InputSpecError(f"input.uri: {exc}") from None
         if not files:
@@ -147,16 +149,20 @@ class _JobRun:
                 "input.uri %s: %d file(s) do not look like %s inputs and were skipped, e.g. %s",
                 reader.root, len(ignored), reader.format, ignored[:3],
             )
-        return files, ignored
+        return listing
 
-    def _run_owned(self, files: list[str], ignored: list[str]) -> JobSummary:
+    def _run_owned(self, listing: InputListing) -> JobSummary:
         """What runs while this driver holds the output's lease."""
         plan, store, timings = self.plan, self.store, self.timings
+        files, ignored = listing.files, listing.ignored
         with storage_access(plan.output_uri, action="write"):
             committed = store.prepare(mode=plan.output_mode, fingerprint=plan.fingerprint)
         done_inputs = {f for m in committed.values() for f in m.inputs}
         fmt = plan.reader.format
-        shards = plan_shards([f for f in files if f not in done_inputs], format=fmt, files_per_shard=plan.files_per_shard)
+        shards = plan_shards(
+            [f for f in files if f not in done_inputs], format=fmt, files_per_shard=plan.files_per_shard,
+            sizes=listing.sizes,
+        )
         log.info(
             "[%s] %d input file(s); %d shard(s) already committed; %d shard(s) to process -> %s",
             plan.task.name, len(files), len(committed), len(shards), plan.output_uri,
