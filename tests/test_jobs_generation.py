@@ -372,6 +372,29 @@ def test_read_task_yields_whole_batches_across_small_shards(models, tmp_path):
     assert json.loads(groups[0])[0][0] == shards[0].key
 
 
+def test_resume_after_out_of_order_commits_keeps_the_first_row(models, tmp_path):
+    """Shards commit in any order: a committed later file whose row went to _errors as a
+    duplicate of a row in a file not committed yet must not claim the id on resume."""
+    from pipelines.generation import build_plan
+    from pipelines.generation.run import _duplicate_ids
+    from pipelines.readers import plan_shards
+
+    src = tmp_path / "docs"
+    gs.write_jsonl(str(src / "a.jsonl"), [{"id": "d1", "text": "x"}, {"id": "d2", "text": "y"},
+                                          {"id": "d1", "text": "z"}])
+    gs.write_jsonl(str(src / "b.jsonl"), [{"id": "d2", "text": "w"}, {"id": "d4", "text": "v"}])
+    spec = gs.summarize_spec(str(src), str(tmp_path / "out"), models["summarizer"],
+                             input={"uri": str(src), "id_column": "id"})
+    plan = build_plan(validate_spec(SummarizeJobSpec, spec, source="test"))
+    a, b = plan_shards([str(src / "a.jsonl"), str(src / "b.jsonl")], format="jsonl")
+    # b.jsonl was committed first, its row 0 (d2) in _errors as a duplicate of a.jsonl row 1
+    found = _duplicate_ids(plan, [b], [a], lambda: {(str(src / "b.jsonl"), 0)})
+    assert [(row, why.split(" first")[0]) for _, row, why in found[a.key]] == [(2, "id 'd1'")]
+    # had the committed duplicate claimed d2, a.jsonl's first d2 would be lost
+    found = _duplicate_ids(plan, [b], [a], lambda: set())
+    assert sorted(row for _, row, _ in found[a.key]) == [1, 2]
+
+
 def test_duplicate_ids_keep_the_first_row_and_resume_exactly_once(ray_cluster, models, tmp_path):
     """The same id twice in one file and again in a later file: the first row (file, then
     row order) is output, each later one goes to _errors as duplicate_id naming the

@@ -365,6 +365,22 @@ class OutputStore:
 
     # --- commit -------------------------------------------------------------------------
 
+    def duplicate_rows(self, manifests: Mapping[str, ShardManifest]) -> set[tuple[str, int]]:
+        """(source_uri, source_row) of the committed rows that went to _errors as duplicate_id.
+
+        Such a row never claimed its id (an earlier row did, maybe one not committed yet),
+        so a resumed job must not count it as the first occurrence.
+        """
+        out: set[tuple[str, int]] = set()
+        for m in manifests.values():
+            for rel in m.error_files:
+                with self.fs.open(self._path(rel), "rb") as f:
+                    t = pq.read_table(f, columns=["source_uri", "source_row", "cause"])
+                for uri, row, cause in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True):
+                    if cause == "duplicate_id":
+                        out.add((uri, row))
+        return out
+
     def _read(self, paths: list[str]) -> pa.Table | None:
         tables = []
         for path in paths:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from combiner_core.storage import StorageAccessError, storage_access
@@ -177,7 +178,7 @@ class _JobRun:
             timings["ray_start_s"] = time.time() - t
             t = time.time()
             done_shards = plan_shards(sorted(done_inputs & set(files)), format=fmt, files_per_shard=1)
-            duplicates = _duplicate_ids(plan, done_shards, shards)
+            duplicates = _duplicate_ids(plan, done_shards, shards, lambda: store.duplicate_rows(committed))
             if ids_can_repeat(plan.reader):
                 timings["duplicate_ids_s"] = time.time() - t
             rows_now, new_commits, stats = self._process(shards, duplicates)
@@ -291,12 +292,16 @@ class _JobRun:
 _DRIVER_ID_PASS_FILES = 64
 
 
-def _duplicate_ids(plan: JobPlan, done: list, todo: list) -> dict[str, list]:
+def _duplicate_ids(
+    plan: JobPlan, done: list, todo: list, committed_duplicates: Callable[[], set[tuple[str, int]]]
+) -> dict[str, list]:
     """Per shard key, the rows of `todo` whose id appeared before: [[uri, row, why], ...].
 
     Only when ids come from a column (ids_can_repeat). Committed shards rank first, so
     a row already in the output stays the first occurrence when a resumed job finds
     new files with the same id; otherwise the first in (file, row) order is kept.
+    Committed rows that were themselves duplicates (`committed_duplicates`) claim
+    nothing: shards commit in any order, so the row they deferred to may be in `todo`.
     Cost: every input row's id is read again and held on the driver once.
     """
     if not todo or not ids_can_repeat(plan.reader):
@@ -306,7 +311,10 @@ def _duplicate_ids(plan: JobPlan, done: list, todo: list) -> dict[str, list]:
         tables = ((rank, read_shard_ids(s, plan.reader)) for rank, s in ranked)
     else:
         tables = _ids_on_ray(plan, ranked)
-    found = find_duplicates(tables)
+    skip = committed_duplicates() if done else set()
+    found = find_duplicates(
+        (rank, _without(table, skip) if rank == 0 and skip else table) for rank, table in tables
+    )
     out: dict[str, list] = {}
     by_file = {f: s.key for s in todo for f in s.files}
     for (uri, row), why in found.items():
@@ -316,6 +324,13 @@ def _duplicate_ids(plan: JobPlan, done: list, todo: list) -> dict[str, list]:
         log.warning("[%s] %d row(s) repeat an earlier id; they go to _errors (cause duplicate_id)",
                     plan.task.name, len(found))
     return out
+
+
+def _without(ids: pa.Table, rows: set[tuple[str, int]]) -> pa.Table:
+    """`ids` (read_shard_ids) less the rows at the given (source_uri, source_row)."""
+    keep = [(u, r) not in rows for u, r in zip(ids.column("source_uri").to_pylist(),
+                                                ids.column("source_row").to_pylist(), strict=True)]
+    return ids.filter(pa.array(keep, pa.bool_()))
 
 
 def _ids_on_ray(plan: JobPlan, ranked: list) -> Any:
