@@ -39,8 +39,10 @@ import torch
 import torch.nn.functional as F
 
 from .combiner import Combiner
+from .engine.core import length_buckets
 from .engine.decoder import UnsupportedFamily, decoder_family, extract_decoder, is_composite
 from .engine.tree import SequenceTrie, TreeScorer
+from .preprocess import collate_token_ids
 from .training import IGNORE_INDEX, decoder_inputs_from_labels, pad_labels, target_token_ids
 
 log = logging.getLogger(__name__)
@@ -242,14 +244,10 @@ class LabelScorer:
             raise ValueError("an input has no tokens; tokenize with special tokens or drop it")
         order = sorted(range(len(rows)), key=lambda i: -lengths[i])
         seq_logp: list[list[float] | None] = [None] * len(rows)
-        for bucket in _length_buckets(order, lengths, ENCODER_BATCH):
-            width = lengths[bucket[0]]
-            ids = torch.full((len(bucket), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(bucket), width), dtype=torch.long)
-            for j, i in enumerate(bucket):
-                ids[j, : lengths[i]] = rows[i]
-                mask[j, : lengths[i]] = 1
-            ids, mask = ids.to(device), mask.to(device)
+        for bucket in length_buckets(order, lengths, ENCODER_BATCH):
+            batch = collate_token_ids([rows[i] for i in bucket], pad_token_id=pad)
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            width = ids.shape[1]
             states = self._encoder(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
             bias = None
             if any(lengths[i] != width for i in bucket):
@@ -342,24 +340,6 @@ class LabelScorer:
             tokens=tuple(b[1] for b in best),
             verbalization_logprobs=tuple(tuple(v) for v in per_label),
         )
-
-
-def _length_buckets(order: list[int], lengths: list[int], cap: int) -> list[list[int]]:
-    """Split inputs sorted by length (longest first) into encoder batches whose padding
-    stays under ~10% of their tokens, of at most `cap` inputs each."""
-    buckets: list[list[int]] = []
-    cur: list[int] = []
-    total = 0
-    for i in order:
-        n = lengths[i]
-        if cur and (len(cur) >= cap or lengths[cur[0]] * (len(cur) + 1) > 1.1 * (total + n)):
-            buckets.append(cur)
-            cur, total = [], 0
-        cur.append(i)
-        total += n
-    if cur:
-        buckets.append(cur)
-    return buckets
 
 
 def score_labels(combiner: Combiner, inputs: dict[str, torch.Tensor], labels: LabelSet) -> list[LabelScores]:

@@ -100,7 +100,7 @@ def pad_sequences(
         longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
     out = torch.full((len(rows), longest), value, dtype=torch.long)
     for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
+        out[i, : len(row)] = row if isinstance(row, torch.Tensor) else torch.as_tensor(list(row), dtype=torch.long)
     return out
 
 

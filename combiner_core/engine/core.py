@@ -32,6 +32,7 @@ import torch
 
 from ..combiner import Combiner
 from ..generation import Generated, GenerationParams, hf_generate, trim_generated
+from ..preprocess import collate_token_ids
 from .decoder import DecoderRunner, UnsupportedFamily, decoder_family, extract_decoder, is_composite
 from .search import (
     GumbelSampler,
@@ -177,6 +178,24 @@ class _State:
         if self.beam:
             views += [self.run_scores, self.fin_seq, self.fin_scores, self.fin_flag, self.fin_len, self.heur]
         return views
+
+
+def length_buckets(order: list[int], lengths: list[int], cap: int) -> list[list[int]]:
+    """Split inputs sorted by length (longest first) into encoder batches whose padding
+    stays under ~10% of their tokens, of at most `cap` inputs each."""
+    buckets: list[list[int]] = []
+    cur: list[int] = []
+    total = 0
+    for i in order:
+        n = lengths[i]
+        if cur and (len(cur) >= cap or lengths[cur[0]] * (len(cur) + 1) > 1.1 * (total + n)):
+            buckets.append(cur)
+            cur, total = [], 0
+        cur.append(i)
+        total += n
+    if cur:
+        buckets.append(cur)
+    return buckets
 
 
 class GenerationEngine:
@@ -341,21 +360,6 @@ class GenerationEngine:
     def _source_states(self, out: torch.Tensor) -> torch.Tensor:
         return self._proj(out) if self._proj is not None else out
 
-    def _buckets(self, order: list[int], lengths: list[int], cap: int) -> list[list[int]]:
-        """Split inputs sorted by length (longest first) into encoder batches whose padding
-        stays under ~10% of their tokens, of at most `cap` inputs each."""
-        buckets, cur, total = [], [], 0
-        for i in order:
-            n = lengths[i]
-            if cur and (len(cur) >= cap or lengths[cur[0]] * (len(cur) + 1) > 1.1 * (total + n)):
-                buckets.append(cur)
-                cur, total = [], 0
-            cur.append(i)
-            total += n
-        if cur:
-            buckets.append(cur)
-        return buckets
-
     def _make_bucket(self, idx: list[int], states: torch.Tensor, lengths: list[int]) -> _Bucket:
         runner = self._runner
         width = states.shape[1]
@@ -370,14 +374,9 @@ class GenerationEngine:
     def _encode_text(self, rows: list[torch.Tensor], lengths: list[int], idx: list[int]) -> list[_Bucket]:
         pad = self.combiner.preprocessor.input_pad_token_id
         out = []
-        for bucket in self._buckets(idx, lengths, cap=max(self.slots, len(idx))):
-            width = max(lengths[i] for i in bucket)
-            ids = torch.full((len(bucket), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(bucket), width), dtype=torch.long)
-            for j, i in enumerate(bucket):
-                ids[j, : lengths[i]] = rows[i]
-                mask[j, : lengths[i]] = 1
-            ids, mask = ids.to(self.device), mask.to(self.device)
+        for bucket in length_buckets(idx, lengths, cap=max(self.slots, len(idx))):
+            batch = collate_token_ids([rows[i] for i in bucket], pad_token_id=pad)
+            ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
             states = self._encoder(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
             out.append(self._make_bucket(bucket, states, [lengths[i] for i in bucket]))
         return out
