@@ -12,7 +12,8 @@ slots, and is handed all --rows inputs per run (a block several times the slot c
 Runs alternate (HF, engine, HF, engine...) after one untimed warm-up each, so load
 from other processes hits both alike. Per run it prints tokens/s and peak memory
 (resident set above the idle process on CPU, sampled every 0.5 ms with glibc returning
-freed tensors to the OS, in one extra untimed run each; max allocated on CUDA), and for the engine its decoder
+freed tensors to the OS, in one extra untimed run each after the timed ones; max
+allocated on CUDA), and for the engine its decoder
 efficiency (share of computed decoder positions that belonged to unfinished rows)
 and encoder efficiency (share of encoder positions that were not padding).
 
@@ -36,13 +37,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-
-# Freed tensors go back to the OS at once, so the resident set tracks live memory and
-# the peak of one run does not hide in the allocator's free lists for the next.
-if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and __name__ == "__main__":
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    os.environ["MALLOC_TRIM_THRESHOLD_"] = "0"
-    os.execv(sys.executable, [sys.executable, *sys.argv])
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python jobs/x.py` from a checkout that is not pip-installed
@@ -158,6 +152,26 @@ def base_model():
         return rows
 
     return combiner, inputs
+
+
+def release_freed_memory_at_once() -> None:
+    """Make glibc hand freed tensors back to the OS at once (mmap above 64 KiB, trim at 0),
+    so the resident set tracks live memory and one run's peak does not hide in the
+    allocator's free lists. Set only for the memory runs: timed runs keep the default
+    allocator, as a Ray actor has it (an mmap and page faults per tensor slow both
+    paths, the threaded engine more, through the shared page-table lock)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        print("memory: not glibc, the resident set includes the allocator's free lists")
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    libc.mallopt(m_trim_threshold, 0)
+    libc.mallopt(m_mmap_threshold, 65536)
+    libc.malloc_trim(0)
 
 
 class PeakMemory:
@@ -319,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             print(f"run {run} {name:6s}: {tokens / seconds:9.1f} tokens/s  {seconds:7.2f} s{extra}", flush=True)
     # Then one run each under the memory sampler.
+    if device.type == "cpu":
+        release_freed_memory_at_once()
     peaks = {}
     for name, fn in (("hf", run_hf), ("engine", run_engine)):
         with PeakMemory(device) as mem:

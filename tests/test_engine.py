@@ -39,6 +39,7 @@ from combiner_core import (
     warm_start_combiner,
 )
 from combiner_core.engine import core as engine_core
+from combiner_core.engine.decoder import DecoderRunner, extract_decoder
 
 TEXTS = [" ".join(tiny.WORDS[(i * 7 + k * 3) % len(tiny.WORDS)] for k in range(3 + i % 9)) for i in range(10)]
 IMAGES = [Image.new("RGB", (20 + i, 30), ((i * 40) % 255, (i * 90) % 255, (i * 20) % 255)) for i in range(10)]
@@ -195,10 +196,58 @@ def test_matches_hf_batched_one_by_one_and_refilled(family, params: GenerationPa
     assert engine.stats.refills >= len(lengths) - 3  # every input beyond the first 3 took a freed slot
     assert engine.stats.decoder_efficiency == 1.0  # CPU: finished rows are never computed
     assert engine.stats.encoder_efficiency > 0.85 or c.modality == "image"
+    # the CUDA-graph path's shapes, run eagerly: power-of-two slot buckets (finished
+    # slots past the active ones are computed and ignored), every source and target column
+    static = GenerationEngine(c, params, slots=6, dtype=None, static_shapes=True)
+    assert_same(engine_run(static, batch), ref)
+    assert static.stats.decoder_positions >= static.stats.active_positions
     # all inputs in one call of the public API, and one input per call
     assert_same(generate(c, batch, params), ref)
     one_by_one = [generate(c, row, params)[0] for row in rows_of(batch)[:4]]
     assert_same(one_by_one, ref[:4])
+
+
+def test_static_shape_step_matches_the_exact_step_with_a_finished_row_in_its_bucket() -> None:
+    """The CUDA-graph step's arithmetic on CPU: 3 active slots computed as a bucket of 4
+    over every source and target column give the exact step's logits and cache writes,
+    although the 4th slot holds a finished row at age T (its write is clamped in place)."""
+    c = build("bert2gpt2")
+    spec = extract_decoder(c.model)
+    T, src_cap = 6, 8
+    torch.manual_seed(0)
+    runner = DecoderRunner(
+        spec, slots=4, group=1, max_new_tokens=T, src_cap=src_cap, device=torch.device("cpu"),
+        dtype=torch.float32, static_shapes=True,
+    )
+    assert runner.src_cap == src_cap and runner.bucket(3) == 4
+    lengths, ages = [5, 3, 4, 2], [2, 0, 4, T]
+    with torch.inference_mode():
+        kv = runner.project_source(torch.randn(4, 5, spec.cross_dim))
+        for layer, cross in enumerate(runner.cross_kv):
+            cross[:, :5] = kv[layer]
+        for s_, n in enumerate(lengths):
+            runner.cross_bias[s_, :n] = 0.0
+        for cache in runner.kv_cache:
+            cache.copy_(torch.randn_like(cache))
+        for r, age in enumerate(ages):
+            runner.self_bias[r, : age + 1] = 0.0
+        runner.age_in.copy_(torch.tensor(ages))
+        runner.pos_in.copy_(torch.tensor(ages).clamp(max=T - 1))
+        runner.tok_in.copy_(torch.tensor([3, 5, 7, 9]))
+        before = [cache.clone() for cache in runner.kv_cache]
+        static_logits = runner.forward(3, 5, 5).clone()
+        static_caches = [cache.clone() for cache in runner.kv_cache]
+        for cache, saved in zip(runner.kv_cache, before, strict=True):
+            cache.copy_(saved)
+        runner.static = False
+        exact_logits = runner.forward(3, max(lengths[:3]), max(ages[:3]) + 1)
+    assert static_logits.shape == exact_logits.shape == (3, spec.vocab_size)
+    torch.testing.assert_close(static_logits, exact_logits, rtol=1e-5, atol=1e-5)
+    for static_cache, exact_cache, saved in zip(static_caches, runner.kv_cache, before, strict=True):
+        torch.testing.assert_close(static_cache[:3], exact_cache[:3], rtol=1e-5, atol=1e-5)
+        assert not torch.equal(exact_cache[:3], saved[:3])  # the step wrote the active rows
+        # the finished row wrote only its own last column, nothing of another row
+        assert torch.equal(static_cache[3, : T - 1], saved[3, : T - 1])
 
 
 def test_minilm_warm_start_matches_hf(minilm_dir) -> None:

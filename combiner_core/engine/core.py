@@ -210,6 +210,9 @@ class GenerationEngine:
             for the model's own). A dtype different from the model's casts the
             combiner's model in place: an engine owns its model for generation.
         cuda_graphs: capture the decode step in CUDA graphs on CUDA devices.
+        static_shapes: run every step at the shapes a CUDA graph captures (slots in
+            power-of-two buckets, every source and target column). None: on CUDA with
+            cuda_graphs. True on CPU runs the graph path's arithmetic eagerly (tests).
 
     Attributes:
         fast_path: True when the engine runs its own decoder; False when it runs HF
@@ -226,6 +229,7 @@ class GenerationEngine:
         slots: int | None = None,
         dtype: str | torch.dtype | None = "auto",
         cuda_graphs: bool = True,
+        static_shapes: bool | None = None,
     ) -> None:
         self.combiner = combiner
         self.params = params or GenerationParams()
@@ -236,6 +240,7 @@ class GenerationEngine:
             log.info("casting the combiner's model from %s to %s for generation", model.dtype, self.dtype)
             model.to(dtype=self.dtype)
         self.cuda_graphs = cuda_graphs
+        self.static_shapes = static_shapes
         self.stats = EngineStats()
         self.family = decoder_family(model)
         self.ids = combiner.special_token_ids()  # raises SpecialTokenError when ids are missing
@@ -382,7 +387,12 @@ class GenerationEngine:
         return out
 
     def _encode_pixels(self, pixel_values: torch.Tensor, idx: list[int]) -> list[_Bucket]:
-        pixels = pixel_values[idx].to(device=self.device, dtype=self.dtype)
+        first = idx[0]
+        if idx == list(range(first, first + len(idx))):  # a run of inputs: a view, no gather copy
+            pixels = pixel_values[first : first + len(idx)]
+        else:
+            pixels = pixel_values[idx]
+        pixels = pixels.to(device=self.device, dtype=self.dtype)
         states = self._encoder(pixel_values=pixels, return_dict=True).last_hidden_state
         return [self._make_bucket(idx, states, [states.shape[1]] * len(idx))]
 
@@ -401,6 +411,7 @@ class GenerationEngine:
                 device=self.device,
                 dtype=self.dtype,
                 cuda_graphs=self.cuda_graphs,
+                static_shapes=self.static_shapes,
             )
             self._state = _State(slots, plan.group, plan.max_new_tokens, self._runner.age_in, plan.mode == "beam")
         self._runner.grow_source(src)
@@ -461,14 +472,14 @@ class GenerationEngine:
             # The column each row writes this step (its position) becomes visible to it;
             # columns it has not written yet stay hidden since its admission.
             runner.self_bias[:N].scatter_(1, st.age[:N, None], 0.0)
-            if runner.use_graphs:
+            if runner.static:
                 src_w, self_w = runner.src_cap, T
             else:  # only the widths in use: the longest source, the oldest row
                 src_w, self_w = max(slot_src[:n]), step - min(slot_start[:n]) + 1
             self._self_w = self_w
             logits = runner.forward(n, src_w, self_w)
             self.stats.decoder_steps += 1
-            self.stats.decoder_positions += (runner.computed_rows(n) if runner.use_graphs else N)
+            self.stats.decoder_positions += runner.computed_rows(n)
             if plan.mode == "beam":
                 active += N  # all beams of an unfinished input are live
                 done = self._beam_step(logits, n)
@@ -515,7 +526,7 @@ class GenerationEngine:
             for layer, kv in enumerate(bucket.kv):
                 # index_select / index_copy_ move whole rows (advanced-index assignment
                 # computes an offset per element and is several times slower)
-                runner.cross_kv[layer][:, :, :, :W].index_copy_(0, s_t, kv.index_select(0, j_t))
+                runner.cross_kv[layer][:, :W].index_copy_(0, s_t, kv.index_select(0, j_t))
             runner.cross_bias[s_t] = runner.min_value
             runner.cross_bias[s_t, :W] = bucket.bias[j_t]
         s_t = torch.tensor(slots, device=self.device)
@@ -681,7 +692,7 @@ class GenerationEngine:
         from_rows = src[changed]
         width = self._self_w  # a row's keys are the prefix it has written
         for cache in self._runner.kv_cache:
-            used = cache[:, :, :, :width]
+            used = cache[:, :width]
             used.index_copy_(0, changed, used.index_select(0, from_rows))
 
     # ------------------------------------------------------------------ results
