@@ -158,8 +158,8 @@ def release_freed_memory_at_once() -> None:
     """Make glibc hand freed tensors back to the OS at once (mmap above 64 KiB, trim at 0),
     so the resident set tracks live memory and one run's peak does not hide in the
     allocator's free lists. Set only for the memory runs: timed runs keep the default
-    allocator, as a Ray actor has it (an mmap and page faults per tensor slow both
-    paths, the threaded engine more, through the shared page-table lock)."""
+    allocator, as a Ray actor has it: an mmap and fresh page faults per tensor slowed
+    HF's beam search 3x and the engine's 2x (small model), which inflated the ratio."""
     import ctypes
     import ctypes.util
 
