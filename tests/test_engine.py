@@ -300,6 +300,9 @@ def test_sampling_depends_only_on_seed_and_row_key() -> None:
     for slots in (1, 3):
         out = engine_run(GenerationEngine(c, params, slots=slots, dtype=None), batch, keys)
         assert [[x.token_ids for x in r] for r in out] == list(by_key.values())
+    # the CUDA-graph path's shapes (3 slots computed as a bucket of 4 at times)
+    out = engine_run(GenerationEngine(c, params, slots=3, dtype=None, static_shapes=True), batch, keys)
+    assert [[x.token_ids for x in r] for r in out] == list(by_key.values())
     order = [7, 2, 5, 0]
     sub = {k: v[order] for k, v in batch.items()}
     out = engine_run(GenerationEngine(c, params, slots=2, dtype=None), sub, [keys[i] for i in order])
@@ -333,13 +336,21 @@ def test_sampling_filters_are_hfs() -> None:
         assert all(r[0].score == pytest.approx(0.0, abs=1e-6) for r in out)
 
 
-def test_bfloat16_engine_runs() -> None:
+@pytest.mark.parametrize("static", [False, True], ids=["exact", "static"])
+def test_bfloat16_engine_runs(static: bool) -> None:
     c = build("bert2gpt2")
     bias_eos(c, EOS_BIAS["bert2gpt2"])
-    engine = GenerationEngine(c, GenerationParams(strategy="beam", num_beams=2, max_new_tokens=8), dtype="bfloat16", slots=2)
+    params = GenerationParams(strategy="beam", num_beams=2, max_new_tokens=8)
+    engine = GenerationEngine(c, params, dtype="bfloat16", slots=3, static_shapes=static)
     assert c.model.dtype == torch.bfloat16 and engine.fast_path
-    out = engine_run(engine, inputs_of(c, 4))
-    assert len(out) == 4 and all(0 < r[0].num_tokens <= 8 for r in out)
+    out = engine_run(engine, inputs_of(c, 5))
+    assert len(out) == 5 and all(0 < r[0].num_tokens <= 8 for r in out)
+    assert engine._runner.kv_cache[0].dtype == torch.bfloat16 and engine._runner.static == static
+    # bf16 rounding may flip near-ties, but most rows match the float32 engine's best beam
+    c32 = build("bert2gpt2")
+    bias_eos(c32, EOS_BIAS["bert2gpt2"])
+    ref = engine_run(GenerationEngine(c32, params, dtype=None, slots=3), inputs_of(c32, 5))
+    assert sum(a[0].token_ids == b[0].token_ids for a, b in zip(out, ref, strict=True)) >= 3
 
 
 def test_family_without_fast_path_falls_back_to_hf_and_logs_once(caplog) -> None:
