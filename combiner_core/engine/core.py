@@ -211,8 +211,9 @@ class GenerationEngine:
             combiner's model in place: an engine owns its model for generation.
         cuda_graphs: capture the decode step in CUDA graphs on CUDA devices.
         static_shapes: run every step at the shapes a CUDA graph captures (slots in
-            power-of-two buckets, every source and target column). None: on CUDA with
-            cuda_graphs. True on CPU runs the graph path's arithmetic eagerly (tests).
+            power-of-two buckets, every source and target column). None: only where
+            CUDA graphs run (they imply static shapes whatever this says). True on CPU
+            runs the graph path's arithmetic eagerly, which is how the tests check it.
 
     Attributes:
         fast_path: True when the engine runs its own decoder; False when it runs HF
