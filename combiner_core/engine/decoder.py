@@ -500,7 +500,7 @@ class DecoderRunner:
         self.use_graphs = cuda_graphs and device.type == "cuda"
         # Static shapes are what a CUDA graph captures; on CPU they run eagerly (tests
         # check the graph path's arithmetic there), else CPU runs the exact shapes.
-        self.static = self.use_graphs if static_shapes is None else (static_shapes or self.use_graphs)
+        self.static = bool(static_shapes) or self.use_graphs
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = None
         self.src_cap = 0

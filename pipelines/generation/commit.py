@@ -371,21 +371,18 @@ class OutputStore:
         Such a row never claimed its id (an earlier row did, maybe one not committed yet),
         so a resumed job must not count it as the first occurrence.
         """
-        out: set[tuple[str, int]] = set()
-        for m in manifests.values():
-            for rel in m.error_files:
-                with self.fs.open(self._path(rel), "rb") as f:
-                    t = pq.read_table(f, columns=["source_uri", "source_row", "cause"])
-                for uri, row, cause in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True):
-                    if cause == "duplicate_id":
-                        out.add((uri, row))
-        return out
+        paths = [self._path(rel) for m in manifests.values() for rel in m.error_files]
+        errors = self._read(paths, columns=["source_uri", "source_row", "cause"])
+        if errors is None:
+            return set()
+        dup = errors.filter(pc.equal(errors.column("cause"), "duplicate_id"))
+        return set(zip(dup.column("source_uri").to_pylist(), dup.column("source_row").to_pylist(), strict=True))
 
-    def _read(self, paths: list[str]) -> pa.Table | None:
+    def _read(self, paths: list[str], columns: list[str] | None = None) -> pa.Table | None:
         tables = []
         for path in paths:
             with self.fs.open(path, "rb") as f:
-                tables.append(pq.read_table(f))
+                tables.append(pq.read_table(f, columns=columns))
         return pa.concat_tables(tables) if tables else None
 
     def commit_shard(

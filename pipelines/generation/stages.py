@@ -49,7 +49,6 @@ def read_and_preprocess(batch: dict[str, np.ndarray], *, plan: JobPlan) -> Itera
     key), so a shard of many rows is never decoded (or held as pixels) all at once, and
     the model actor gets whole batches from small shards.
     """
-    pre = None
     pending: list[pa.Table] = []
     held = 0
     for group in batch["shards"]:
@@ -60,17 +59,16 @@ def read_and_preprocess(batch: dict[str, np.ndarray], *, plan: JobPlan) -> Itera
             held += rows.num_rows
             while held >= plan.batch_size:
                 table = pa.concat_tables(pending)
-                pre = pre or cached_preprocessor(plan.model.uri, plan.model.trust_remote_code)
-                yield _preprocess(plan, table.slice(0, plan.batch_size), pre)
+                yield _preprocess(plan, table.slice(0, plan.batch_size))
                 rest = table.slice(plan.batch_size)
                 pending, held = [rest], rest.num_rows
     if held:
-        pre = pre or cached_preprocessor(plan.model.uri, plan.model.trust_remote_code)
-        yield _preprocess(plan, pa.concat_tables(pending), pre)
+        yield _preprocess(plan, pa.concat_tables(pending))
 
 
-def _preprocess(plan: JobPlan, chunk: pa.Table, pre: Any) -> dict[str, np.ndarray]:
+def _preprocess(plan: JobPlan, chunk: pa.Table) -> dict[str, np.ndarray]:
     columns = {name: chunk.column(name).to_numpy(zero_copy_only=False) for name in chunk.column_names}
+    pre = cached_preprocessor(plan.model.uri, plan.model.trust_remote_code)  # one per process (lru_cache)
     return plan.task.preprocess(columns, pre)
 
 
