@@ -170,6 +170,13 @@ class _State:
             self.fin_flag = torch.zeros(slots, group, dtype=torch.bool, device=device)
             self.fin_len = torch.zeros(slots, group, **long)
             self.heur = torch.ones(slots, dtype=torch.bool, device=device)
+            # Which computation produced each cached K|V column: a stamp unique to (step,
+            # row), carried along when a column is copied. Beams whose columns carry the same
+            # stamps hold the same bits there, so a reorder copies only past the first
+            # difference (beams of an input mostly share all but their last few columns).
+            self.origin = torch.zeros(rows, T, **long)
+            self.row_ids = torch.arange(rows, device=device)
+            self.stamp = 0
         self.slots, self.group = slots, group
 
     def slot_tensors(self) -> list[torch.Tensor]:
@@ -177,6 +184,7 @@ class _State:
         views = [t.view(S, G, *t.shape[1:]) for t in (self.hist, self.row_len, self.row_done, self.step_logp, self.stream)]
         if self.beam:
             views += [self.run_scores, self.fin_seq, self.fin_scores, self.fin_flag, self.fin_len, self.heur]
+            views.append(self.origin.view(S, G, -1))
         return views
 
 
@@ -659,6 +667,8 @@ class GenerationEngine:
         st.fin_len[:n] = torch.gather(merged_len, 1, keep)
         # beams continue from their parents: reorder the self-attention cache rows
         src = (torch.arange(n, device=self.device)[:, None] * G + new_parent).reshape(-1)
+        st.stamp += 1
+        st.origin[:N].scatter_(1, st.age[:N, None], (st.stamp * st.origin.shape[0] + st.row_ids[:N])[:, None])
         self._reorder(src, N)
         hist.copy_(new_seqs)
         st.run_scores[:n] = new_scores
@@ -686,15 +696,36 @@ class GenerationEngine:
         return mask
 
     def _reorder(self, src: torch.Tensor, N: int) -> None:
-        """Rows i of the self-attention caches become rows src[i] (only rows that change move)."""
-        changed = (src != torch.arange(N, device=self.device)).nonzero().squeeze(1)
+        """Rows i of the self-attention caches become rows src[i].
+
+        Only rows that change move, and of those only the columns from the first one
+        whose origin differs from the parent's up to the row's current age: a beam and
+        its new parent share the columns of their common ancestry bit for bit (the same
+        stamp means copies of one computation). Copying the whole written prefix instead
+        was 20% of a base-size beam search's time.
+        """
+        st = self._state
+        changed = (src != st.row_ids[:N]).nonzero().squeeze(1)
         if changed.numel() == 0:
             return
         from_rows = src[changed]
-        width = self._self_w  # a row's keys are the prefix it has written
+        width = self._self_w  # every row's written columns lie in the first self_w
+        mine, theirs = st.origin[changed, :width], st.origin[from_rows, :width]
+        differs = mine != theirs
+        first = torch.where(differs.any(dim=1), differs.to(torch.uint8).argmax(dim=1), width)
+        count = (st.age[changed] + 1 - first).clamp(min=0)  # columns [first, age] move
+        st.origin[changed] = st.origin[from_rows]
+        total = int(count.sum())
+        if total == 0:
+            return
+        # one flat (row, column) index per moved column; a column is one block of 2*D
+        which = torch.repeat_interleave(torch.arange(count.numel(), device=self.device), count, output_size=total)
+        col = torch.arange(total, device=self.device) - (torch.cumsum(count, 0) - count)[which] + first[which]
+        T = st.origin.shape[1]
+        to_at, from_at = changed[which] * T + col, from_rows[which] * T + col
         for cache in self._runner.kv_cache:
-            used = cache[:, :width]
-            used.index_copy_(0, changed, used.index_select(0, from_rows))
+            flat = cache.view(-1, cache.shape[2] * cache.shape[3] * cache.shape[4])
+            flat.index_put_((to_at,), flat.index_select(0, from_at))
 
     # ------------------------------------------------------------------ results
 
