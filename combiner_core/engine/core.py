@@ -172,8 +172,8 @@ class _State:
             self.heur = torch.ones(slots, dtype=torch.bool, device=device)
             # Which computation produced each cached K|V column: a stamp unique to (step,
             # row), carried along when a column is copied. Beams whose columns carry the same
-            # stamps hold the same bits there, so a reorder copies only past the first
-            # difference (beams of an input mostly share all but their last few columns).
+            # stamps hold the same bits there, so a reorder copies only the columns whose
+            # stamps differ (beams of an input mostly share all but their last few columns).
             self.origin = torch.zeros(rows, T, **long)
             self.row_ids = torch.arange(rows, device=device)
             self.columns = torch.arange(T, device=device)
