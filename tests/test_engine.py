@@ -250,6 +250,38 @@ def test_static_shape_step_matches_the_exact_step_with_a_finished_row_in_its_buc
         assert torch.equal(static_cache[3, : T - 1], saved[3, : T - 1])
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["exact", "static"])
+def test_beam_reorder_gives_every_beam_its_parents_cache_bit_for_bit(static: bool) -> None:
+    """After each beam step every running beam holds exactly its new parent's cached K|V
+    in the columns it has written, although the reorder moves only the columns whose
+    origin differs; the run includes parents that share columns with the beam they replace."""
+    c = build("bert2gpt2")
+    params = GenerationParams(strategy="beam", num_beams=3, max_new_tokens=12)
+    engine = GenerationEngine(c, params, slots=3, dtype=None, static_shapes=static)
+    reorder = engine._reorder
+    checked = {"steps": 0, "shared_columns": 0}
+
+    def checked_reorder(src: torch.Tensor, N: int) -> None:
+        age = engine._state.age[:N].clone()
+        before = [cache[:N].clone() for cache in engine._runner.kv_cache]
+        reorder(src, N)
+        for cache, old in zip(engine._runner.kv_cache, before, strict=True):
+            for i in range(N):
+                written = int(age[i]) + 1
+                parent = int(src[i])
+                assert torch.equal(cache[i, :written], old[parent, :written]), f"row {i} (parent {parent})"
+                if parent != i:
+                    same = (old[i, :written] == old[parent, :written]).flatten(1).all(dim=1)
+                    checked["shared_columns"] += int(same.sum())
+        checked["steps"] += 1
+
+    engine._reorder = checked_reorder
+    batch = inputs_of(c)
+    assert_same(engine_run(engine, batch), hf_generate(c, batch, params))
+    assert checked["steps"] >= 10
+    assert checked["shared_columns"] > 0  # columns of a common ancestry that need not move
+
+
 def test_minilm_warm_start_matches_hf(minilm_dir) -> None:
     c = warm_start_combiner(encoder_uri=str(minilm_dir), decoder_uri=str(minilm_dir), seed=0)
     eos = c.special_token_ids()["eos_token_id"]
