@@ -668,7 +668,7 @@ class GenerationEngine:
         st.fin_len[:n] = torch.gather(merged_len, 1, keep)
         # beams continue from their parents: reorder the self-attention cache rows
         src = (torch.arange(n, device=self.device)[:, None] * G + new_parent).reshape(-1)
-        st.stamp += 1
+        st.stamp += 1  # the columns written this step get fresh stamps: step x rows + row
         st.origin[:N].scatter_(1, st.age[:N, None], torch.add(st.row_ids[:N, None], st.stamp * st.origin.shape[0]))
         self._reorder(src, N)
         hist.copy_(new_seqs)
