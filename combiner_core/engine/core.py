@@ -667,7 +667,7 @@ class GenerationEngine:
         st.fin_flag[:n] = torch.gather(merged_flag, 1, keep)
         st.fin_len[:n] = torch.gather(merged_len, 1, keep)
         # beams continue from their parents: reorder the self-attention cache rows
-        src = (torch.arange(n, device=self.device)[:, None] * G + new_parent).reshape(-1)
+        src = (st.row_ids[:N:G, None] + new_parent).reshape(-1)  # slot's first row + parent beam
         st.stamp += 1  # the columns written this step get fresh stamps: step x rows + row
         st.origin[:N].scatter_(1, st.age[:N, None], torch.add(st.row_ids[:N, None], st.stamp * st.origin.shape[0]))
         self._reorder(src, N)
@@ -707,9 +707,10 @@ class GenerationEngine:
         """
         st = self._state
         width = self._self_w  # every row's written columns lie in the first self_w
-        moves = (st.origin[:N, :width] != st.origin[src, :width]) & (st.columns[:width] <= st.age[:N, None])
+        parent = st.origin[src]
+        moves = (st.origin[:N, :width] != parent[:, :width]) & (st.columns[:width] <= st.age[:N, None])
         rows, cols = moves.nonzero().unbind(1)
-        st.origin[:N] = st.origin[src]
+        st.origin[:N] = parent
         if rows.numel() == 0:
             return
         # one flat index per moved column: a column is one block of 2*D in the flat cache
