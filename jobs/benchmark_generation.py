@@ -4,6 +4,7 @@
     python jobs/benchmark_generation.py --strategy beam                # beam search, 4 beams
     python jobs/benchmark_generation.py --model base --strategy beam   # 12+12 layers, hidden 768
     python jobs/benchmark_generation.py --batch 128
+    python jobs/benchmark_generation.py --no-native                    # the engine's torch step on CPU
 
 Both paths get the same model, inputs and GenerationParams. HF runs `generate` on
 batches of --batch inputs (combiner_core.hf_generate: what combiner_core.generate did
@@ -237,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto", help="engine dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
+        "--no-native", action="store_true",
+        help="run the engine's torch step on CPU instead of its native step (native_step.cpp)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None,
         help="intra-op threads for both engines (default: torch's; Ray actors get OMP_NUM_THREADS=num_cpus)",
     )
@@ -268,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         f"torch threads {torch.get_num_threads()}"
     )
 
-    engine = GenerationEngine(combiner, params, slots=args.batch, dtype=dtype)
+    engine = GenerationEngine(combiner, params, slots=args.batch, dtype=dtype, native=not args.no_native)
     if not engine.fast_path:
         print(f"engine falls back to HF: {engine.fallback_reason}")
 
@@ -374,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
         "fast_path": engine.fast_path,
+        "native_step": engine.native_step,
         "threads": torch.get_num_threads(),
     }
     print(f"HF {hf_rate:.1f} tokens/s, engine {engine_rate:.1f} tokens/s: ratio {result['ratio']}")

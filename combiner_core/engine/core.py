@@ -223,11 +223,15 @@ class GenerationEngine:
             power-of-two buckets, every source and target column). None: only where
             CUDA graphs run (they imply static shapes whatever this says). True on CPU
             runs the graph path's arithmetic eagerly, which is how the tests check it.
+        native: on CPU in float32 with exact shapes, run the decoder layers through the
+            native step (native_step.cpp, built on first use; see native.py). False, or
+            no compiler, runs the torch step: the same arithmetic up to float rounding.
 
     Attributes:
         fast_path: True when the engine runs its own decoder; False when it runs HF
             `generate` (family without a fast path, or an unsupported setting).
         fallback_reason: why fast_path is False, else None.
+        native_step: True once a call ran the native CPU decode step (see `native`).
         stats: cumulative EngineStats.
     """
 
@@ -240,6 +244,7 @@ class GenerationEngine:
         dtype: str | torch.dtype | None = "auto",
         cuda_graphs: bool = True,
         static_shapes: bool | None = None,
+        native: bool = True,
     ) -> None:
         self.combiner = combiner
         self.params = params or GenerationParams()
@@ -251,6 +256,7 @@ class GenerationEngine:
             model.to(dtype=self.dtype)
         self.cuda_graphs = cuda_graphs
         self.static_shapes = static_shapes
+        self.native = native
         self.stats = EngineStats()
         self.family = decoder_family(model)
         self.ids = combiner.special_token_ids()  # raises SpecialTokenError when ids are missing
@@ -303,6 +309,11 @@ class GenerationEngine:
     @property
     def fast_path(self) -> bool:
         return self.fallback_reason is None
+
+    @property
+    def native_step(self) -> bool:
+        """True once a call has run the decoder layers through the native CPU step."""
+        return self._runner is not None and self._runner._native is not None
 
     # ------------------------------------------------------------------ public API
 
@@ -422,6 +433,7 @@ class GenerationEngine:
                 dtype=self.dtype,
                 cuda_graphs=self.cuda_graphs,
                 static_shapes=self.static_shapes,
+                native=self.native,
             )
             self._state = _State(slots, plan.group, plan.max_new_tokens, self._runner.age_in, plan.mode == "beam")
         self._runner.grow_source(src)

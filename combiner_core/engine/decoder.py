@@ -7,7 +7,9 @@ per step; for small models that overhead dominates. Every supported family is th
 same transformer decoder with a few switches (pre- vs post-LN, positional kind and
 offset, embedding scale / layernorm, BERT's LM-head transform, final_logits_bias),
 so one step function covers them all. The weights are the model's own tensors
-(views, not copies) except the fused self-attention q|k|v projection.
+(views, not copies) except the fused self-attention q|k|v projection. On CPU in
+float32 the step's layer loop runs as one native call (native_step.cpp, see
+native.py): the same arithmetic without the per-op cost that dominates small models.
 
 No Ray here.
 """
@@ -19,11 +21,18 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .native import act_code, load_native, native_error
+
 log = logging.getLogger(__name__)
+
+# Layer weights up to this size run the native step's rows split across threads
+# (chunks()); set from the small and base benchmark models (see README).
+_NATIVE_SPLIT_BYTES = 32 << 20
 
 
 class UnsupportedFamily(Exception):
@@ -472,7 +481,9 @@ class DecoderRunner:
     (the next power of two) over src_cap source and all T columns, replaying a graph
     captured per (bucket, src_cap); on CPU it runs eagerly on exactly n slots and the
     used widths (shapes vary, which costs nothing there), unless static_shapes=True
-    asks for the graph path's shapes (what the tests check on CPU).
+    asks for the graph path's shapes (what the tests check on CPU). There, in float32,
+    the layers run through native_step.cpp when it builds (`native`; `native_reason`
+    says why not), with the rows split into one group per thread (`chunks`).
     """
 
     def __init__(
@@ -487,6 +498,7 @@ class DecoderRunner:
         dtype: torch.dtype,
         cuda_graphs: bool = True,
         static_shapes: bool | None = None,
+        native: bool = True,
     ) -> None:
         self.spec = spec
         self.slots, self.group = slots, group
@@ -523,6 +535,37 @@ class DecoderRunner:
             )
             for lay in spec.layers
         ]
+        self.native_reason: str | None = None  # why the native layer step is off, if it is
+        self._native = self._native_layers() if native else None
+        if not native:
+            self.native_reason = "native=False"
+
+    def _native_layers(self) -> Any | None:
+        """native_step.cpp's Layers over this spec's weights, when this runner can use it:
+        CPU, float32, exact shapes (static shapes mirror what a CUDA graph runs), and an
+        activation it knows."""
+        spec = self.spec
+        if self.device.type != "cpu" or self.dtype != torch.float32 or self.static:
+            self.native_reason = "CPU float32 exact-shape steps only"
+            return None
+        acts = {act_code(lay.act) for lay in spec.layers}
+        if len(acts) != 1 or None in acts:
+            self.native_reason = f"activation {type(spec.layers[0].act).__name__} has no native form"
+            return None
+        module = load_native()
+        if module is None:
+            self.native_reason = native_error()
+            return None
+        weights, eps = [], []
+        for lay in spec.layers:
+            for part in (lay.self_norm, lay.qkv, lay.self_out, lay.cross_norm, lay.cross_q, lay.cross_out, lay.ffn_norm, lay.fc1, lay.fc2):
+                bias = part.bias if part.bias is not None else torch.zeros(part.weight.shape[0], dtype=self.dtype)
+                weights += [part.weight, bias.contiguous()]
+            eps += [lay.self_norm.eps, lay.cross_norm.eps, lay.ffn_norm.eps]
+        # Rows split across threads when the weights are small enough that every thread
+        # reading all of them costs less than the fork-joins it saves (see chunks()).
+        self._weight_bytes = sum(w.numel() * w.element_size() for w in weights)
+        return module.Layers(weights, eps, spec.heads, acts.pop(), spec.pre_ln)
 
     # -- buffers
 
@@ -584,13 +627,9 @@ class DecoderRunner:
         shape = (D,)
         linear, layer_norm, sdpa = F.linear, F.layer_norm, F.scaled_dot_product_attention
         x = F.embedding(self.tok_in[:N], spec.word_emb)
-        if spec.emb_scale != 1.0:
-            x = x * spec.emb_scale
-        if spec.type_emb is not None:
-            x = x + spec.type_emb
-        x = x + F.embedding(self.pos_in[:N], spec.pos_emb)
-        if spec.emb_norm is not None:
-            x = spec.emb_norm(x)
+        if self._native is not None:
+            return self._native_forward(x, n, src_w, self_w)
+        x = self._embed(x, N)
         self_bias = self.self_bias[:N, :self_w].view(N, 1, 1, self_w)
         cross_bias = self.cross_bias[:n, :src_w].view(n, 1, 1, src_w)
         # each row writes its new K|V (one block of 2*D) at its own position
@@ -622,6 +661,22 @@ class DecoderRunner:
             h = layer_norm(x, shape, n3_w, n3_b, e3) if pre else x
             a = linear(act(linear(h, f1_w, f1_b)), f2_w, f2_b)
             x = x + a if pre else layer_norm(x + a, shape, n3_w, n3_b, e3)
+        return self._head(x)
+
+    def _embed(self, x: torch.Tensor, N: int) -> torch.Tensor:
+        """Input embeddings [N, hidden] from the word embeddings x of the staged tokens."""
+        spec = self.spec
+        if spec.emb_scale != 1.0:
+            x = x * spec.emb_scale
+        if spec.type_emb is not None:
+            x = x + spec.type_emb
+        x = x + F.embedding(self.pos_in[:N], spec.pos_emb)
+        if spec.emb_norm is not None:
+            x = spec.emb_norm(x)
+        return x
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
         if spec.final_norm is not None:
             x = spec.final_norm(x)
         if spec.head_dense is not None:
@@ -630,6 +685,21 @@ class DecoderRunner:
         if spec.logits_bias is not None:
             logits = logits + spec.logits_bias
         return logits
+
+    def chunks(self) -> int:
+        """Row groups the native step runs in parallel: one per intra-op thread while the
+        layer weights stay cache-sized (every group reads all of them), else 1 (one
+        group, ATen threading inside each matmul), as at base size where a step streams
+        hundreds of MB of weights and splitting rows would stream them twice."""
+        return torch.get_num_threads() if self._weight_bytes <= _NATIVE_SPLIT_BYTES else 1
+
+    def _native_forward(self, x: torch.Tensor, n: int, src_w: int, self_w: int) -> torch.Tensor:
+        N = n * self.group
+        x = self._embed(x, N).contiguous()  # a fresh tensor (the position add), updated in place
+        self._native.run(
+            x, self.kv_cache, self.cross_kv, self.age_in, self.self_bias, self.cross_bias, self_w, src_w, self.group, self.chunks()
+        )
+        return self._head(x)
 
     def bucket(self, n: int) -> int:
         """Slots a CUDA graph computes for n active ones: the next power of two (capped at

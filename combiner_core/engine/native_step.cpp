@@ -1,0 +1,303 @@
+// The decoder layers of one decode step, for CPU float32: the same arithmetic as
+// DecoderRunner._forward's layer loop (decoder.py), in one call.
+//
+// Why native: at the small shapes a CPU engine runs (tens of rows, hidden ~100-800),
+// a step is ~15 tensor ops per layer of a few microseconds each, and per-op cost
+// (Python, dispatch, OpenMP fork-join, allocation) outweighs the arithmetic. Here the
+// matmuls stay ATen's (MKL, near the CPU's peak at these sizes); attention, norms and
+// residuals are plain loops; and the rows are split into one chunk per thread, each
+// running the whole layer stack on its rows, so both cores work through one fork-join
+// a step instead of one per op (rows are independent within a step: a row attends to
+// its own cache and its slot's source states only).
+//
+// Layouts (DecoderRunner's buffers, all contiguous):
+//   x          [N, D]                  hidden states of the first N rows, updated in place
+//   cache[l]   [rows, T, 2, H, d]      self-attention K|V; row r writes column age[r]
+//   cross[l]   [slots, cap, 2, H, d]   cross-attention K|V, shared by a slot's `group` rows
+//   self_bias  [rows, T], cross_bias [slots, cap]: additive masks (0 or dtype min)
+// The self-attention scale is folded into the q rows of the fused q|k|v weight
+// (decoder.py's _fuse), so scores are plain dot products.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cfloat>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+// exp as Cephes' expf (exp(x) = 2^n exp(r), |r| <= ln2/2, a degree-5 polynomial;
+// about 1 ulp): plain arithmetic, so loops over it vectorize (std::exp does not, and
+// was half of a step's attention time). Below -87.3 (masked scores) it returns 0, as
+// SDPA's softmax does; above 88.3 it saturates near FLT_MAX.
+inline float fast_exp(float x) {
+  const float c = std::min(std::max(x, -87.3f), 88.3f);
+  const float n = std::floor(c * 1.44269504088896341f + 0.5f);
+  const float r = c - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x < -87.3f ? 0.0f : p * scale;
+}
+
+// GPT-2's gelu_new, 0.5 x (1 + tanh(c (x + 0.044715 x^3))), as x * sigmoid(2c (...))
+// (decoder.py's _gelu_tanh: the same function), and SiLU, x * sigmoid(x), in place.
+// ATen's tanh-form gelu took 2.8 ns an element here, 13% of a beam step's forward.
+inline void gelu_tanh(float* y, int64_t n) {
+  constexpr float c1 = 1.5957691216057308f;  // 2 sqrt(2 / pi)
+  constexpr float c3 = c1 * 0.044715f;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = y[i];
+    y[i] = v / (1.0f + fast_exp(-(v * (c1 + c3 * v * v))));
+  }
+}
+
+inline void silu(float* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = y[i] / (1.0f + fast_exp(-y[i]));
+}
+
+// One query against w keys/values that sit `stride` floats apart; bias[j] is added to
+// score j. out gets the softmax-weighted sum of the values.
+inline void attend(const float* q, const float* k, const float* v, int64_t stride, const float* bias,
+                   int64_t w, int64_t d, float* out, float* scores) {
+  float mx = -FLT_MAX;
+  for (int64_t j = 0; j < w; ++j) {
+    const float* kj = k + j * stride;
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < d; ++i) s += q[i] * kj[i];
+    s += bias[j];
+    scores[j] = s;
+    mx = std::max(mx, s);
+  }
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < w; ++j) {
+    const float e = fast_exp(scores[j] - mx);
+    scores[j] = e;
+    sum += e;
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < d; ++i) out[i] = 0.0f;
+  for (int64_t j = 0; j < w; ++j) {
+    const float* vj = v + j * stride;
+    const float p = scores[j] * inv;
+#pragma omp simd
+    for (int64_t i = 0; i < d; ++i) out[i] += p * vj[i];
+  }
+}
+
+// y = LayerNorm(x) row by row (y may be x).
+inline void layer_norm(const float* x, float* y, int64_t m, int64_t D, const float* w, const float* b, float eps) {
+  for (int64_t r = 0; r < m; ++r) {
+    const float* xr = x + r * D;
+    float* yr = y + r * D;
+    float mean = 0.0f;
+#pragma omp simd reduction(+ : mean)
+    for (int64_t i = 0; i < D; ++i) mean += xr[i];
+    mean /= static_cast<float>(D);
+    float var = 0.0f;
+#pragma omp simd reduction(+ : var)
+    for (int64_t i = 0; i < D; ++i) {
+      const float t = xr[i] - mean;
+      var += t * t;
+    }
+    var /= static_cast<float>(D);
+    const float rs = 1.0f / std::sqrt(var + eps);
+#pragma omp simd
+    for (int64_t i = 0; i < D; ++i) yr[i] = (xr[i] - mean) * rs * w[i] + b[i];
+  }
+}
+
+// x += a + bias (pre-LN residual), or x = LayerNorm(x + a + bias) (post-LN).
+inline void residual(float* x, const float* a, const float* bias, int64_t m, int64_t D, bool post,
+                     const float* nw, const float* nb, float eps) {
+  for (int64_t r = 0; r < m; ++r) {
+    float* xr = x + r * D;
+    const float* ar = a + r * D;
+#pragma omp simd
+    for (int64_t i = 0; i < D; ++i) xr[i] += ar[i] + bias[i];
+  }
+  if (post) layer_norm(x, x, m, D, nw, nb, eps);
+}
+
+inline void add_bias(float* y, const float* bias, int64_t m, int64_t n) {
+  for (int64_t r = 0; r < m; ++r) {
+    float* yr = y + r * n;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) yr[i] += bias[i];
+  }
+}
+
+enum Act : int64_t { kGelu = 0, kGeluTanh = 1, kRelu = 2, kSilu = 3 };
+
+// Per layer, 18 tensors in this order (decoder.py's LayerSpec; weights [out, in], a
+// missing bias passed as zeros):
+//   0 self_norm.w  1 self_norm.b  2 qkv.w  3 qkv.b  4 self_out.w  5 self_out.b
+//   6 cross_norm.w 7 cross_norm.b 8 cross_q.w 9 cross_q.b 10 cross_out.w 11 cross_out.b
+//   12 ffn_norm.w 13 ffn_norm.b 14 fc1.w 15 fc1.b 16 fc2.w 17 fc2.b
+constexpr size_t kPerLayer = 18;
+
+class Layers {
+ public:
+  Layers(std::vector<at::Tensor> weights, std::vector<double> eps, int64_t heads, int64_t act, bool pre_ln)
+      : w_(std::move(weights)), heads_(heads), act_(act), pre_(pre_ln) {
+    TORCH_CHECK(w_.size() % kPerLayer == 0 && !w_.empty(), "native step: expected 18 tensors per layer, got ", w_.size());
+    layers_ = static_cast<int64_t>(w_.size() / kPerLayer);
+    TORCH_CHECK(static_cast<int64_t>(eps.size()) == 3 * layers_, "native step: expected 3 eps per layer");
+    for (double e : eps) eps_.push_back(static_cast<float>(e));
+    TORCH_CHECK(act >= kGelu && act <= kSilu, "native step: unknown activation code ", act);
+    hidden_ = w_[4].size(0);  // self_out.w [hidden, hidden]
+    TORCH_CHECK(hidden_ % heads_ == 0, "native step: hidden ", hidden_, " not divisible by heads ", heads_);
+    for (size_t i = 0; i < w_.size(); ++i) {
+      const auto& t = w_[i];
+      TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, "native step: CPU float32 weights only");
+      // norms and biases are read as raw arrays; weight matrices go to ATen as they are
+      const size_t k = i % kPerLayer;
+      const bool matrix = k == 2 || k == 4 || k == 8 || k == 10 || k == 14 || k == 16;
+      if (matrix) w_[i] = t.t();  // [in, out] views: mm(x, w) computes x @ weight.T
+      else TORCH_CHECK(t.is_contiguous() && t.dim() == 1, "native step: norm/bias ", k, " must be a contiguous vector");
+    }
+  }
+
+  // Runs every layer on the first N = x.size(0) rows. chunks: how many row groups run
+  // in parallel (each whole slots); 1 runs on the calling thread, with ATen's own
+  // threading inside each matmul.
+  void run(at::Tensor x, const std::vector<at::Tensor>& caches, const std::vector<at::Tensor>& crosses,
+           const at::Tensor& age, const at::Tensor& self_bias, const at::Tensor& cross_bias, int64_t self_w,
+           int64_t src_w, int64_t group, int64_t chunks) const {
+    const int64_t N = x.size(0), D = hidden_;
+    TORCH_CHECK(x.is_contiguous() && x.dim() == 2 && x.size(1) == D && x.scalar_type() == at::kFloat,
+                "native step: x must be a contiguous float32 [N, ", D, "]");
+    TORCH_CHECK(static_cast<int64_t>(caches.size()) == layers_ && static_cast<int64_t>(crosses.size()) == layers_,
+                "native step: one cache and one cross buffer per layer");
+    TORCH_CHECK(age.is_contiguous() && age.scalar_type() == at::kLong && age.size(0) >= N, "native step: age");
+    TORCH_CHECK(self_bias.is_contiguous() && cross_bias.is_contiguous(), "native step: biases must be contiguous");
+    TORCH_CHECK(N % group == 0, "native step: rows ", N, " not a multiple of group ", group);
+    const int64_t T = self_bias.size(1), cap = cross_bias.size(1);
+    TORCH_CHECK(self_w >= 1 && self_w <= T && src_w >= 1 && src_w <= cap, "native step: widths out of range");
+    for (int64_t l = 0; l < layers_; ++l) {
+      TORCH_CHECK(caches[l].is_contiguous() && caches[l].size(1) == T && caches[l].numel() == caches[l].size(0) * T * 2 * D,
+                  "native step: cache layout");
+      TORCH_CHECK(crosses[l].is_contiguous() && crosses[l].size(1) == cap && crosses[l].numel() == crosses[l].size(0) * cap * 2 * D,
+                  "native step: cross layout");
+      TORCH_CHECK(caches[l].size(0) >= N && crosses[l].size(0) >= N / group, "native step: buffers hold too few rows");
+    }
+    const int64_t slots = N / group;
+    chunks = std::max<int64_t>(1, std::min(chunks, slots));
+    if (chunks == 1) {
+      run_rows(x, caches, crosses, age, self_bias, cross_bias, self_w, src_w, group, 0, slots);
+      return;
+    }
+    // Worker threads start outside the caller's autograd / inference mode: carry it over.
+    const bool inference = c10::InferenceMode::is_enabled();
+    const bool grad = c10::GradMode::is_enabled();
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      c10::InferenceMode inference_guard(inference);
+      c10::AutoGradMode grad_guard(grad);
+      for (int64_t c = c0; c < c1; ++c)
+        run_rows(x, caches, crosses, age, self_bias, cross_bias, self_w, src_w, group, slots * c / chunks,
+                 slots * (c + 1) / chunks);
+    });
+  }
+
+ private:
+  // Slots [s0, s1): rows [s0 * group, s1 * group).
+  void run_rows(const at::Tensor& x_all, const std::vector<at::Tensor>& caches, const std::vector<at::Tensor>& crosses,
+                const at::Tensor& age_all, const at::Tensor& self_bias, const at::Tensor& cross_bias, int64_t self_w,
+                int64_t src_w, int64_t group, int64_t s0, int64_t s1) const {
+    const int64_t r0 = s0 * group, m = (s1 - s0) * group;
+    if (m == 0) return;
+    const int64_t D = hidden_, H = heads_, d = D / H;
+    const int64_t T = self_bias.size(1), cap = cross_bias.size(1);
+    const bool post = !pre_;
+    at::Tensor x = x_all.narrow(0, r0, m);
+    float* xp = x.data_ptr<float>();
+    const int64_t* age = age_all.data_ptr<int64_t>() + r0;
+    const float* sbias = self_bias.data_ptr<float>();
+    const float* cbias = cross_bias.data_ptr<float>();
+    at::Tensor h = at::empty({m, D}, x.options());       // normed input of a block (pre-LN)
+    at::Tensor att = at::empty({m, D}, x.options());     // attention output, per head
+    at::Tensor proj = at::empty({m, D}, x.options());    // a block's output projection
+    at::Tensor qkv = at::empty({m, 3 * D}, x.options());
+    at::Tensor cq = at::empty({m, D}, x.options());
+    at::Tensor ff = at::empty({m, w_[14].size(1)}, x.options());
+    std::vector<float> scores(std::max(T, cap));
+    float* hp = h.data_ptr<float>();
+    float* ap = att.data_ptr<float>();
+    float* pp = proj.data_ptr<float>();
+    for (int64_t l = 0; l < layers_; ++l) {
+      const at::Tensor* p = w_.data() + l * kPerLayer;
+      auto f = [&](int64_t i) { return p[i].data_ptr<float>(); };
+      const float e1 = eps_[3 * l], e2 = eps_[3 * l + 1], e3 = eps_[3 * l + 2];
+      // self-attention: write this step's K|V at each row's column, attend over [0, self_w)
+      const at::Tensor& in1 = pre_ ? h : x;
+      if (pre_) layer_norm(xp, hp, m, D, f(0), f(1), e1);
+      at::mm_out(qkv, in1, p[2]);
+      float* qp = qkv.data_ptr<float>();
+      add_bias(qp, f(3), m, 3 * D);
+      float* cache = caches[l].data_ptr<float>();
+      for (int64_t r = 0; r < m; ++r) {
+        float* row = cache + (r0 + r) * T * 2 * D;
+        std::memcpy(row + age[r] * 2 * D, qp + r * 3 * D + D, sizeof(float) * 2 * D);
+        for (int64_t hh = 0; hh < H; ++hh)
+          attend(qp + r * 3 * D + hh * d, row + hh * d, row + D + hh * d, 2 * D, sbias + (r0 + r) * T, self_w, d,
+                 ap + r * D + hh * d, scores.data());
+      }
+      at::mm_out(proj, att, p[4]);
+      residual(xp, pp, f(5), m, D, post, f(0), f(1), e1);
+      // cross-attention: a slot's rows share its source K|V
+      if (pre_) layer_norm(xp, hp, m, D, f(6), f(7), e2);
+      at::mm_out(cq, pre_ ? h : x, p[8]);
+      float* cqp = cq.data_ptr<float>();
+      add_bias(cqp, f(9), m, D);
+      const float* cross = crosses[l].data_ptr<float>();
+      for (int64_t r = 0; r < m; ++r) {
+        const int64_t slot = (r0 + r) / group;
+        const float* src = cross + slot * cap * 2 * D;
+        for (int64_t hh = 0; hh < H; ++hh)
+          attend(cqp + r * D + hh * d, src + hh * d, src + D + hh * d, 2 * D, cbias + slot * cap, src_w, d,
+                 ap + r * D + hh * d, scores.data());
+      }
+      at::mm_out(proj, att, p[10]);
+      residual(xp, pp, f(11), m, D, post, f(6), f(7), e2);
+      // feed-forward
+      if (pre_) layer_norm(xp, hp, m, D, f(12), f(13), e3);
+      at::mm_out(ff, pre_ ? h : x, p[14]);
+      add_bias(ff.data_ptr<float>(), f(15), m, ff.size(1));
+      switch (act_) {
+        case kGelu: at::gelu_(ff); break;
+        case kGeluTanh: gelu_tanh(ff.data_ptr<float>(), ff.numel()); break;
+        case kRelu: at::relu_(ff); break;
+        default: silu(ff.data_ptr<float>(), ff.numel()); break;
+      }
+      at::mm_out(proj, ff, p[16]);
+      residual(xp, pp, f(17), m, D, post, f(12), f(13), e3);
+    }
+  }
+
+  std::vector<at::Tensor> w_;
+  std::vector<float> eps_;
+  int64_t layers_ = 0, hidden_ = 0, heads_, act_;
+  bool pre_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  pybind11::class_<Layers>(m, "Layers")
+      .def(pybind11::init<std::vector<at::Tensor>, std::vector<double>, int64_t, int64_t, bool>())
+      .def("run", &Layers::run);
+}
