@@ -299,5 +299,6 @@ class Layers {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<Layers>(m, "Layers")
       .def(pybind11::init<std::vector<at::Tensor>, std::vector<double>, int64_t, int64_t, bool>())
-      .def("run", &Layers::run);
+      // Tensors only inside: other Python threads (Ray's, a data loader's) run meanwhile.
+      .def("run", &Layers::run, pybind11::call_guard<pybind11::gil_scoped_release>());
 }
