@@ -317,6 +317,21 @@ def test_native_activation_codes() -> None:
     assert codes == {"gelu": 0, "gelu_new": 1, "gelu_pytorch_tanh": 1, "relu": 2, "swish": 3, "silu": 3, "quick_gelu": None}
 
 
+@pytest.mark.skipif(not NATIVE_BUILDS, reason="no C++ compiler: the engine runs the torch step")
+def test_native_step_refuses_a_row_past_its_cache() -> None:
+    """A row at column T would write into the next row's cache: the native step raises."""
+    c = build("bert2gpt2")
+    runner = DecoderRunner(
+        extract_decoder(c.model), slots=2, group=1, max_new_tokens=4, src_cap=8, device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+    assert runner._native is not None, runner.native_reason
+    runner.cross_bias.zero_()
+    runner.age_in.copy_(torch.tensor([1, 4]))
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"row 1 at column 4 outside \[0, 4\)"):
+        runner.forward(2, 8, 2)
+
+
 def test_without_a_compiler_the_engine_runs_the_torch_step_and_says_why(monkeypatch, tmp_path, caplog) -> None:
     c = build("bert2gpt2")
     bias_eos(c, EOS_BIAS["bert2gpt2"])

@@ -195,6 +195,10 @@ class Layers {
                   "native step: cross layout");
       TORCH_CHECK(caches[l].size(0) >= N && crosses[l].size(0) >= N / group, "native step: buffers hold too few rows");
     }
+    // A row writes its K|V at column age: outside [0, T) it would overwrite another row.
+    const int64_t* ages = age.data_ptr<int64_t>();
+    for (int64_t r = 0; r < N; ++r)
+      TORCH_CHECK(ages[r] >= 0 && ages[r] < T, "native step: row ", r, " at column ", ages[r], " outside [0, ", T, ")");
     const int64_t slots = N / group;
     chunks = std::max<int64_t>(1, std::min(chunks, slots));
     if (chunks == 1) {
