@@ -197,6 +197,9 @@ def test_matches_hf_batched_one_by_one_and_refilled(family, params: GenerationPa
     assert engine.fast_path, engine.fallback_reason
     ours = engine_run(engine, batch)
     assert_same(ours, ref)
+    if NATIVE_BUILDS:  # CPU float32: the native step, and greedy's native token choice
+        assert engine.native_step
+        assert (engine._pick is not None) == (params.strategy == "greedy" and not engine.plan.processors)
     assert engine.stats.refills >= len(lengths) - 3  # every input beyond the first 3 took a freed slot
     assert engine.stats.decoder_efficiency == 1.0  # CPU: finished rows are never computed
     assert engine.stats.encoder_efficiency > 0.85 or c.modality == "image"
@@ -330,6 +333,43 @@ def test_native_step_refuses_a_row_past_its_cache() -> None:
     runner.age_in.copy_(torch.tensor([1, 4]))
     with torch.inference_mode(), pytest.raises(RuntimeError, match=r"row 1 at column 4 outside \[0, 4\)"):
         runner.forward(2, 8, 2)
+
+
+@pytest.mark.skipif(not NATIVE_BUILDS, reason="no C++ compiler: the engine runs the torch step")
+@pytest.mark.parametrize("padding_idx", [-1, 1], ids=["positions", "roberta-positions"])
+def test_native_greedy_pick_is_torchs_argmax_and_log_softmax(padding_idx: int) -> None:
+    """greedy_pick against the torch ops it replaces: torch.argmax's tie order (first
+    index) and NaN rule, log_softmax of the chosen logit, history, EOS and last-length ends,
+    and the next positions (plain, or RoBERTa's padding_idx form)."""
+    pick = engine_native.load_native().greedy_pick
+    T, eos = 5, 4
+    logits = torch.tensor(
+        [
+            [0.5, 3.0, 3.0, -1.0, 2.0, 0.0],  # a tie: the first index wins
+            [0.0, 0.0, 0.0, 0.0, 9.0, 0.0],  # EOS
+            [1.0, float("nan"), 5.0, 0.0, 0.0, 0.0],  # NaN wins, as in torch.argmax
+            [-2.0, -1.0, -3.0, -1.5, -9.0, -1.0],  # at the last length
+            [2.0, 1.0, 0.0, 0.0, 0.0, 0.0],  # token 0 (not the padding id)
+        ]
+    )
+    age0 = torch.tensor([0, 2, 1, 3, 2])
+    pos0 = torch.tensor([2, 4, 3, 5, 4])
+    step_logp, hist = torch.zeros(6, T), torch.zeros(6, T + 1, dtype=torch.long)
+    age, tok, pos = torch.cat([age0, torch.tensor([0])]), torch.zeros(6, dtype=torch.long), torch.cat([pos0, torch.tensor([7])])
+    ends = pick(logits, step_logp, hist, age, tok, pos, eos, T - 1, padding_idx)
+    want = torch.argmax(logits, dim=-1)
+    rows = torch.arange(5)
+    assert tok[:5].tolist() == want.tolist() == [1, 4, 1, 1, 0]
+    torch.testing.assert_close(
+        step_logp[rows, age0], torch.log_softmax(logits, -1).gather(1, want[:, None])[:, 0], equal_nan=True
+    )
+    assert hist[rows, age0 + 1].tolist() == want.tolist()
+    assert ends.tolist() == [False, True, False, True, False]
+    assert age[:5].tolist() == (age0 + 1).tolist() and age[5] == 0  # rows past N untouched
+    if padding_idx < 0:
+        assert pos.tolist() == (pos0 + 1).tolist() + [7]
+    else:  # a token other than padding_idx sits at padding_idx + 1 + its position
+        assert pos[:5].tolist() == torch.where(want != padding_idx, age0 + 1 + padding_idx + 1, padding_idx).tolist()
 
 
 def test_without_a_compiler_the_engine_runs_the_torch_step_and_says_why(monkeypatch, tmp_path, caplog) -> None:

@@ -34,6 +34,7 @@ from ..combiner import Combiner
 from ..generation import Generated, GenerationParams, hf_generate, trim_generated
 from ..preprocess import collate_token_ids
 from .decoder import DecoderRunner, UnsupportedFamily, decoder_family, extract_decoder, is_composite
+from .native import load_native
 from .search import (
     GumbelSampler,
     Plan,
@@ -287,6 +288,7 @@ class GenerationEngine:
             raise ValueError(f"slots={self.slots}: need at least 1")
         self._runner: DecoderRunner | None = None
         self._state: _State | None = None
+        self._pick = None  # native greedy token choice, when _prepare finds it applies
         if self.fast_path:
             self._sampler = GumbelSampler(self.spec.vocab_size, self.device) if self.plan.mode == "sample" else None
             self._eos = torch.tensor(self.plan.eos_ids, dtype=torch.long, device=self.device)
@@ -436,6 +438,10 @@ class GenerationEngine:
                 native=self.native,
             )
             self._state = _State(slots, plan.group, plan.max_new_tokens, self._runner.age_in, plan.mode == "beam")
+            # greedy search without logits processors picks its tokens natively too
+            # (native_step.cpp's greedy_pick: one call instead of ~12 ops a step)
+            plain = plan.mode == "greedy" and plan.group == 1 and not plan.processors and len(plan.eos_ids) == 1
+            self._pick = load_native().greedy_pick if plain and self._runner._native is not None else None
         self._runner.grow_source(src)
 
     # ------------------------------------------------------------------ the loop
@@ -603,6 +609,12 @@ class GenerationEngine:
 
     def _token_step(self, logits: torch.Tensor, n: int) -> torch.Tensor:
         plan, st, runner = self.plan, self._state, self._runner
+        if self._pick is not None:
+            pad = self.spec.pos_padding_idx
+            return self._pick(
+                logits, st.step_logp, st.hist, st.age, runner.tok_in, runner.pos_in, plan.eos_ids[0],
+                plan.max_length - 1, -1 if pad is None else pad,
+            )
         G = plan.group
         N = n * G
         age = st.age[:N]
