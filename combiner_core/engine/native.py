@@ -58,15 +58,13 @@ def load_native() -> Any | None:
             _STATE["error"] = "COMBINER_NATIVE_STEP=0"
         else:
             try:
-                from torch.utils import cpp_extension
-
                 # torch's own flags: without errno and traps, GCC vectorizes the attention
                 # loops (floor, the reductions); with them a beam step took 1.5x as long.
                 flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", *_arch_flags()]
                 source = _SOURCE.read_bytes()
                 digest = hashlib.sha256(source + " ".join(flags).encode() + torch.__version__.encode()).hexdigest()[:12]
                 name = f"combiner_native_step_{digest}"
-                _STATE["module"] = _import_built(name) or _build(cpp_extension, name, flags)
+                _STATE["module"] = _import_built(name) or _build(name, flags)
             except Exception as exc:  # no compiler, no ninja, a failed build: the torch step serves
                 _STATE["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         if "error" in _STATE:
@@ -96,13 +94,14 @@ def _import_built(name: str) -> Any | None:
         return None
 
 
-def _build(cpp_extension: Any, name: str, flags: list[str]) -> Any:
+def _build(name: str, flags: list[str]) -> Any:
+    from torch.utils import cpp_extension
+
     # torch runs the ninja binary from PATH; pip's ninja package puts it beside this
     # interpreter, which is not on PATH when .venv/bin/python is run by its path.
-    env_path = os.environ.get("PATH", "")
-    here = str(Path(sys.executable).parent)
-    if shutil.which("ninja") is None and (Path(here) / "ninja").exists():
-        os.environ["PATH"] = here + os.pathsep + env_path
+    here = Path(sys.executable).parent
+    if shutil.which("ninja") is None and (here / "ninja").exists():
+        os.environ["PATH"] = f"{here}{os.pathsep}{os.environ.get('PATH', '')}"
     return cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
 
 

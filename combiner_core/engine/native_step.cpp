@@ -141,6 +141,13 @@ inline void add_bias(float* y, const float* bias, int64_t m, int64_t n) {
   }
 }
 
+// Every row r < N writes at column ages[r] of its row of a T-column buffer: outside
+// [0, T) it would overwrite another row, so both entry points refuse that.
+inline void check_columns(const int64_t* ages, int64_t N, int64_t T, const char* who) {
+  for (int64_t r = 0; r < N; ++r)
+    TORCH_CHECK(ages[r] >= 0 && ages[r] < T, who, ": row ", r, " at column ", ages[r], " outside [0, ", T, ")");
+}
+
 enum Act : int64_t { kGelu = 0, kGeluTanh = 1, kRelu = 2, kSilu = 3 };
 
 // Per layer, 18 tensors in this order (decoder.py's LayerSpec; weights [out, in], a
@@ -195,10 +202,7 @@ class Layers {
                   "native step: cross layout");
       TORCH_CHECK(caches[l].size(0) >= N && crosses[l].size(0) >= N / group, "native step: buffers hold too few rows");
     }
-    // A row writes its K|V at column age: outside [0, T) it would overwrite another row.
-    const int64_t* ages = age.data_ptr<int64_t>();
-    for (int64_t r = 0; r < N; ++r)
-      TORCH_CHECK(ages[r] >= 0 && ages[r] < T, "native step: row ", r, " at column ", ages[r], " outside [0, ", T, ")");
+    check_columns(age.data_ptr<int64_t>(), N, T, "native step");
     const int64_t slots = N / group;
     chunks = std::max<int64_t>(1, std::min(chunks, slots));
     if (chunks == 1) {
@@ -322,7 +326,7 @@ at::Tensor greedy_pick(const at::Tensor& logits, at::Tensor step_logp, at::Tenso
   int64_t* tk = tok_in.data_ptr<int64_t>();
   int64_t* ps = pos_in.data_ptr<int64_t>();
   bool* en = ends.data_ptr<bool>();
-  for (int64_t r = 0; r < N; ++r) TORCH_CHECK(ag[r] >= 0 && ag[r] < T, "greedy_pick: row ", r, " at column ", ag[r], " outside [0, ", T, ")");
+  check_columns(ag, N, T, "greedy_pick");
   at::parallel_for(0, N, std::max<int64_t>(1, 32768 / std::max<int64_t>(V, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* x = lg + r * V;
