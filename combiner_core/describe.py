@@ -9,6 +9,7 @@ runs the model, so it reads config.json and the names of the files instead.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -57,6 +58,44 @@ def layout_of(config: dict[str, Any], *, uri: str) -> Layout:
     )
 
 
+# Decoders whose positions are RoBERTa / fairseq style: a token at position p reads
+# row padding_idx + 1 + p of the table (row padding_idx is the pad token's).
+_PADDED_POSITIONS = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "xlm-roberta-xl")
+# Relative position schemes: no table, so no limit from the config.
+_RELATIVE_POSITIONS = ("t5", "mt5", "umt5", "longt5", "switch_transformers", "pix2struct")
+
+
+def decoder_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The decoder's part of a checkpoint's config.json (the whole config for native seq2seq)."""
+    decoder = config.get("decoder")
+    return decoder if isinstance(decoder, Mapping) else config
+
+
+def max_new_tokens_limit(config: Mapping[str, Any]) -> int | None:
+    """The most tokens the decoder of this config.json can generate, or None (no table).
+
+    The decoder start token sits at position 0 and the k-th generated token is read at
+    position k, so T new tokens read positions 0..T-1: the limit is the position
+    table's size (GPT-2's n_positions, BERT / BART / Marian / TrOCR's
+    max_position_embeddings; RoBERTa-style tables lose padding_idx + 1 rows). T5-style
+    relative positions have no table and no limit. tests/test_engine.py checks that
+    this equals the table the engine indexes, for every fast-path family.
+    """
+    dec = decoder_config(config)
+    model_type = str(dec.get("model_type", ""))
+    if model_type in _RELATIVE_POSITIONS:
+        return None
+    if model_type == "gpt2" or "n_positions" in dec:
+        size = dec.get("n_positions")
+    else:
+        size = dec.get("max_target_positions") or dec.get("max_position_embeddings")
+    if not isinstance(size, int) or size <= 0:
+        return None
+    if model_type in _PADDED_POSITIONS:
+        size -= int(dec.get("pad_token_id") or 0) + 1
+    return max(size, 1)
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     """What the driver needs to know about a checkpoint before a job starts."""
@@ -66,22 +105,25 @@ class CheckpointInfo:
     model_type: str
     decoder_model_type: str | None
     weights_bytes: int = 0
+    # The most tokens the decoder can generate (max_new_tokens_limit); None: no limit known.
+    max_new_tokens: int | None = None
 
     @property
     def modality(self) -> Modality:
         return modality_of(self.layout)
 
 
-def describe_checkpoint(uri: str, *, storage_options: dict[str, Any] | None = None) -> CheckpointInfo | None:
+def describe_checkpoint(uri: str, *, storage_options: dict[str, Any] | None = None) -> CheckpointInfo:
     """Layout and modality of the checkpoint at `uri`, checking its tokenizer / image processor.
 
-    Reads only config.json and a listing of the folder (local or any fsspec URI).
-    Returns None for a hub id, which only transformers can resolve. Raises
-    CheckpointNotFoundError, NotACombinerError, MissingTokenizerError or
+    Reads only config.json and a listing of the folder (local or any fsspec URI); for a
+    hub id, config.json from the hub (or its local cache when HF_HUB_OFFLINE is set).
+    Raises CheckpointNotFoundError, NotACombinerError, MissingTokenizerError or
     MissingImageProcessorError with what to do.
     """
     if is_hub_id(uri):
-        return None
+        config = _hub_config(uri)
+        return _info(uri, config, weights_bytes=0)
     if is_remote(uri):
         fs, root = get_filesystem(uri, storage_options)
         root = root.rstrip("/")
@@ -98,13 +140,14 @@ def describe_checkpoint(uri: str, *, storage_options: dict[str, Any] | None = No
         raise CheckpointNotFoundError(
             f"no checkpoint at '{uri}': nothing is there. Pass an existing folder (or s3:// prefix) "
             "holding config.json, weights and a tokenizer"
-            + ("; for s3://, check the bucket and that your credentials can list it" if is_remote(uri) else "")
+            + ("; for s3://, check the bucket and that your credentials can list it" if is_remote(uri)
+               else _close_match(uri))
         )
     if "config.json" not in names:
         raise CheckpointNotFoundError(f"no config.json in {uri}: this folder is not a transformers checkpoint")
     with fs.open(f"{root}/config.json", "r") as fh:
         config = json.load(fh)
-    layout = layout_of(config, uri=uri)
+    layout = layout_of(config, uri=uri)  # NotACombinerError before the tokenizer is looked for
     if not names & set(TOKENIZER_FILES):
         raise MissingTokenizerError(
             f"no tokenizer in {uri} (none of {', '.join(TOKENIZER_FILES)}). Save the tokenizer "
@@ -115,11 +158,86 @@ def describe_checkpoint(uri: str, *, storage_options: dict[str, Any] | None = No
             f"no image processor ({IMAGE_PROCESSOR_FILE}) in {uri}. Save one into that folder "
             "(combiner_core.save_combiner does)"
         )
+    return _info(uri, config, weights_bytes=sum(v for k, v in sizes.items() if k.endswith(_WEIGHT_SUFFIXES)))
+
+
+def _info(uri: str, config: dict[str, Any], *, weights_bytes: int) -> CheckpointInfo:
     decoder = config.get("decoder") if isinstance(config.get("decoder"), dict) else None
     return CheckpointInfo(
         uri=uri,
-        layout=layout,
+        layout=layout_of(config, uri=uri),
         model_type=str(config.get("model_type", "")),
         decoder_model_type=str(decoder.get("model_type")) if decoder else None,
-        weights_bytes=sum(v for k, v in sizes.items() if k.endswith(_WEIGHT_SUFFIXES)),
+        weights_bytes=weights_bytes,
+        max_new_tokens=max_new_tokens_limit(config),
     )
+
+
+def _hub_config(repo_id: str) -> dict[str, Any]:
+    """config.json of a hub model, or CheckpointNotFoundError saying what was looked for:
+    the local folder of that name (it does not exist) and the hub."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"'{repo_id}' is no folder here ({local_path(repo_id).resolve()} does not exist){_close_match(repo_id)}"
+    offline = bool(constants.HF_HUB_OFFLINE)
+    if not offline and not _reachable(constants.ENDPOINT):
+        raise CheckpointNotFoundError(
+            f"{where}, and as a hub id it cannot be checked: the Hugging Face hub ({constants.ENDPOINT}) "
+            "is not reachable from here. Fix the path, or run where the hub is reachable (or set "
+            "HF_ENDPOINT to a mirror)"
+        )
+    try:
+        path = hf_hub_download(repo_id, "config.json", local_files_only=offline)
+    except GatedRepoError:
+        raise CheckpointNotFoundError(
+            f"{where}; on the hub '{repo_id}' is gated: accept its terms on the hub and set HF_TOKEN"
+        ) from None
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise CheckpointNotFoundError(
+            f"{where}, and the Hugging Face hub has no model '{repo_id}' (or it is private: set HF_TOKEN)"
+        ) from None
+    except LocalEntryNotFoundError:
+        raise CheckpointNotFoundError(
+            f"{where}, and HF_HUB_OFFLINE is set with no cached copy of '{repo_id}' from the hub. Fix the "
+            "path, or download the model where the hub is reachable"
+        ) from None
+    except EntryNotFoundError:
+        raise CheckpointNotFoundError(f"the hub model '{repo_id}' has no config.json: not a transformers "
+                                      "checkpoint") from None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _reachable(endpoint: str, timeout_s: float = 5.0) -> bool:
+    """Whether a TCP connection to the hub's host opens (a closed network fails at once;
+    hf_hub_download itself would retry for about 25 s before saying so)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def _close_match(name: str) -> str:
+    """'; did you mean X?' when a folder beside the one named is spelled almost alike."""
+    import difflib
+
+    path = local_path(name).resolve()
+    try:
+        siblings = [p.name for p in path.parent.iterdir() if p.is_dir()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.8)
+    return f"; did you mean {path.parent / close[0]}?" if close else ""

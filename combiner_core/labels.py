@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .combiner import Combiner
+from .describe import max_new_tokens_limit
 from .engine.core import length_buckets
 from .engine.decoder import UnsupportedFamily, decoder_family, extract_decoder, is_composite
 from .engine.tree import SequenceTrie, TreeScorer
@@ -155,14 +156,18 @@ class LabelScorer:
         self.start, self.pad, eos = ids["decoder_start_token_id"], ids["pad_token_id"], ids["eos_token_id"]
         self.sequences: list[list[int]] = []
         self.owner: list[int] = []  # sequence -> label index
+        # A verbalization of n tokens (eos included) is read at decoder positions 0..n-1.
+        positions = max_new_tokens_limit(combiner.model.config.to_dict())
+        limit = MAX_LABEL_TOKENS if positions is None else min(MAX_LABEL_TOKENS, positions)
         for index, texts in enumerate(labels.verbalizations):
             for text in texts:
                 seq, cut = target_token_ids(
-                    combiner.decoder_tokenizer, text, eos_token_id=eos, max_tokens=MAX_LABEL_TOKENS
+                    combiner.decoder_tokenizer, text, eos_token_id=eos, max_tokens=limit
                 )
                 if cut:
                     raise ValueError(f"label {labels.names[index]!r}: {text!r} is longer than "
-                                     f"{MAX_LABEL_TOKENS} tokens; use a shorter verbalization")
+                                     f"{limit} tokens (eos included), the most this decoder scores; "
+                                     "use a shorter verbalization")
                 self.sequences.append(seq)
                 self.owner.append(index)
         self.stats = ScorerStats()

@@ -48,8 +48,15 @@ def looks_like_path(uri: str) -> bool:
 
 
 def is_hub_id(uri: str) -> bool:
-    """True for a bare "org/name" that is not a local path that exists here."""
-    return not is_remote(uri) and not looks_like_path(uri) and not local_path(uri).exists()
+    """True for a bare "org/name" that is not a local path here.
+
+    "models/my-captionr" where a folder models/ exists is a path (a typo of a local
+    folder is reported as one, not looked up on the hub).
+    """
+    if is_remote(uri) or looks_like_path(uri):
+        return False
+    path = local_path(uri)
+    return not path.exists() and not ("/" in uri and path.parent.is_dir())
 
 
 def absolute_uri(uri: str, *, hub_ids: bool = False) -> str:

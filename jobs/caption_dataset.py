@@ -18,6 +18,7 @@ if str(REPO) not in sys.path:  # `python jobs/x.py` from a checkout that is not 
     sys.path.insert(0, str(REPO))
 
 from jobs._generation_main import generation_main  # noqa: E402
+from pipelines.generation import CaptionJobSpec  # noqa: E402
 
 # Paths into this checkout are absolute, so the default runs from any folder; the
 # output goes to ./outputs/ of the folder it is started from.
@@ -37,7 +38,7 @@ DEFAULT_SPEC = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return generation_main("CaptionJobSpec", __doc__.splitlines()[0], argv, default=DEFAULT_SPEC)
+    return generation_main(CaptionJobSpec, __doc__.splitlines()[0], argv, default=DEFAULT_SPEC)
 
 
 if __name__ == "__main__":

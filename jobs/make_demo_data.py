@@ -58,7 +58,9 @@ def _bundled(write: Callable[[Path], list[Path]], folder: Path, *, force: bool) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="data/shapes", help="output folder (one sub-folder per split)")
+    # In the checkout, wherever it is started: the shipped finetune specs read from there.
+    parser.add_argument("--out", default=str(REPO / "data" / "shapes"),
+                        help="output folder (one sub-folder per split); default: data/shapes in the checkout")
     parser.add_argument("--train", type=int, default=6000, help="training rows")
     parser.add_argument("--eval", type=int, default=300, help="evaluation rows")
     parser.add_argument("--heldout", type=int, default=500, help="held-out rows, scored once after training")

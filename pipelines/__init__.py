@@ -14,7 +14,10 @@ from .specs import (
     StrictModel,
     load_spec,
     parse_overrides,
+    path_field,
+    resolve_spec_paths,
     spec_hash,
+    spec_yaml,
     validate_spec,
 )
 
@@ -27,6 +30,9 @@ __all__ = [
     "job_arg_parser",
     "load_spec",
     "parse_overrides",
+    "path_field",
+    "resolve_spec_paths",
     "spec_hash",
+    "spec_yaml",
     "validate_spec",
 ]

@@ -14,6 +14,9 @@ then acts on a job known to be mid-run, and lets it finish.
 "train_after_checkpoint:4:/tmp/marker" makes fine-tuning's rank 0 stop right after the
 checkpoint of step 4 is reported, once: a test then kills the driver or the worker at
 a known point instead of racing the training loop.
+"model_rows:<id>,<id>" makes the model stage raise for any model call whose rows include
+one of those row ids (every time, in every actor): a row the model cannot process.
+Several faults at once are separated by ';', e.g. "model_rows:a;driver_after_commit:2".
 """
 
 from __future__ import annotations
@@ -25,8 +28,17 @@ import time
 ENV = "COMBINER_FAULT"
 
 
-def _spec() -> list[str]:
-    return os.environ.get(ENV, "").split(":") if os.environ.get(ENV) else []
+class InjectedFault(RuntimeError):
+    """The failure a test asked for (model_rows)."""
+
+
+def _spec(point: str) -> list[str]:
+    """The fault entry naming `point` ([point, count, marker...]), or []."""
+    for entry in os.environ.get(ENV, "").split(";"):
+        parts = entry.split(":")
+        if parts[0] == point:
+            return parts
+    return []
 
 
 def active() -> bool:
@@ -46,8 +58,8 @@ def _claim(marker: str, text: str) -> bool:
 
 def maybe_pause(point: str, count: int, node_id: str) -> None:
     """Block forever (until the process dies) if COMBINER_FAULT names `point` with this `count`."""
-    spec = _spec()
-    if len(spec) < 3 or spec[0] != point or int(spec[1]) != count:
+    spec = _spec(point)
+    if len(spec) < 3 or int(spec[1]) != count:
         return
     if _claim(":".join(spec[2:]), node_id):
         while True:
@@ -57,8 +69,8 @@ def maybe_pause(point: str, count: int, node_id: str) -> None:
 def maybe_wait(point: str, count: int) -> None:
     """If COMBINER_FAULT names `point` with this `count`: signal (create the marker), then
     wait for the test's go file. Polls a file the test writes: an event, not a deadline."""
-    spec = _spec()
-    if len(spec) < 3 or spec[0] != point or int(spec[1]) != count:
+    spec = _spec(point)
+    if len(spec) < 3 or int(spec[1]) != count:
         return
     marker = ":".join(spec[2:])
     if _claim(marker, str(os.getpid())):
@@ -68,9 +80,20 @@ def maybe_wait(point: str, count: int) -> None:
 
 def maybe_kill(point: str, count: int) -> None:
     """SIGKILL this process if COMBINER_FAULT names `point` with this `count`."""
-    spec = _spec()
-    if len(spec) < 2 or spec[0] != point or int(spec[1]) != count:
+    spec = _spec(point)
+    if len(spec) < 2 or int(spec[1]) != count:
         return
     if len(spec) >= 3 and not _claim(":".join(spec[2:]), str(os.getpid())):
         return  # already fired once
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_fail_rows(point: str, row_ids: list[str]) -> None:
+    """Raise InjectedFault if COMBINER_FAULT names `point` with one of `row_ids`."""
+    spec = _spec(point)
+    if len(spec) < 2:
+        return
+    chosen = set(":".join(spec[1:]).split(","))
+    hit = sorted(chosen.intersection(row_ids))
+    if hit:
+        raise InjectedFault(f"injected model failure for row(s) {hit}")

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from .readers import InputFormat, ReaderOptions
-from .specs import StrictModel
+from .specs import StrictModel, path_field
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,9 @@ def _upgrade(data: Any, *, where: str) -> Any:
 class InputSource(StrictModel):
     """Where input rows come from and how to read them (shared by all jobs)."""
 
-    uri: str = Field(
-        description="a file, a folder/prefix, or a glob (*.parquet); local, file:// or s3:// (any fsspec)"
+    uri: str = path_field(
+        description="a file, a folder/prefix, or a glob (*.parquet); local, file:// or s3:// (any fsspec); "
+        "a relative path in a spec file is relative to that file's folder"
     )
     format: InputFormat = Field(
         description="images: one picture per file (jpg, png, webp, bmp, gif, tiff); parquet / jsonl: "
@@ -74,7 +75,7 @@ class InputSource(StrictModel):
         description="parquet / jsonl: the column holding row ids; when unset an id is "
         "'<file relative to uri>#<row>' (images, text_files: the file path relative to uri)",
     )
-    captions_file: str | None = Field(
+    captions_file: str | None = path_field(
         None,
         description="images: JSONL of {file, caption} with file relative to uri: the true text of "
         "each picture (references for generation, targets for fine-tuning)",

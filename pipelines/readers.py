@@ -27,10 +27,25 @@ from fsspec.core import url_to_fs
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 InputFormat = Literal["images", "parquet", "jsonl", "text_lines", "text_files"]
+
+# Compressed text corpora: name ending -> (fsspec codec, the package that provides it
+# when the standard library does not). Files are decompressed as they stream.
+CODECS: dict[str, tuple[str, str | None]] = {
+    ".gz": ("gzip", None), ".bz2": ("bz2", None), ".xz": ("xz", None), ".zst": ("zstd", "zstandard"),
+}
+
+
+def _with_codecs(*names: str) -> tuple[str, ...]:
+    return tuple(name + codec for name in names for codec in ("", *CODECS))
+
+
+_TEXT_EXTENSIONS = _with_codecs(".txt")
 _FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "images": IMAGE_EXTENSIONS,
     "parquet": (".parquet", ".parq", ".pq"),
-    "jsonl": (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz"),
+    "jsonl": _with_codecs(".jsonl", ".json", ".ndjson"),
+    "text_lines": _TEXT_EXTENSIONS,
+    "text_files": _TEXT_EXTENSIONS,
 }
 
 # The schema of rows a shard yields (before decoding). `payload` holds image bytes or
@@ -105,16 +120,36 @@ def _protocol_prefix(uri: str, fs: fsspec.AbstractFileSystem) -> str:
     return "" if protocol in ("file", "local") else f"{protocol}://"
 
 
-_TEXT_EXTENSIONS = (".txt",)
-
-
 def input_extensions(opts: ReaderOptions) -> tuple[str, ...]:
     """The file name endings that count as inputs for these options."""
-    if opts.extensions:
-        return tuple(opts.extensions)
-    if opts.format in ("text_lines", "text_files"):
-        return _TEXT_EXTENSIONS
-    return _FORMAT_EXTENSIONS.get(opts.format, ())
+    return format_extensions(opts.format, opts.extensions)
+
+
+def format_extensions(format: InputFormat, extensions: Sequence[str] = ()) -> tuple[str, ...]:
+    """`extensions` when given, else the format's default endings (compressed ones included)."""
+    return tuple(e.lower() for e in extensions) if extensions else _FORMAT_EXTENSIONS.get(format, ())
+
+
+class MissingCodecError(ValueError):
+    """A compressed file whose codec this Python cannot decompress."""
+
+
+def compression_of(uri: str) -> str | None:
+    """The fsspec codec for a file name (None: not compressed), or MissingCodecError
+    naming the package to install."""
+    lower = uri.lower()
+    for suffix, (codec, package) in CODECS.items():
+        if not lower.endswith(suffix):
+            continue
+        from fsspec.compression import compr
+
+        if codec not in compr:
+            fix = (f"pip install {package}" if package else
+                   f"use a Python built with the {codec} module, or decompress the file first")
+            raise MissingCodecError(f"{uri} is {codec}-compressed ({suffix}), and this Python cannot "
+                                    f"decompress {codec}: {fix}")
+        return codec
+    return None
 
 
 class InputListing(NamedTuple):
@@ -140,9 +175,7 @@ def list_inputs(
     """
     fs, path = url_to_fs(uri, **(storage_options or {}))
     prefix = _protocol_prefix(uri, fs)
-    wanted = tuple(e.lower() for e in (extensions or _FORMAT_EXTENSIONS.get(format, ())))
-    if format in ("text_lines", "text_files") and not extensions:
-        wanted = _TEXT_EXTENSIONS
+    wanted = format_extensions(format, extensions)
     if any(ch in path for ch in "*?["):
         found = {p: info for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file"}
         base = path.split("*")[0].rsplit("/", 1)[0]
@@ -327,12 +360,16 @@ def _as_bytes(value: Any) -> bytes | None:
     return None
 
 
+def _row_id(value: Any, uri: str, row: int, opts: ReaderOptions) -> str:
+    """A row's id: its id column's value, or '<file relative to the root>#<row>'."""
+    return f"{_relative_id(uri, opts.root)}#{row}" if value is None else str(value)
+
+
 def _read_table_rows(
     rows: _Rows, uri: str, records: Iterable[dict[str, Any]], opts: ReaderOptions, *, first_row: int = 0
 ) -> None:
     for i, record in enumerate(records, start=first_row):
-        rid = record.get(opts.id_column) if opts.id_column else None
-        rid = f"{_relative_id(uri, opts.root)}#{i}" if rid is None else str(rid)
+        rid = _row_id(record.get(opts.id_column) if opts.id_column else None, uri, i, opts)
         ref = record.get(opts.reference_column) if opts.reference_column else None
         ref = None if ref is None else str(ref)
         value = record.get(opts.input_column) if opts.input_column else None
@@ -354,19 +391,45 @@ def _read_table_rows(
         rows.add(id=rid, source_uri=uri, source_row=i, payload=data if data is not None else b"", reference=ref)
 
 
-def _parquet_records(fs: fsspec.AbstractFileSystem, path: str, opts: ReaderOptions) -> list[dict[str, Any]]:
+def _read_parquet(rows: _Rows, fs: fsspec.AbstractFileSystem, path: str, uri: str, opts: ReaderOptions) -> None:
+    """A Parquet file's rows. A file whose footer reads but whose rows do not (a column
+    the spec names is not there, a corrupt row group) fails as a whole, but the footer
+    says how many rows it holds: each becomes an error row (with its id when the id
+    column reads), so the counts say what was lost. No footer: one '#file' error row."""
     wanted = list(dict.fromkeys(c for c in (opts.input_column, opts.id_column, opts.reference_column) if c))
     with fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
-        names = set(pf.schema_arrow.names)
+        names = pf.schema_arrow.names
+        n = pf.metadata.num_rows
         missing = [c for c in wanted if c not in names]
-        if missing:
-            raise _ShardError(
-                "missing_column",
-                f"columns {missing} not in the file (it has {sorted(names)}); set the spec's "
-                "input_column / id_column / reference column to existing columns",
-            )
-        return pf.read(columns=wanted).to_pylist()
+        if not missing:
+            try:
+                records = pf.read(columns=wanted).to_pylist()
+            except Exception as exc:  # noqa: BLE001 - reported per row below
+                _file_rows_failed(rows, pf, uri, opts, "unreadable_file",
+                                  f"file-level error: cannot read the rows of {uri} ({type(exc).__name__}: {exc}), "
+                                  f"so none of its {n} rows can be read")
+                return
+        else:
+            _file_rows_failed(rows, pf, uri, opts, "missing_column",
+                              f"file-level error: {uri} has no column {', '.join(map(repr, missing))} (its columns: "
+                              f"{', '.join(names)}), so none of its {n} rows can be read; set the spec's "
+                              "input_column / id_column / reference_column to columns the file has")
+            return
+    _read_table_rows(rows, uri, records, opts)
+
+
+def _file_rows_failed(rows: _Rows, pf: pq.ParquetFile, uri: str, opts: ReaderOptions, cause: str, message: str) -> None:
+    """One error row per row of a Parquet file that cannot be read, ids where they read."""
+    n = pf.metadata.num_rows
+    ids: list[Any] = [None] * n
+    if opts.id_column in pf.schema_arrow.names:
+        try:
+            ids = pf.read(columns=[opts.id_column]).column(0).to_pylist()
+        except Exception:  # noqa: BLE001 - the ids are unreadable too: '<file>#<row>'
+            pass
+    for i, value in enumerate(ids):
+        rows.add(id=_row_id(value, uri, i, opts), source_uri=uri, source_row=i, error=("read", cause, message))
 
 
 def _jsonl_records(data: bytes, uri: str) -> list[dict[str, Any] | _BadLine]:
@@ -389,12 +452,6 @@ def _jsonl_records(data: bytes, uri: str) -> list[dict[str, Any] | _BadLine]:
 @dataclass
 class _BadLine:
     message: str
-
-
-class _ShardError(Exception):
-    def __init__(self, cause: str, message: str) -> None:
-        super().__init__(message)
-        self.cause = cause
 
 
 def ids_can_repeat(opts: ReaderOptions) -> bool:
@@ -456,12 +513,13 @@ def read_shard(shard: Shard, opts: ReaderOptions, *, duplicates: Duplicates | No
         try:
             _read_file(rows, fs, path, uri, opts)
         except Exception as exc:  # noqa: BLE001 - any failure to read a file is reported as a row
-            cause = exc.cause if isinstance(exc, _ShardError) else "unreadable_file"
+            cause = "missing_codec" if isinstance(exc, MissingCodecError) else "unreadable_file"
             rows.add(
                 id=f"{_relative_id(uri, opts.root)}#file",
                 source_uri=uri,
                 source_row=-1,
-                error=("read", cause, f"cannot read {uri}: {type(exc).__name__}: {exc}"),
+                error=("read", cause, f"file-level error: cannot read the file {uri} "
+                       f"({type(exc).__name__}: {exc}); its rows are not counted"),
             )
     return rows.table()
 
@@ -470,13 +528,14 @@ def _read_file(rows: _Rows, fs: fsspec.AbstractFileSystem, path: str, uri: str, 
     if opts.format == "images" or opts.format == "text_files":
         rid = _relative_id(uri, opts.root)
         reference = _captions(opts.captions_file, opts.storage_options).get(rid) if opts.captions_file else None
-        with fs.open(path, "rb") as f:
+        codec = compression_of(uri) if opts.format == "text_files" else None
+        with fs.open(path, "rb", compression=codec) as f:
             rows.add(id=rid, source_uri=uri, source_row=0, payload=f.read(), reference=reference)
         return
     if opts.format == "parquet":
-        _read_table_rows(rows, uri, _parquet_records(fs, path, opts), opts)
+        _read_parquet(rows, fs, path, uri, opts)
         return
-    with fs.open(path, "rb", compression="infer") as f:
+    with fs.open(path, "rb", compression=compression_of(uri)) as f:
         data = f.read()
     if opts.format == "text_lines":
         base = _relative_id(uri, opts.root)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +18,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 T = TypeVar("T", bound=BaseModel)
+
+
+def path_field(default: Any = ..., *, description: str, hub_ids: bool = False, **kwargs: Any) -> Any:
+    """A Field holding a local path or a URI. In a spec file, a relative local path is
+    relative to the file's folder (see load_spec); with `hub_ids`, a relative name that
+    is no path there stays as written (a hub id such as "org/model")."""
+    return Field(default, description=description, json_schema_extra={"spec_path": "hub" if hub_ids else "path"},
+                 **kwargs)
 
 
 class StrictModel(BaseModel):
@@ -28,7 +37,7 @@ class StrictModel(BaseModel):
 class ModelSource(StrictModel):
     """Where a combiner comes from, and what loading it may do."""
 
-    uri: str = Field(description="combiner checkpoint: local folder, s3:// prefix, or hub id when online")
+    uri: str = path_field(description="combiner checkpoint: local folder, s3:// prefix, or hub id", hub_ids=True)
     allow_pickle: bool = Field(
         False, description="permit .bin (pickle) weights when a checkpoint has no safetensors"
     )
@@ -40,11 +49,13 @@ class ModelSource(StrictModel):
 class SpecError(ValueError):
     """A spec failed validation; `problems` holds one 'key: message' line each."""
 
+    headline = "invalid spec {source}"
+
     def __init__(self, source: str, problems: Sequence[str]) -> None:
         self.source = source
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"invalid spec {source} ({len(self.problems)} problem(s)):\n{lines}")
+        super().__init__(f"{self.headline.format(source=source)} ({len(self.problems)} problem(s)):\n{lines}")
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -119,7 +130,12 @@ def load_spec(
     *,
     default: Mapping[str, Any] | None = None,
 ) -> T:
-    """Read a YAML spec (or `default` when path is None), apply --set overrides, validate."""
+    """Read a YAML spec (or `default` when path is None), apply --set overrides, validate.
+
+    Relative local paths in the file (fields made with `path_field`) are relative to
+    the file's folder, so a spec runs the same from any folder; --set values and the
+    default's paths are taken as given (relative to the shell's folder).
+    """
     if path is None:
         if default is None:
             raise SpecError("(none)", ["no --spec given and this job has no default spec"])
@@ -135,6 +151,7 @@ def load_spec(
             raise SpecError(source, [f"not valid YAML: {exc}"]) from None
         if not isinstance(data, Mapping):
             raise SpecError(source, [f"top level must be a mapping of keys, got {type(data).__name__}"])
+        data = resolve_spec_paths(model, data, Path(path).resolve().parent)
     sets = list(overrides)
     if sets:
         data = deep_merge(data, parse_overrides(sets))
@@ -151,3 +168,104 @@ def canonical_sha256(data: Any) -> str:
 def spec_hash(spec: BaseModel) -> str:
     """sha256 of a spec's (or any pydantic model's) canonical JSON: lineage for every output row."""
     return canonical_sha256(spec.model_dump(mode="json"))
+
+
+def resolve_spec_paths(model: type[BaseModel], data: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """`data` with the relative local paths of `model`'s path fields joined to `base`.
+
+    Remote URIs (s3://...), absolute and ~ paths stay as they are; so does a relative
+    name in a hub-id field when no such path exists under `base`. Keys the model does
+    not know are left for validation to report.
+    """
+    out = dict(data)
+    for name, info in model.model_fields.items():
+        value = out.get(name)
+        kind = (info.json_schema_extra or {}).get("spec_path") if isinstance(info.json_schema_extra, dict) else None
+        if kind and isinstance(value, str):
+            out[name] = _spec_relative(value, base, hub_ids=kind == "hub")
+        elif isinstance(value, Mapping):
+            nested = _model_in(info.annotation)
+            if nested is not None:
+                out[name] = resolve_spec_paths(nested, value, base)
+    return out
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model class in a field's annotation (`X`, `X | None`), if any."""
+    import typing
+
+    candidates = typing.get_args(annotation) or (annotation,)
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _spec_relative(value: str, base: Path, *, hub_ids: bool) -> str:
+    from combiner_core.storage import is_remote, looks_like_path, strip_file_scheme
+
+    path = strip_file_scheme(value)
+    if is_remote(value) or path.startswith(("/", "~")) or not path:
+        return value
+    joined = os.path.normpath(base / path)
+    # "org/model" is a hub id unless it names something under the spec's folder (or a
+    # folder there holds its parent: "models/my-captionr", a typo, is reported as a path).
+    if hub_ids and not looks_like_path(value) and not Path(joined).exists():
+        if "/" not in path or not Path(joined).parent.is_dir():
+            return value
+    return joined
+
+
+def spec_yaml(spec: BaseModel, *, header: str = "") -> str:
+    """`spec` as commented YAML a user can start from: every key with its value, and above
+    it the key's description and default (from the pydantic fields). Sections left unset
+    (null) show their keys commented out."""
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    _yaml_fields(type(spec), spec.model_dump(mode="json"), lines, indent="", commented=False)
+    return "\n".join(lines) + "\n"
+
+
+_WIDTH = 96  # comment lines wrap here
+
+
+def _yaml_fields(model: type[BaseModel], values: Mapping[str, Any], lines: list[str], *, indent: str,
+                 commented: bool) -> None:
+    import textwrap
+
+    lead = indent + ("# " if commented else "")
+    for name, info in model.model_fields.items():
+        value = values.get(name)
+        about = info.description or ""
+        if info.is_required():
+            about += " (required)"
+        else:
+            default = _jsonable(info.get_default(call_default_factory=True))
+            shown = json.dumps(default)
+            if len(shown) <= 40 and not isinstance(default, dict):
+                about += f" (default:\0{shown})"  # \0: kept on one line by the wrap below
+        for line in textwrap.wrap(about, width=max(40, _WIDTH - len(lead) - 2)):
+            lines.append(f"{indent}# {line.replace(chr(0), ' ')}")
+        nested = _model_in(info.annotation)
+        if nested is not None and isinstance(value, Mapping):
+            lines.append(f"{lead}{name}:")
+            _yaml_fields(nested, value, lines, indent=indent + "  ", commented=commented)
+        elif nested is not None and value is None:
+            lines.append(f"{lead}{name}: null   # or a mapping with these keys:")
+            defaults = {k: _jsonable(f.get_default(call_default_factory=True)) if not f.is_required() else None
+                        for k, f in nested.model_fields.items()}
+            _yaml_fields(nested, defaults, lines, indent=indent + "  ", commented=True)
+        else:
+            lines.extend(_yaml_value(name, value, lead))
+
+
+def _jsonable(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def _yaml_value(name: str, value: Any, lead: str) -> list[str]:
+    inline = yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False).strip()
+    inline = inline.removesuffix("\n...").removesuffix("...").strip()
+    if not isinstance(value, (list, dict)) or len(inline) <= 72:
+        return [f"{lead}{name}: {inline}"]
+    block = yaml.safe_dump(value, default_flow_style=False, width=10_000, sort_keys=False).rstrip().splitlines()
+    return [f"{lead}{name}:"] + [f"{lead}  {line}" for line in block]

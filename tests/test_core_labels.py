@@ -114,11 +114,13 @@ def _one_by_one(scorer: LabelScorer, c: Combiner, batch) -> list:
     return [scorer.score_token_ids([row["input_ids"][0]])[0] for row in _rows(c, batch)]
 
 
-def _assert_same_scores(a, b, tol: float = 1e-9) -> None:
+def _assert_same_scores(a, b, tol: float = 1e-9, rel: float = 0.0) -> None:
+    """Equal verbalization log-probs, within `tol` or `rel` times their size (a sum over
+    tokens: its rounding grows with it)."""
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):
         for vx, vy in zip(x.verbalization_logprobs, y.verbalization_logprobs, strict=True):
-            assert vx == pytest.approx(vy, abs=tol)
+            assert vx == pytest.approx(vy, abs=tol, rel=rel)
         assert x.tokens == y.tokens
 
 
@@ -195,7 +197,12 @@ def test_float32_scores_and_weights_changed_after_the_scorer_was_built() -> None
     f32 = scorer.score_token_ids(rows)
     c.model.double()  # new parameter tensors: the scorer reads the new weights
     f64 = scorer.score_token_ids(rows)
-    _assert_same_scores(f32, f64, tol=1e-3)
+    # float32 against float64: sums of log-probs reach -75 on the tiny init_std=1 models,
+    # whose large weights amplify float32 rounding, and the CPU's kernels differ (the same
+    # sum was 1.6e-3 off on an Intel Xeon, within 1e-3 on an AMD EPYC): relative 1e-4 is
+    # 7.5e-3 at -75. That the float64 scores come from the new weights is checked against
+    # HF in float64 just below (within 1e-5).
+    _assert_same_scores(f32, f64, tol=1e-4, rel=1e-4)
     _check_against_hf(c, label_set, batch, f64, scorer)
     with torch.no_grad():  # an in-place change too
         c.model.decoder.lm_head.weight.mul_(0.5)

@@ -164,10 +164,11 @@ def test_spec_reads_what_make_demo_data_writes():
     from pipelines.finetune import FinetuneSpec
 
     spec = load_spec(FinetuneSpec, SPEC)
-    assert spec.model.random is not None and spec.model.random.words_file == "data/summaries/vocab.txt"
-    assert spec.data.train.uri == "data/summaries/train" and spec.data.train.target_column == "summary"
+    # Paths in the spec are relative to its folder: the checkout's data/, from any folder.
+    assert spec.model.random is not None and spec.model.random.words_file == str(REPO / "data/summaries/vocab.txt")
+    assert spec.data.train.uri == str(REPO / "data/summaries/train") and spec.data.train.target_column == "summary"
     encoder, decoder = spec.model.random.encoder_config, spec.model.random.decoder_config
     # The encoder limit is the smaller of these two; both are the generator's.
     assert encoder["max_position_embeddings"] == decoder["n_positions"] == facts.MAX_DOC_TOKENS
-    assert spec.export.uri == "models/demo-summarizer"
+    assert spec.export.uri == str(MODEL)
     assert set(spec.evaluation.metrics) >= {"exact_match", "rouge"}

@@ -41,6 +41,7 @@ from combiner_core import (
     tokenize_text,
     warm_start_combiner,
 )
+from combiner_core.describe import max_new_tokens_limit
 from combiner_core.engine import core as engine_core
 from combiner_core.engine import native as engine_native
 from combiner_core.engine.decoder import DecoderRunner, extract_decoder, fast_act
@@ -549,3 +550,58 @@ def test_resolve_dtype() -> None:
     assert resolve_dtype("float16", "cpu") == torch.float16
     with pytest.raises(ValueError, match="expected one of auto"):
         resolve_dtype("int8", "cpu")
+
+
+def test_position_limit_from_the_config_is_the_table_the_engine_reads(family) -> None:
+    """The driver checks max_new_tokens against the config (no weights there); the engine
+    reads the table: the two must agree for every fast-path family."""
+    name, c = family
+    assert max_new_tokens_limit(c.model.config.to_dict()) == extract_decoder(c.model).max_positions, name
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_max_new_tokens_past_the_position_table_ends_rows_at_the_limit(strategy: str, caplog) -> None:
+    """A decoder with 8 positions asked for 64 tokens: rows end at 8 tokens (HF generate's
+    output at max_new_tokens=8), said once in the log, never an IndexError."""
+    bt, gt = tiny.bert_tokenizer(), tiny.gpt2_style_tokenizer()
+    c = random_combiner(
+        encoder_config=tiny.bert_config(bt), decoder_config=tiny.gpt2_config(gt, n_positions=8),
+        tokenizer=bt, decoder_tokenizer=gt,
+    )
+    batch = inputs_of(c)
+    engine_core._LOGGED.clear()
+    extra = {"num_beams": 2} if strategy == "beam" else {}
+    with caplog.at_level(logging.WARNING, logger="combiner_core.engine.core"):
+        engines = [GenerationEngine(c, GenerationParams(strategy=strategy, max_new_tokens=64, **extra), slots=4,
+                                    dtype=None) for _ in range(2)]
+    ours = engine_run(engines[0], batch)
+    ref = hf_generate(c, batch, GenerationParams(strategy=strategy, max_new_tokens=8, **extra))
+    assert_same(ours, ref)
+    assert max(r[0].num_tokens for r in ours) == 8  # some row ran into the limit
+    said = [r.getMessage() for r in caplog.records if "positions" in r.getMessage()]
+    assert len(said) == 1 and "max_new_tokens=64 is past the 8 positions" in said[0]
+
+
+def test_an_engine_call_that_raises_leaves_the_engine_usable(monkeypatch) -> None:
+    """A model call that fails mid-run (the pipeline then retries halves of the batch on
+    the same engine) leaves no state behind that changes the next call's outputs."""
+    c = build("bert2gpt2")
+    bias_eos(c, EOS_BIAS["bert2gpt2"])
+    params = GenerationParams(strategy="beam", num_beams=2, max_new_tokens=12)
+    batch = inputs_of(c)
+    engine = GenerationEngine(c, params, slots=3, dtype=None)
+    forward = DecoderRunner.forward
+    calls = {"n": 0}
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("injected mid-run failure")
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(DecoderRunner, "forward", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        engine_run(engine, batch)
+    assert_same(engine_run(engine, batch), hf_generate(c, batch, params))
+    half = rows_of(batch)[:3]
+    assert_same([engine_run(engine, r)[0] for r in half], hf_generate(c, batch, params)[:3])

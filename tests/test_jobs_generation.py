@@ -19,7 +19,7 @@ from combiner_core import generate_images, generate_texts, load_combiner
 from pipelines import validate_spec
 from pipelines.generation import (
     CaptionJobSpec,
-    OutputExistsError,
+    PreflightError,
     SummarizeJobSpec,
     run_job,
 )
@@ -228,7 +228,7 @@ def test_rerun_of_finished_job_does_no_model_work(ray_cluster, models, tmp_path)
     spec = gs.caption_spec(str(src), out, models["captioner"])
     first = caption(spec)
     assert first.shards_committed_now == 2
-    with pytest.raises(OutputExistsError, match="output.mode=resume"):
+    with pytest.raises(PreflightError, match="output.mode=resume"):
         caption(spec)
     spec["output"]["mode"] = "resume"
     calls = []
@@ -239,7 +239,7 @@ def test_rerun_of_finished_job_does_no_model_work(ray_cluster, models, tmp_path)
     assert again.rows_in == 5 and again.shards_committed_before == 2
     gs.assert_exactly_once(out, {f"{i}.png" for i in range(5)})
     spec["generation"]["max_new_tokens"] = 3
-    with pytest.raises(OutputExistsError, match="other inputs, model or generation"):
+    with pytest.raises(PreflightError, match="other inputs, model or generation"):
         caption(spec)
 
 
@@ -299,23 +299,23 @@ def test_driver_killed_mid_job_then_resume_exactly_once(ray_cluster, models, tmp
 
 def test_wrong_model_fails_on_the_driver_before_ray(models, tmp_path):
     """No ray_cluster fixture: the check runs before any Ray work (ray_init would be called)."""
-    from pipelines.generation import ModelSpecError
-
     src = tmp_path / "in"
     gs.write_bytes(str(src / "0.png"), gs.image_bytes(0))
     started = []
     spec = gs.caption_spec(str(src), str(tmp_path / "out"), models["summarizer"])
-    with pytest.raises(ModelSpecError, match=r"is a text combiner \(encoder-decoder\), but caption needs an image combiner"):
+    with pytest.raises(PreflightError, match=r"is a text combiner \(encoder-decoder\), but caption needs an image combiner"):
         run_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=lambda: started.append(1))
-    # overwrite mode: the previous output survives a run that fails on its model.
-    previous = tmp_path / "out2" / "part-previous.parquet"
-    previous.parent.mkdir()
-    previous.write_bytes(b"previous results")
+    # overwrite mode: an earlier output survives a run that fails on its model.
+    from pipelines.generation.commit import OutputStore
+
+    OutputStore(str(tmp_path / "out2")).prepare(mode="overwrite", fingerprint="earlier")  # its _job.json
+    (tmp_path / "out2" / f"part-{'0' * 20}.parquet").write_bytes(b"previous results")
+    before = sorted(p.name for p in (tmp_path / "out2").iterdir())
     spec = gs.caption_spec(str(src), str(tmp_path / "out2"), str(tmp_path / "no-model"))
     spec["output"]["mode"] = "overwrite"
-    with pytest.raises(ModelSpecError, match="no checkpoint at .*no-model"):
+    with pytest.raises(PreflightError, match="no checkpoint at .*no-model"):
         run_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=lambda: started.append(1))
-    assert started == [] and previous.read_bytes() == b"previous results"
+    assert started == [] and sorted(p.name for p in (tmp_path / "out2").iterdir()) == before
 
 
 def test_cpu_stage_stays_apart_from_model_actors(ray_cluster, models, tmp_path):
@@ -446,8 +446,15 @@ def test_second_driver_is_refused_while_the_first_finishes_exactly_once(ray_clus
             time.sleep(0.05)
         owner = _json.loads((out / "_lease.json").read_text())["run_id"]
         for mode in ("overwrite", "resume", "error_if_exists"):
-            with pytest.raises(OutputLeasedError, match=f"being written by run {owner}"):
+            with pytest.raises(PreflightError, match=f"being written by run {owner}"):
                 caption({**spec, "output": {"uri": str(out), "mode": mode}})
+        # Past preflight (two drivers that checked at once), taking the lease is refused too.
+        from pipelines.generation import build_plan, run_plan
+
+        plan = build_plan(validate_spec(CaptionJobSpec, {**spec, "output": {"uri": str(out), "mode": "resume"}},
+                                        source="test"))
+        with pytest.raises(OutputLeasedError, match=f"being written by run {owner}"):
+            run_plan(plan, ray_init=None)
         assert first.poll() is None
     finally:
         Path(str(marker) + ".go").write_text("go")

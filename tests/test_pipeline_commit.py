@@ -23,11 +23,15 @@ def _store(out: str) -> OutputStore:
     return OutputStore(out, schema=SCHEMA)
 
 
-def _block(key: str, n: int, rows: range, bad: set[int] = frozenset()) -> pa.Table:
+# Shard keys as readers.Shard makes them (20 hex digits): the output layout's names.
+KEY = {label: f"{n:020x}" for n, label in enumerate(["k1", "k2", "k3", "k9"], start=1)}
+
+
+def _block(label: str, n: int, rows: range, bad: set[int] = frozenset()) -> pa.Table:
     idx = list(rows)
     return pa.table({
-        "id": [f"{key}-{i}" for i in idx],
-        "shard_key": [key] * len(idx),
+        "id": [f"{label}-{i}" for i in idx],
+        "shard_key": [KEY[label]] * len(idx),
         "shard_rows": [n] * len(idx),
         "row_index": idx,
         "source_uri": ["f"] * len(idx),
@@ -62,7 +66,7 @@ def test_commit_merges_blocks_dedupes_a_retried_block_and_orders_rows(tmp_path):
     b = _stage(out, _block("k1", 5, range(3, 5)))
     b_again = _stage(out, _block("k1", 5, range(3, 5)))  # a retried block reported twice
     m = store.commit_shard(
-        StagedShard("k1", ["f"], 5, ok_paths=[b["ok_path"], a["ok_path"], b_again["ok_path"]],
+        StagedShard(KEY["k1"], ["f"], 5, ok_paths=[b["ok_path"], a["ok_path"], b_again["ok_path"]],
                     error_paths=[a["error_path"]]),
         run_id="r1", commit_number=1,
     )
@@ -71,7 +75,7 @@ def test_commit_merges_blocks_dedupes_a_retried_block_and_orders_rows(tmp_path):
     assert ok.column("id").to_pylist() == ["k1-0", "k1-2", "k1-3", "k1-4"]
     assert bad.column("id").to_pylist() == ["k1-1"] and bad.column("cause").to_pylist() == ["corrupt_image"]
     assert "row_index" not in ok.column_names and ok.column("texts").to_pylist()[0] == ["t0"]
-    assert not (tmp_path / "out" / "_staging" / "r1" / "k1").exists()
+    assert not (tmp_path / "out" / "_staging" / "r1" / KEY["k1"]).exists()
 
 
 def test_missing_rows_are_never_committed(tmp_path):
@@ -80,7 +84,7 @@ def test_missing_rows_are_never_committed(tmp_path):
     store.prepare(mode="error_if_exists", fingerprint="f")
     a = _stage(out, _block("k2", 4, range(0, 3)))
     with pytest.raises(CommitError, match="not committed"):
-        store.commit_shard(StagedShard("k2", ["f"], 4, ok_paths=[a["ok_path"]]), run_id="r1", commit_number=1)
+        store.commit_shard(StagedShard(KEY["k2"], ["f"], 4, ok_paths=[a["ok_path"]]), run_id="r1", commit_number=1)
     assert store.committed() == {} and gs.read_dir(out).num_rows == 0
 
 
@@ -89,14 +93,14 @@ def test_resume_removes_uncommitted_files_and_keeps_committed(tmp_path):
     store = _store(out)
     store.prepare(mode="resume", fingerprint="f")
     a = _stage(out, _block("k1", 2, range(2)))
-    store.commit_shard(StagedShard("k1", ["f1"], 2, ok_paths=[a["ok_path"]]), run_id="r1", commit_number=1)
+    store.commit_shard(StagedShard(KEY["k1"], ["f1"], 2, ok_paths=[a["ok_path"]]), run_id="r1", commit_number=1)
     # A crash between a data file's move and its manifest: the file is visible, unowned.
-    orphan = tmp_path / "out" / "part-k9.parquet"
-    orphan.write_bytes((tmp_path / "out" / "part-k1.parquet").read_bytes())
+    orphan = tmp_path / "out" / f"part-{KEY['k9']}.parquet"
+    orphan.write_bytes((tmp_path / "out" / f"part-{KEY['k1']}.parquet").read_bytes())
     _stage(out, _block("k3", 2, range(2)), run_id="r2")  # staged leftovers of a killed run
     assert gs.read_dir(out).num_rows == 4
     committed = _store(out).prepare(mode="resume", fingerprint="f")
-    assert set(committed) == {"k1"} and committed["k1"].inputs == ["f1"]
+    assert set(committed) == {KEY["k1"]} and committed[KEY["k1"]].inputs == ["f1"]
     assert not orphan.exists() and not (tmp_path / "out" / "_staging").exists()
     assert gs.read_dir(out).column("id").to_pylist() == ["k1-0", "k1-1"]
     with pytest.raises(OutputExistsError, match="other inputs"):
@@ -150,10 +154,38 @@ def test_read_shard_ids_sources_and_read_errors(tmp_path):
     assert rows[0]["payload"] == b"a cat" and rows[0]["error_stage"] == ""
     assert rows[1]["error_cause"] == "missing_column" and "input_column" in rows[1]["error_message"]
     assert {r["shard_rows"] for r in rows} == {2} and [r["row_index"] for r in rows] == [0, 1]
-    gs.write_parquet(str(tmp_path / "p.parquet"), [{"img": b"x"}])
-    opts = ReaderOptions(format="parquet", root=str(tmp_path), input_column="image")
+    # A Parquet file without the input column: each of its rows (its footer counts them)
+    # is an error row, with its id where the id column is there.
+    gs.write_parquet(str(tmp_path / "p.parquet"), [{"img": b"x", "key": "a"}, {"img": b"y", "key": "b"}])
+    opts = ReaderOptions(format="parquet", root=str(tmp_path), input_column="image", id_column="key")
     rows = read_shard(Shard(files=(str(tmp_path / "p.parquet"),)), opts).to_pylist()
-    assert rows[0]["id"] == "p.parquet#file" and rows[0]["error_cause"] == "missing_column"
+    assert [(r["id"], r["source_row"], r["error_cause"]) for r in rows] == [("a", 0, "missing_column"),
+                                                                           ("b", 1, "missing_column")]
+    assert "file-level error" in rows[0]["error_message"] and "none of its 2 rows" in rows[0]["error_message"]
+    opts = ReaderOptions(format="parquet", root=str(tmp_path), input_column="image", id_column="nope")
+    rows = read_shard(Shard(files=(str(tmp_path / "p.parquet"),)), opts).to_pylist()
+    assert [r["id"] for r in rows] == ["p.parquet#0", "p.parquet#1"]
+    # A footer that reads over a row group that does not (its page header overwritten):
+    # all 40 rows are error rows with their ids, not one row for the file.
+    import os
+
+    import pyarrow.parquet as pq
+
+    table = pa.table({"key": [f"r{i}" for i in range(40)], "image": [os.urandom(3000) for _ in range(40)]})
+    pq.write_table(table, tmp_path / "torn.parquet", row_group_size=20)
+    page = pq.ParquetFile(tmp_path / "torn.parquet").metadata.row_group(1).column(1).data_page_offset
+    data = bytearray((tmp_path / "torn.parquet").read_bytes())
+    data[page : page + 16] = b"\xff" * 16
+    (tmp_path / "torn.parquet").write_bytes(bytes(data))
+    opts = ReaderOptions(format="parquet", root=str(tmp_path), input_column="image", id_column="key")
+    rows = read_shard(Shard(files=(str(tmp_path / "torn.parquet"),)), opts).to_pylist()
+    assert [r["id"] for r in rows] == [f"r{i}" for i in range(40)]
+    assert {r["error_cause"] for r in rows} == {"unreadable_file"} and "none of its 40 rows" in rows[0]["error_message"]
+    # A file that is not Parquet at all: one row, its id '<file>#file', "file" in its message.
+    gs.write_bytes(str(tmp_path / "q.parquet"), b"not parquet")
+    rows = read_shard(Shard(files=(str(tmp_path / "q.parquet"),)), opts).to_pylist()
+    assert [(r["id"], r["source_row"], r["error_cause"]) for r in rows] == [("q.parquet#file", -1, "unreadable_file")]
+    assert rows[0]["error_message"].startswith("file-level error: cannot read the file")
 
 
 def test_image_folder_references_come_from_its_captions_file(tmp_path):

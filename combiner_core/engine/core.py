@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..combiner import Combiner
+from ..describe import max_new_tokens_limit
 from ..generation import Generated, GenerationParams, hf_generate, trim_generated
 from ..preprocess import collate_token_ids
 from .decoder import DecoderRunner, UnsupportedFamily, decoder_family, extract_decoder, is_composite
@@ -208,6 +209,30 @@ def length_buckets(order: list[int], lengths: list[int], cap: int) -> list[list[
     return buckets
 
 
+def _fit_positions(params: GenerationParams, model: torch.nn.Module) -> GenerationParams:
+    """`params` with max_new_tokens lowered to what the decoder's position table holds.
+
+    Past it the decoder would read a position it has no embedding for (an IndexError
+    that took down whole batches); a row that reaches the limit ends there, as any row
+    that reaches max_new_tokens does. Said once per (family, limit) in the log.
+    """
+    limit = max_new_tokens_limit(model.config.to_dict())
+    if limit is None or params.max_new_tokens <= limit:
+        return params
+    key = (decoder_family(model), f"positions {limit}")
+    with _LOG_LOCK:
+        first = key not in _LOGGED
+        _LOGGED.add(key)
+    if first:
+        log.warning(
+            "generation engine: max_new_tokens=%d is past the %d positions of the '%s' decoder; "
+            "rows end at %d tokens", params.max_new_tokens, limit, key[0], limit,
+        )
+    return params.model_copy(
+        update={"max_new_tokens": limit, "min_new_tokens": min(params.min_new_tokens, limit)}
+    )
+
+
 class GenerationEngine:
     """Generates for a combiner with in-flight batching; reusable across calls (actors).
 
@@ -248,8 +273,8 @@ class GenerationEngine:
         native: bool = True,
     ) -> None:
         self.combiner = combiner
-        self.params = params or GenerationParams()
         model = combiner.model
+        self.params = _fit_positions(params or GenerationParams(), model)
         self.device = model.device
         self.dtype = model.dtype if dtype is None else resolve_dtype(dtype, self.device)
         if model.dtype != self.dtype:

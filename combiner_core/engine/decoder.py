@@ -133,7 +133,10 @@ class DecoderSpec:
     max_positions: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.max_positions = self.pos_emb.shape[0] - self.pos_offset
+        # Tokens a row can generate: the k-th reads row k + pos_offset of the table, or
+        # padding_idx + 1 + k in RoBERTa / fairseq style (see the engine's _advance).
+        first = self.pos_offset if self.pos_padding_idx is None else self.pos_padding_idx + 1
+        self.max_positions = self.pos_emb.shape[0] - first
 
     @property
     def vocab_size(self) -> int:

@@ -11,10 +11,10 @@ from typing import Any
 
 import fsspec
 
-from combiner_core.storage import absolute_uri, get_filesystem, is_hub_id, is_remote, local_path
+from combiner_core.storage import get_filesystem, is_hub_id, is_remote, local_path
 
 from ..session import init_ray
-from ..specs import SpecError, spec_hash
+from ..specs import SpecError, resolve_spec_paths, spec_hash
 from .data import DataSourceError, plan_pairs, read_pairs
 from .layout import METRICS_FILE, MODEL_DIR, STATE_FILE
 from .spec import FinetuneSpec, ModelSpec
@@ -106,31 +106,10 @@ def preflight(spec: FinetuneSpec, *, source: str = "spec") -> None:
         raise SpecError(source, problems)
 
 
-def _absolute(uri: str) -> str:
-    # Hub ids ("org/name") stay as they are; anything else local is made absolute.
-    return absolute_uri(uri, hub_ids=True)
-
-
 def absolute_local_paths(spec: FinetuneSpec) -> FinetuneSpec:
-    """The spec with local paths made absolute: workers do not share the driver's cwd."""
-    data = spec.model_dump()
-    model = data["model"]
-    if model["checkpoint"]:
-        model["checkpoint"]["uri"] = _absolute(model["checkpoint"]["uri"])
-    if model["warm_start"]:
-        for key in ("encoder_uri", "decoder_uri", "tokenizer_uri"):
-            if model["warm_start"][key]:
-                model["warm_start"][key] = _absolute(model["warm_start"][key])
-    if model["random"]:
-        model["random"]["words_file"] = _absolute(model["random"]["words_file"])
-    for key in ("train", "eval", "test"):
-        if data["data"][key]:
-            data["data"][key]["uri"] = _absolute(data["data"][key]["uri"])
-            if data["data"][key]["captions_file"]:
-                data["data"][key]["captions_file"] = _absolute(data["data"][key]["captions_file"])
-    data["run"]["storage_path"] = _absolute(data["run"]["storage_path"])
-    data["export"]["uri"] = _absolute(data["export"]["uri"])
-    return FinetuneSpec.model_validate(data)
+    """The spec with local paths (its path fields) made absolute: workers do not share the
+    driver's folder. Hub ids ("org/name") stay as they are."""
+    return FinetuneSpec.model_validate(resolve_spec_paths(FinetuneSpec, spec.model_dump(), Path.cwd()))
 
 
 def _run_config(spec: FinetuneSpec) -> Any:

@@ -11,15 +11,18 @@ from combiner_core import GenerationParams
 
 from ..inputs import InputSource
 from ..readers import ReaderOptions
-from ..specs import ModelSource, StrictModel
+from ..specs import ModelSource, StrictModel, path_field
 
 
 class WarmStartSource(StrictModel):
     """Join a pretrained encoder and decoder; cross-attention starts random."""
 
-    encoder_uri: str = Field(description="encoder checkpoint: local folder, s3:// prefix, or hub id when online")
-    decoder_uri: str = Field(description="decoder checkpoint that can cross-attend (BERT, GPT-2, TrOCR, BART...)")
-    tokenizer_uri: str | None = Field(None, description="decoder tokenizer, when not beside the decoder weights")
+    encoder_uri: str = path_field(description="encoder checkpoint: local folder, s3:// prefix, or hub id when online",
+                                  hub_ids=True)
+    decoder_uri: str = path_field(description="decoder checkpoint that can cross-attend (BERT, GPT-2, TrOCR, "
+                                  "BART...)", hub_ids=True)
+    tokenizer_uri: str | None = path_field(None, description="decoder tokenizer, when not beside the decoder weights",
+                                           hub_ids=True)
     allow_pickle: bool = Field(False, description="permit .bin (pickle) weights when no safetensors exist")
 
 
@@ -30,7 +33,7 @@ class RandomSource(StrictModel):
     decoder_config: dict[str, Any] = Field(
         description="decoder config with model_type (e.g. gpt2, bert); vocab_size and special ids are filled in"
     )
-    words_file: str = Field(description="text file, one word per line: the word-level tokenizer's vocabulary")
+    words_file: str = path_field(description="text file, one word per line: the word-level tokenizer's vocabulary")
     image_size: int | None = Field(
         None, ge=8, description="vision encoders: pixels per side the image processor resizes to"
     )
@@ -161,7 +164,7 @@ class RunSpec(StrictModel):
         "from its latest checkpoint",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
     )
-    storage_path: str = Field(description="checkpoint root: local folder or s3:// prefix")
+    storage_path: str = path_field(description="checkpoint root: local folder or s3:// prefix")
     num_to_keep: int = Field(2, ge=1, description="checkpoints kept (the newest ones)")
     max_failures: int = Field(
         2, ge=-1, description="worker-group restarts (from the latest checkpoint) before failing; -1 = unlimited"
@@ -171,7 +174,7 @@ class RunSpec(StrictModel):
 class ExportSpec(StrictModel):
     """The final model."""
 
-    uri: str = Field(
+    uri: str = path_field(
         description="where the trained combiner goes (HF layout + manifest, loss_curve.png, metrics.json)"
     )
     overwrite: bool = Field(

@@ -10,7 +10,8 @@ A task kind is one adapter (tasks/) plus its spec (specs.py).
 
 from .commit import CommitError, OutputExistsError
 from .lease import LeaseLostError, OutputLeasedError
-from .plan import InputSpecError, JobPlan, ModelSpecError, build_plan, preflight
+from .plan import JobPlan, PreflightError, build_plan
+from .preflight import Preflight, preflight
 from .report import format_summary
 from .run import JobSummary, run_job, run_plan
 from .specs import CaptionJobSpec, JobSpec, LabelJobSpec, SummarizeJobSpec
@@ -20,16 +21,16 @@ __all__ = [
     "CaptionJobSpec",
     "CaptionTask",
     "CommitError",
-    "InputSpecError",
     "JobPlan",
     "JobSpec",
     "JobSummary",
     "LabelJobSpec",
     "LabelTask",
     "LeaseLostError",
-    "ModelSpecError",
     "OutputExistsError",
     "OutputLeasedError",
+    "Preflight",
+    "PreflightError",
     "SummarizeJobSpec",
     "SummarizeTask",
     "TaskAdapter",

@@ -8,6 +8,12 @@ Layout under output.uri:
     _staging/<run_id>/...             staged block files of running jobs (ignored by readers: '_')
     _job.json                         fingerprint of the job that owns this output
     _summary.json                     rows_in / rows_ok / rows_errored ... of the whole output
+    _gallery.html, _SUCCESS, _lease.json (lease.py)
+
+Nothing else is ours. A job deletes only files of this layout (output.mode=overwrite,
+resume's cleanup), recognised by exact names (a shard key is 20 hex digits) in a folder
+whose _job.json we wrote; a folder holding anything else is refused before any write
+(`OutputStore.survey`), so a user's own files are never touched.
 
 Protocol (per shard; the shard's rows may be spread over many blocks and workers):
 1. workers write each block's rows as staged files under _staging/<run_id>/<shard_key>/
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +59,57 @@ JOB_FILE = "_job.json"
 SUMMARY_FILE = "_summary.json"
 # Hadoop / Spark's marker that a job committed everything (schedulers' sensors wait on it).
 SUCCESS_FILE = "_SUCCESS"
+# "_" first: plain-directory Parquet readers (pyarrow, pandas, Spark, DuckDB) skip names
+# that start with "_" or ".", so the page never breaks `pd.read_parquet(output_uri)`.
+GALLERY_FILE = "_gallery.html"
+
+# Our file names, exactly: a shard key is sha256(...)[:20] in hex (readers.Shard).
+_PART = re.compile(r"^part-([0-9a-f]{20}|empty)\.parquet$")
+_MANIFEST = re.compile(r"^[0-9a-f]{20}\.json$")
+_TOP_FILES = {JOB_FILE, SUMMARY_FILE, SUCCESS_FILE, GALLERY_FILE, LEASE_FILE}
+
+
+def is_own_path(rel: str) -> bool:
+    """Whether `rel` (a path relative to output.uri) is a file of the output layout."""
+    parts = rel.split("/")
+    if parts[0] == STAGING_DIR:
+        return len(parts) > 1
+    if len(parts) == 1:
+        return rel in _TOP_FILES or bool(_PART.match(rel))
+    if len(parts) == 2 and parts[0] == ERRORS_DIR:
+        return bool(_PART.match(parts[1]))
+    return len(parts) == 2 and parts[0] == COMMITS_DIR and bool(_MANIFEST.match(parts[1]))
+
+
+@dataclass(frozen=True)
+class OutputSurvey:
+    """What output.uri holds now: files of our layout, and anything else (foreign).
+
+    Without our _job.json only the lease counts as ours: a Spark output's
+    part-*.parquet and _SUCCESS are somebody else's, whatever their names.
+    """
+
+    own: list[str]
+    foreign: list[str]
+    is_file: bool = False
+
+    @property
+    def results(self) -> list[str]:
+        """Our files other than the lease (an earlier run's results)."""
+        return [p for p in self.own if p != LEASE_FILE]
+
+    def foreign_problem(self, uri: str) -> str | None:
+        """The refusal for an output that holds files that are not ours (None: none)."""
+        if self.is_file:
+            return f"output.uri: {uri} is a file; name a folder (or prefix) for the output"
+        if not self.foreign:
+            return None
+        shown = ", ".join(self.foreign[:5]) + (f" and {len(self.foreign) - 5} more" if len(self.foreign) > 5 else "")
+        return (
+            f"output.uri: {uri} holds {len(self.foreign)} file(s) this job did not write ({shown}). A job "
+            "writes only into a new or empty folder or its own earlier output, and never deletes what it "
+            "did not write, in any output.mode: choose another output.uri, or move those files away"
+        )
 
 _INTERNAL = [("row_index", pa.int64()), ("shard_key", pa.string())]
 # Every output table: where the row came from, the task's own columns, then reference
@@ -260,6 +318,9 @@ class ShardManifest:
     # and the model stage's counters for it (e.g. decoder positions).
     metric_sums: dict[str, float] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
+    # cause -> [errored rows, the first row's message]: the summary's top causes without
+    # reading the errors table back.
+    error_causes: dict[str, list] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ShardManifest:
@@ -273,10 +334,13 @@ class ShardManifest:
 
 
 class OutputStore:
-    """output.uri as the commit protocol sees it (see the module docstring)."""
+    """output.uri as the commit protocol sees it (see the module docstring).
+
+    `schema` (the output table's) is needed only to commit; surveying needs none.
+    """
 
     def __init__(
-        self, uri: str, *, schema: pa.Schema, storage_options: Mapping[str, Any] | None = None
+        self, uri: str, *, schema: pa.Schema | None = None, storage_options: Mapping[str, Any] | None = None
     ) -> None:
         self.uri = uri.rstrip("/")
         self.schema = schema
@@ -289,47 +353,78 @@ class OutputStore:
     def uri_of(self, *parts: str) -> str:
         return "/".join([self.uri, *parts])
 
-    def _exists(self) -> bool:
-        """Whether the output holds anything besides this run's lease."""
+    def survey(self) -> OutputSurvey:
+        """What the output holds now (read-only: the driver's check before any write)."""
         if not self.fs.exists(self.root):
-            return False
-        return any(not p.endswith("/" + LEASE_FILE) for p in self.fs.find(self.root))
+            return OutputSurvey([], [])
+        if self.fs.isfile(self.root):
+            return OutputSurvey([], [self.root], is_file=True)
+        rels = sorted(p[len(self.root) + 1 :] for p in self.fs.find(self.root) if p.startswith(self.root + "/"))
+        ours = JOB_FILE in rels and self._job_record() is not None
+        own = [r for r in rels if is_own_path(r) and (ours or r == LEASE_FILE)]
+        taken = set(own)
+        return OutputSurvey(own, [r for r in rels if r not in taken])
+
+    def _job_record(self) -> dict[str, Any] | None:
+        """_job.json as we write it ({"fingerprint": ...}), or None (absent or not ours)."""
+        try:
+            with self.fs.open(self._path(JOB_FILE), "r") as f:
+                data = json.load(f)
+        except (FileNotFoundError, ValueError, UnicodeDecodeError):
+            return None
+        return data if isinstance(data, dict) and isinstance(data.get("fingerprint"), str) else None
+
+    def existing_problem(self, survey: OutputSurvey, mode: str) -> str | None:
+        """Why `mode` cannot start on the output as surveyed (None: it can)."""
+        problem = survey.foreign_problem(self.uri)
+        if problem is None and mode == "error_if_exists" and survey.results:
+            problem = (
+                f"output.uri: {self.uri} already holds the output of an earlier run (output.mode is "
+                "error_if_exists). Set output.mode=resume to continue that job, output.mode=overwrite to "
+                "replace it, or choose another output.uri"
+            )
+        return problem
+
+    def fingerprint_problem(self, fingerprint: str) -> str | None:
+        """Why this output cannot take a job with `fingerprint` (None: it can)."""
+        previous = self._job_record()
+        if previous is None or previous["fingerprint"] == fingerprint:
+            return None
+        return (
+            f"output.uri: {self.uri} was written by a job with other inputs, model or generation "
+            f"parameters (fingerprint {previous['fingerprint'][:12]} != {fingerprint[:12]}); resuming "
+            "would mix results. Use output.mode=overwrite or another output.uri"
+        )
 
     # --- start of a run -----------------------------------------------------------------
 
     def prepare(self, *, mode: str, fingerprint: str) -> dict[str, ShardManifest]:
         """Apply output.mode and return the manifests of shards already committed.
 
-        resume: deletes staged leftovers and uncommitted data files first, and refuses
-        an output written by a job with a different fingerprint (input, model, generation).
+        Checked again here, under the lease: an output holding files that are not ours
+        is refused in every mode. overwrite deletes our layout's files only; resume
+        deletes staged leftovers and uncommitted data files first, and refuses an output
+        written by a job with a different fingerprint (input, model, generation).
         """
-        if mode == "overwrite" and self.fs.exists(self.root):
-            # Everything but the lease this run holds (lease.py).
-            for path in self.fs.ls(self.root, detail=False):
-                if not path.rstrip("/").endswith("/" + LEASE_FILE):
-                    self.fs.rm(path, recursive=True)
-        elif mode == "error_if_exists" and self._exists():
-            raise OutputExistsError(
-                f"output.uri {self.uri} already holds files. Set output.mode=resume to continue "
-                "that job, output.mode=overwrite to replace it, or choose another output.uri"
-            )
+        survey = self.survey()
+        problem = self.existing_problem(survey, mode)
+        if problem is not None:
+            raise OutputExistsError(problem)
+        if mode == "overwrite":
+            for rel in survey.results:  # the lease is this run's own (lease.py)
+                self.fs.rm(self._path(rel))
+            for folder in (STAGING_DIR, ERRORS_DIR, COMMITS_DIR):  # empty folders left behind
+                if self.fs.exists(self._path(folder)) and not self.fs.find(self._path(folder)):
+                    self.fs.rm(self._path(folder), recursive=True)
         success = self._path(SUCCESS_FILE)
         if self.fs.exists(success):
             # Whatever this run does, the output is not known complete until it ends.
             self.fs.rm(success)
-        job_path = self._path(JOB_FILE)
-        if self.fs.exists(job_path):
-            with self.fs.open(job_path, "r") as f:
-                previous = json.load(f)
-            if previous.get("fingerprint") != fingerprint:
-                raise OutputExistsError(
-                    f"output.uri {self.uri} was written by a job with other inputs, model or "
-                    f"generation parameters (fingerprint {previous.get('fingerprint', '?')[:12]} "
-                    f"!= {fingerprint[:12]}); resuming would mix results. Use "
-                    "output.mode=overwrite or another output.uri"
-                )
-        else:
-            _write_json(self.fs, job_path, {"fingerprint": fingerprint})
+        problem = self.fingerprint_problem(fingerprint)
+        if problem is not None:
+            raise OutputExistsError(problem)
+        if self._job_record() is None:
+            _write_json(self.fs, self._path(JOB_FILE), {"fingerprint": fingerprint})
         manifests = self.committed()
         self._cleanup(manifests)
         return manifests
@@ -360,7 +455,7 @@ class OutputStore:
             for path in self.fs.ls(folder, detail=False):
                 rel = path[len(self.root) + 1 :] if path.startswith(self.root + "/") else path
                 name = posixpath.basename(path)
-                if name.startswith("part-") and name.endswith(".parquet") and rel not in keep:
+                if _PART.match(name) and rel not in keep:
                     self.fs.rm(path)
 
     # --- commit -------------------------------------------------------------------------
@@ -444,6 +539,7 @@ class OutputStore:
             committed_at=datetime.now(UTC).isoformat(timespec="seconds"),
             metric_sums=sums,
             stats=dict(shard.stats),
+            error_causes=_error_causes(bad),
         )
         tmp = self._path(STAGING_DIR, run_id, "commit", f"{shard_key}.json")
         _write_json(self.fs, tmp, manifest.__dict__)
@@ -480,6 +576,17 @@ class OutputStore:
         """Write the empty _SUCCESS file: last, once every input of the job is committed."""
         with self.fs.open(self._path(SUCCESS_FILE), "wb"):
             pass
+
+
+def _error_causes(errors: pa.Table | None) -> dict[str, list]:
+    """cause -> [rows, first message] of a shard's error rows."""
+    out: dict[str, list] = {}
+    if errors is None:
+        return out
+    for cause, message in zip(errors.column("cause").to_pylist(), errors.column("message").to_pylist(), strict=True):
+        entry = out.setdefault(cause or "unknown", [0, message or ""])
+        entry[0] += 1
+    return out
 
 
 def _dedupe(table: pa.Table | None) -> pa.Table | None:

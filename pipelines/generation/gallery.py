@@ -22,14 +22,12 @@ from fsspec.core import url_to_fs
 
 from ..metrics import normalize_for_match
 from ..readers import Shard, read_shard
+from .commit import GALLERY_FILE
 from .plan import JobPlan
 from .run import JobSummary
 
 log = logging.getLogger(__name__)
 
-# "_" first: plain-directory Parquet readers (pyarrow, pandas, Spark, DuckDB) skip names
-# that start with "_" or ".", so the page never breaks `pd.read_parquet(output_uri)`.
-GALLERY_FILE = "_gallery.html"
 _THUMB_PX = 128  # longest side of a thumbnail: enough to check a caption, small inline
 _TEXT_CHARS = 600  # text inputs are cut for display only
 

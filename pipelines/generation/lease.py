@@ -130,15 +130,27 @@ class Lease:
 
     # --- the lease's life -----------------------------------------------------------------
 
+    def _other(self) -> tuple[LeaseRecord | None, float, bool]:
+        """Another run's lease on the store (or None), its age, and whether it is live."""
+        other, age = self._read()
+        if other is None or other.run_id == self.record.run_id:
+            return None, 0.0, False
+        alive = _alive_here(other)
+        return other, age or 0.0, bool(alive or (alive is None and age is not None and age < other.ttl_s))
+
+    def held_by_another(self) -> str | None:
+        """Who else holds a live lease on this output, in words (None: nobody)."""
+        other, age, live = self._other()
+        return self._describe(other, age) if other is not None and live else None
+
     def acquire(self) -> None:
         """Take the lease or raise OutputLeasedError naming the owner; then keep it renewed."""
-        other, age = self._read()
-        if other is not None and other.run_id != self.record.run_id:
-            alive = _alive_here(other)
-            if alive or (alive is None and age is not None and age < other.ttl_s):
-                raise OutputLeasedError(self._describe(other, age or 0.0))
+        other, age, live = self._other()
+        if other is not None:
+            if live:
+                raise OutputLeasedError(self._describe(other, age))
             log.warning("output.uri %s: taking over the lease of run %s (%s)", self.uri, other.run_id,
-                        "its driver is gone" if alive is False else f"not renewed for {age:.0f}s")
+                        "its driver is gone" if _alive_here(other) is False else f"not renewed for {age:.0f}s")
         self._write()
         self.check()  # two drivers that wrote at once: the last write won
         self._thread = threading.Thread(target=self._renew_loop, name="output-lease", daemon=True)

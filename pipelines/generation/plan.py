@@ -1,9 +1,9 @@
 """The plan: a validated job spec, resolved once on the driver into what every stage needs.
 
 It flows whole into the stage builder and the actors (it is a plain picklable value),
-so no stage takes a spec apart into loose arguments. Building it checks what can be
-checked before the output is touched and before Ray starts: model.uri (config and
-tokenizer / image processor, no weights), and the captions file.
+so no stage takes a spec apart into loose arguments. Building it checks model.uri
+(config and tokenizer / image processor, no weights; generation fitted to the decoder's
+positions) and the captions file; preflight.py adds the input and output checks.
 """
 
 from __future__ import annotations
@@ -16,34 +16,20 @@ from pydantic import BaseModel
 
 from combiner_core.describe import CheckpointInfo, describe_checkpoint
 from combiner_core.errors import CombinerError
-from combiner_core.storage import (
-    StorageAccessError,
-    absolute_uri,
-    is_hub_id,
-    is_remote,
-    storage_access,
-)
+from combiner_core.storage import StorageAccessError, absolute_uri, storage_access
 
-from ..readers import (
-    CaptionsFileError,
-    InputListingError,
-    ReaderOptions,
-    input_extensions,
-    list_input_files,
-    read_captions_file,
-)
-from ..specs import canonical_sha256, spec_hash
+from ..readers import CaptionsFileError, ReaderOptions, read_captions_file
+from ..specs import SpecError, canonical_sha256, spec_hash
 from .commit import output_schema
 from .specs import JobSpec, ResourcesSpec
 from .tasks import TaskAdapter
 
 
-class ModelSpecError(ValueError):
-    """model.uri cannot serve this job (said before anything is written)."""
+class PreflightError(SpecError):
+    """The job cannot run as specified: every problem found before anything was written
+    (model, input, output), one 'key: message' line each. Jobs exit 2 on it."""
 
-
-class InputSpecError(ValueError):
-    """The input section names something unreadable (said before anything is written)."""
+    headline = "cannot run {source}; nothing was written"
 
 
 @dataclass(frozen=True)
@@ -67,6 +53,7 @@ class JobPlan:
         reader: how shards are read (absolute root).
         files_per_shard: image / text files per commit unit.
         output_uri, output_mode: where results go and how (absolute, output.mode).
+        max_error_rate: above this share of errored rows the run fails (output.max_error_rate).
         model: what the actors load.
         resources: workers, GPUs and CPUs.
         batch_size: rows per model call on an actor.
@@ -81,6 +68,7 @@ class JobPlan:
     files_per_shard: int
     output_uri: str
     output_mode: str
+    max_error_rate: float
     model: ModelPlan
     resources: ResourcesSpec
     batch_size: int
@@ -103,102 +91,88 @@ def params_hash(source: Any) -> str:
 
 def check_model(
     task: TaskAdapter, model_uri: str, *, storage_options: dict[str, Any] | None = None
-) -> CheckpointInfo | None:
-    """model.uri names a combiner of the modality the task reads (JSON files only, no weights).
-
-    Returns what was learned (None for a hub id, which only the actors resolve).
-    """
+) -> tuple[CheckpointInfo | None, list[str]]:
+    """What model.uri holds (JSON files only, no weights), or the problems with it: missing,
+    not a combiner, no tokenizer, or another modality than the task reads."""
     try:
         with storage_access(model_uri):
             info = describe_checkpoint(model_uri, storage_options=storage_options)
     except CombinerError as exc:
-        raise ModelSpecError(f"model.uri {model_uri}: {exc}") from exc
+        return None, [f"model.uri: {exc}" if model_uri in str(exc) else f"model.uri {model_uri}: {exc}"]
     except OSError as exc:  # object storage refused (credentials, endpoint)
-        raise ModelSpecError(f"model.uri {model_uri}: cannot read it ({type(exc).__name__}: {exc})") from exc
-    if info is not None and task.modality is not None and info.modality != task.modality:
+        return None, [f"model.uri {model_uri}: cannot read it ({type(exc).__name__}: {exc})"]
+    if task.modality is not None and info.modality != task.modality:
         want = "an image" if task.modality == "image" else "a text"
-        raise ModelSpecError(
+        return None, [
             f"model.uri {model_uri} is a {info.modality} combiner ({info.layout}), but {task.name} "
             f"needs {want} combiner; point model.uri at one"
-        )
-    return info
+        ]
+    return info, []
 
 
-def build_plan(spec: JobSpec, *, storage_options: dict[str, Any] | None = None) -> JobPlan:
-    """Resolve `spec` (already validated) into a JobPlan; raises ModelSpecError / InputSpecError."""
-    spec = spec.resolved()
+def reader_of(spec: JobSpec, storage_options: dict[str, Any]) -> ReaderOptions:
+    """The spec's reader options with absolute paths (workers run in other folders)."""
+    reader = spec.reader_options()
+    return replace(
+        reader,
+        root=absolute_uri(reader.root),
+        captions_file=absolute_uri(reader.captions_file) if reader.captions_file else None,
+        storage_options=storage_options,
+    )
+
+
+def resolve_plan(
+    spec: JobSpec, *, storage_options: dict[str, Any] | None = None
+) -> tuple[JobPlan | None, list[str]]:
+    """`spec` (validated, resolved) as a JobPlan, or the problems that stop it (model.uri,
+    generation limits, the captions file). Reads JSON files, no weights; writes nothing."""
     task = spec.task()
     options = dict(storage_options or {})
     # Workers may run in another folder (ray job submit's working_dir): paths made absolute.
     model_uri = absolute_uri(spec.model.uri, hub_ids=True)
-    info = check_model(task, model_uri, storage_options=options)
-    reader = spec.reader_options()
-    reader = replace(
-        reader,
-        root=absolute_uri(reader.root),
-        captions_file=absolute_uri(reader.captions_file) if reader.captions_file else None,
-        storage_options=options,
-    )
+    info, problems = check_model(task, model_uri, storage_options=options)
+    if info is not None:
+        spec, fit_problems = spec.fit_to_model(info)
+        problems += fit_problems
+        task = spec.task()
+    reader = reader_of(spec, options)
     if reader.captions_file:
         try:
             with storage_access(reader.captions_file):
                 read_captions_file(reader.captions_file, options)
         except CaptionsFileError as exc:
-            raise InputSpecError(f"input.{exc}") from None
+            problems.append(f"input.{exc}")
         except StorageAccessError as exc:
-            raise InputSpecError(f"input.captions_file: {exc}") from None
-    return JobPlan(
+            problems.append(f"input.captions_file: {exc}")
+    if problems or info is None:
+        return None, problems
+    plan = JobPlan(
         task=task,
         reader=reader,
         files_per_shard=spec.input.files_per_shard,
         output_uri=absolute_uri(spec.output.uri),
         output_mode=spec.output.mode,
+        max_error_rate=spec.output.max_error_rate,
         model=ModelPlan(
             uri=model_uri, dtype=spec.model.dtype, allow_pickle=spec.model.allow_pickle,
-            trust_remote_code=spec.model.trust_remote_code, weights_bytes=info.weights_bytes if info else 0,
-            modality=info.modality if info else task.modality,
+            trust_remote_code=spec.model.trust_remote_code, weights_bytes=info.weights_bytes,
+            modality=info.modality,
         ),
         resources=spec.resources,
         batch_size=spec.batch_size,
-        lineage={"model_uri": model_uri, "spec_hash": spec_hash(spec), "params_hash": params_hash(task.params_digest_source())},
+        lineage={"model_uri": model_uri, "spec_hash": spec_hash(spec),
+                 "params_hash": params_hash(task.params_digest_source())},
         fingerprint=spec.job_fingerprint(),
         storage_options=options,
         gallery_rows=spec.output.gallery_rows,
     )
+    return plan, []
 
 
-def preflight(spec: JobSpec) -> list[str]:
-    """What `--validate-only` checks besides the spec itself; returns one line per check.
-
-    Local paths are probed (the model folder is a combiner of the right modality, the
-    input matches files); remote URIs are named but not probed, since that needs
-    credentials and the network (the job itself checks them before it writes).
-    Raises ModelSpecError / InputSpecError for a local problem.
-    """
-    spec = spec.resolved()
-    task = spec.task()
-    lines = []
-    model_uri = absolute_uri(spec.model.uri, hub_ids=True)
-    if is_remote(model_uri) or is_hub_id(model_uri):
-        lines.append(f"model.uri {model_uri}: remote, not probed by --validate-only")
-    else:
-        info = check_model(task, model_uri)
-        lines.append(f"model.uri {model_uri}: a {info.layout} combiner ({info.modality}), ok" if info else "")
-    reader = spec.reader_options()
-    root = absolute_uri(reader.root)
-    if is_remote(root):
-        lines.append(f"input.uri {root}: remote, not probed by --validate-only")
-    else:
-        try:
-            files, _ = list_input_files(root, format=reader.format, extensions=reader.extensions)
-        except InputListingError as exc:
-            raise InputSpecError(f"input.uri: {exc}") from None
-        if not files:
-            raise InputSpecError(
-                f"input.uri {root}: no {reader.format} input files there (names ending in "
-                f"{', '.join(input_extensions(reader))}); check the path and input.format"
-            )
-        lines.append(f"input.uri {root}: {len(files)} {reader.format} file(s), ok")
-    output = absolute_uri(spec.output.uri)
-    lines.append(f"output.uri {output}: " + ("remote, not probed" if is_remote(output) else "local"))
-    return [line for line in lines if line]
+def build_plan(spec: JobSpec, *, storage_options: dict[str, Any] | None = None) -> JobPlan:
+    """Resolve `spec` (already validated) into a JobPlan, or raise PreflightError listing
+    every problem found (model, generation limits, captions file)."""
+    plan, problems = resolve_plan(spec.resolved(), storage_options=storage_options)
+    if plan is None:
+        raise PreflightError("job", problems)
+    return plan

@@ -64,5 +64,31 @@ def format_summary(summary: JobSummary, *, examples: int = 5) -> str:
         )
     if "decoder_efficiency" in s.stats:
         lines.append(f"    decoder efficiency: {s.stats['decoder_efficiency']:.3f}")
+    lines += _error_lines(s)
     lines.append("SUMMARY " + json.dumps(s.as_dict(), sort_keys=True))
     return "\n".join(lines)
+
+
+# Causes listed in the console summary (all of them are in _summary.json).
+_TOP_CAUSES = 5
+
+
+def _error_lines(s: JobSummary) -> list[str]:
+    """The errored rows by cause, one example message each; and the verdict when failed."""
+    if not s.rows_errored:
+        return []
+    lines = [f"    errors by cause ({s.rows_errored} rows, {s.error_rate:.1%}; all in {s.errors_uri}):"]
+    for cause, entry in list(s.error_causes.items())[:_TOP_CAUSES]:
+        example = entry["example"] if len(entry["example"]) <= 300 else entry["example"][:297] + "..."
+        lines.append(f"      {cause}: {entry['rows']} row(s), e.g. {example}")
+    if len(s.error_causes) > _TOP_CAUSES:
+        lines.append(f"      ... and {len(s.error_causes) - _TOP_CAUSES} more cause(s) in _summary.json")
+    if s.failed:
+        why = ("every row failed" if s.rows_errored == s.rows_in
+               else f"{s.error_rate:.1%} of rows failed, more than output.max_error_rate={s.max_error_rate:g}")
+        kept = "What succeeded is committed, but no" if s.rows_ok else "No"
+        lines.append(
+            f"FAILED: {why}. {kept} _SUCCESS was written. Fix the causes above and rerun with "
+            "output.mode=overwrite (or raise output.max_error_rate if these rows may fail)"
+        )
+    return lines

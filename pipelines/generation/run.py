@@ -16,23 +16,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from combiner_core.storage import StorageAccessError, storage_access
+from combiner_core.storage import storage_access
 
 from .. import faults
-from ..readers import (
-    InputListing,
-    InputListingError,
-    find_duplicates,
-    ids_can_repeat,
-    input_extensions,
-    list_inputs,
-    plan_shards,
-    read_shard_ids,
-)
+from ..readers import InputListing, find_duplicates, ids_can_repeat, plan_shards, read_shard_ids
 from ..session import init_ray
 from .commit import ERRORS_DIR, SUMMARY_FILE, OutputStore, ShardManifest, StagedShard
 from .lease import Lease
-from .plan import InputSpecError, JobPlan, build_plan
+from .plan import JobPlan, PreflightError
+from .preflight import check_input, preflight
 from .specs import JobSpec
 
 log = logging.getLogger(__name__)
@@ -44,7 +36,10 @@ class JobSummary:
 
     `metrics` are the task's (e.g. exact_match over rows with a reference); `stats`
     the model stage's counters for the rows processed in this run (e.g.
-    decoder_efficiency); `timings` the phases of this run in seconds.
+    decoder_efficiency); `timings` the phases of this run in seconds. `error_causes`
+    counts the errored rows by cause, with one example message each; `failed` says the
+    errored share passed `max_error_rate` (or every row failed): the job wrote what
+    succeeded but no _SUCCESS, and exits 3.
     """
 
     task: str
@@ -66,6 +61,13 @@ class JobSummary:
     stats: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     gallery_uri: str | None = None
+    error_causes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    max_error_rate: float = 0.0
+    failed: bool = False
+
+    @property
+    def error_rate(self) -> float:
+        return self.rows_errored / self.rows_in if self.rows_in else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,24 +80,35 @@ def run_job(
     ray_init: Callable[[], None] | None = init_ray,
     verbose: bool = False,
 ) -> JobSummary:
-    """Run a generation-pipeline job spec (any task kind) to completion."""
-    return run_plan(build_plan(spec), on_commit=on_commit, ray_init=ray_init, verbose=verbose)
+    """Run a generation-pipeline job spec (any task kind) to completion.
+
+    Raises PreflightError (every problem with model, input and output) before anything
+    is written.
+    """
+    checked = preflight(spec)
+    return run_plan(checked.plan, listing=checked.listing, on_commit=on_commit, ray_init=ray_init, verbose=verbose)
 
 
 def run_plan(
     plan: JobPlan,
     *,
+    listing: InputListing | None = None,
     on_commit: Callable[[ShardManifest], None] | None = None,
     ray_init: Callable[[], None] | None = init_ray,
     verbose: bool = False,
 ) -> JobSummary:
     """Run one job to completion and return its summary.
 
-    Shards already committed in the output (output.mode=resume) are skipped; when none
+    `listing` is the input files preflight found (listed again when None). Shards
+    already committed in the output (output.mode=resume) are skipped; when none
     remain, no Ray work and no model loading happen. `ray_init` is called only when
     there is work to do (jobs start or join Ray; tests pass None and own their Ray).
     """
-    return _JobRun(plan, on_commit=on_commit, ray_init=ray_init, verbose=verbose).run()
+    if listing is None:
+        listing, problems = check_input(plan.reader)
+        if listing is None or problems:
+            raise PreflightError("job", problems)
+    return _JobRun(plan, listing, on_commit=on_commit, ray_init=ray_init, verbose=verbose).run()
 
 
 class _JobRun:
@@ -104,12 +117,14 @@ class _JobRun:
     def __init__(
         self,
         plan: JobPlan,
+        listing: InputListing,
         *,
         on_commit: Callable[[ShardManifest], None] | None,
         ray_init: Callable[[], None] | None,
         verbose: bool,
     ) -> None:
-        self.plan, self.on_commit, self.ray_init, self.verbose = plan, on_commit, ray_init, verbose
+        self.plan, self.listing = plan, listing
+        self.on_commit, self.ray_init, self.verbose = on_commit, ray_init, verbose
         self.start = time.time()
         self.timings: dict[str, float] = {}
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
@@ -117,40 +132,18 @@ class _JobRun:
         self.lease = Lease(self.store.fs, self.store.root, self.store.uri, run_id=self.run_id)
 
     def run(self) -> JobSummary:
-        listing = self._list_inputs()
+        listing = self.listing
+        if listing.ignored:
+            log.warning(
+                "input.uri %s: %d file(s) do not look like %s inputs and were skipped, e.g. %s",
+                self.plan.reader.root, len(listing.ignored), self.plan.reader.format, listing.ignored[:3],
+            )
         with storage_access(self.plan.output_uri, action="write"):
             self.lease.acquire()  # before output.mode touches anything: overwrite deletes
         try:
             return self._run_owned(listing)
         finally:
             self.lease.release()
-
-    def _list_inputs(self) -> InputListing:
-        """Input files (before anything is written), or InputSpecError saying what was searched."""
-        reader = self.plan.reader
-        try:
-            with storage_access(reader.root, action="list"):
-                listing = list_inputs(
-                    reader.root, format=reader.format, extensions=reader.extensions,
-                    storage_options=reader.storage_options,
-                )
-                files, ignored = listing.files, listing.ignored
-        except (InputListingError, StorageAccessError) as exc:
-            raise InputSpecError(f"input.uri: {exc}") from None
-        if not files:
-            raise InputSpecError(
-                f"input.uri {reader.root}: no {reader.format} input files there (searched "
-                f"{'the glob' if any(c in reader.root for c in '*?[') else 'the folder, recursively'} "
-                f"for names ending in {', '.join(input_extensions(reader))}"
-                + (f"; {len(ignored)} other file(s) were skipped, e.g. {ignored[0]}" if ignored else "")
-                + "). Check the path and input.format"
-            )
-        if ignored:
-            log.warning(
-                "input.uri %s: %d file(s) do not look like %s inputs and were skipped, e.g. %s",
-                reader.root, len(ignored), reader.format, ignored[:3],
-            )
-        return listing
 
     def _run_owned(self, listing: InputListing) -> JobSummary:
         """What runs while this driver holds the output's lease."""
@@ -193,9 +186,13 @@ class _JobRun:
         t = time.time()
         manifests = store.committed()
         sums: dict[str, float] = {}
+        causes: dict[str, dict[str, Any]] = {}
         for m in manifests.values():
             for k, v in m.metric_sums.items():
                 sums[k] = sums.get(k, 0.0) + v
+            for cause, (rows, example) in m.error_causes.items():
+                entry = causes.setdefault(cause, {"rows": 0, "example": example})
+                entry["rows"] += rows
         seconds = time.time() - self.start
         summary = JobSummary(
             task=plan.task.name,
@@ -215,6 +212,14 @@ class _JobRun:
             run_id=self.run_id,
             metrics=plan.task.metrics(sums),
             stats=_efficiencies(stats),
+            error_causes=dict(sorted(causes.items(), key=lambda kv: -kv[1]["rows"])),
+            max_error_rate=plan.max_error_rate,
+        )
+        # Every row failed, or more of them than the spec allows: what succeeded stays
+        # committed (a resume after fixing the cause redoes nothing of it), but the
+        # output is not published as a success.
+        summary.failed = summary.rows_errored > 0 and (
+            summary.rows_errored == summary.rows_in or summary.error_rate > plan.max_error_rate
         )
         store.finish(summary.as_dict())
         if plan.gallery_rows:
@@ -226,7 +231,7 @@ class _JobRun:
         summary.timings["started_at"] = round(self.start, 3)  # epoch seconds: lines phases up with a wall clock
         # Written again with the finish time: _summary.json is the run's record.
         store.write_summary(summary.as_dict())
-        if {f for m in manifests.values() for f in m.inputs} >= set(files):
+        if not summary.failed and {f for m in manifests.values() for f in m.inputs} >= set(files):
             store.mark_success()  # last of all
         return summary
 

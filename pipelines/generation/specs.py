@@ -24,10 +24,11 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from combiner_core import GenerationParams
+from combiner_core.describe import CheckpointInfo
 
 from ..inputs import InputSource
 from ..readers import InputFormat, ReaderOptions
-from ..specs import ModelSource, StrictModel, canonical_sha256
+from ..specs import ModelSource, StrictModel, canonical_sha256, path_field
 from .tasks import CaptionTask, LabelTask, SummarizeTask, TaskAdapter
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,23 @@ OutputMode = Literal["error_if_exists", "resume", "overwrite"]
 class OutputSpec(StrictModel):
     """Where results go, and what to do when something is already there."""
 
-    uri: str = Field(
+    uri: str = path_field(
         description="output folder or prefix (local path, file:// or s3://); data files land here, "
-        "rejected rows in <uri>/_errors/, the run summary in <uri>/_summary.json"
+        "rejected rows in <uri>/_errors/, the run summary in <uri>/_summary.json. It must be new, "
+        "empty, or an earlier output of a job, and must not overlap the input"
     )
     mode: OutputMode = Field(
         "error_if_exists",
-        description="error_if_exists: refuse a non-empty output; resume: keep committed shards and "
-        "process the rest (the rerun after a crash); overwrite: delete the output first",
+        description="error_if_exists: refuse an output that holds an earlier run's results; resume: keep "
+        "committed shards and process the rest (the rerun after a crash); overwrite: delete the earlier "
+        "run's files first (only files a job writes: an output holding anything else is refused in every mode)",
+    )
+    max_error_rate: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="the share of rows that may go to _errors before the run counts as failed: above it "
+        "the job still commits what succeeded, but writes no _SUCCESS and exits 3, so a scheduler does "
+        "not publish an output whose rows mostly failed (a wrong column, unreadable files). 0.1 lets a "
+        "few corrupt files through; a run where every row failed fails whatever this says",
     )
     gallery_rows: int = Field(
         0, ge=0, le=10_000,
@@ -142,6 +152,14 @@ class JobSpec(StrictModel):
         """The spec with run-time values filled in (e.g. {date}); identity by default."""
         return self
 
+    def fit_to_model(self, info: CheckpointInfo) -> tuple[JobSpec, list[str]]:
+        """The spec fitted to what the model can do, and the problems it cannot fit.
+
+        Checked on the driver from the model's config (no weights): a value the user set
+        past a limit is a problem naming its key; a default past it is lowered (logged).
+        """
+        return self, []
+
     def job_fingerprint(self) -> str:
         """Hash of what decides the output rows (input, model and its dtype, task options).
 
@@ -175,26 +193,53 @@ class JobSpec(StrictModel):
         return self
 
 
-class CaptionJobSpec(JobSpec):
-    """caption_dataset: one caption (or num_return_sequences) per image."""
+def fit_generation(generation: GenerationParams, info: CheckpointInfo) -> tuple[GenerationParams, list[str]]:
+    """`generation` within the decoder's positions (see JobSpec.fit_to_model)."""
+    limit = info.max_new_tokens
+    if limit is None or generation.max_new_tokens <= limit:
+        return generation, []
+    problems = [
+        f"generation.{key}: {value} is past the {limit} positions of the decoder of model.uri "
+        f"{info.uri} (a row can have at most {limit} tokens); set it to {limit} or less"
+        for key, value in (("max_new_tokens", generation.max_new_tokens), ("min_new_tokens", generation.min_new_tokens))
+        if key in generation.model_fields_set and value > limit
+    ]
+    if problems:
+        return generation, problems
+    log.info("generation.max_new_tokens: the default %d is past the %d positions of the model's decoder; "
+             "using %d", generation.max_new_tokens, limit, limit)
+    return generation.model_copy(update={"max_new_tokens": limit}), []
 
-    input: CaptionInput = Field(description="the images to caption")
+
+class _GenerateJobSpec(JobSpec):
+    """Caption and summarize: free generation with `generation`."""
+
     generation: GenerationParams = Field(
         default_factory=GenerationParams, description="decoding parameters (combiner_core.GenerationParams)"
     )
+
+    def fit_to_model(self, info: CheckpointInfo) -> tuple[JobSpec, list[str]]:
+        generation, problems = fit_generation(self.generation, info)
+        if generation is self.generation:
+            return self, problems
+        # A copy without validation: the fitted value is within every bound already.
+        return self.model_copy(update={"generation": generation}), problems
+
+
+class CaptionJobSpec(_GenerateJobSpec):
+    """caption_dataset: one caption (or num_return_sequences) per image."""
+
+    input: CaptionInput = Field(description="the images to caption")
 
     def task(self) -> TaskAdapter:
         return CaptionTask(params=self.generation)
 
 
-class SummarizeJobSpec(JobSpec):
+class SummarizeJobSpec(_GenerateJobSpec):
     """summarize_corpus: one summary (or num_return_sequences) per document."""
 
     input: SummarizeInput = Field(
         description="the documents to summarize; uri may contain {date} (filled from `date`)"
-    )
-    generation: GenerationParams = Field(
-        default_factory=GenerationParams, description="decoding parameters (combiner_core.GenerationParams)"
     )
     date: str | None = Field(
         None,
@@ -236,7 +281,8 @@ class SummarizeJobSpec(JobSpec):
     def resolved(self, today: _dt.date | None = None) -> SummarizeJobSpec:
         """A copy with {date} filled in input.uri and output.uri, and `date` set."""
         date = self.date or (today or _dt.datetime.now(_dt.UTC).date()).isoformat()
-        data: dict[str, Any] = self.model_dump()
+        # Only what was set: which values are defaults still matters (fit_to_model).
+        data: dict[str, Any] = self.model_dump(exclude_unset=True)
         data["date"] = date
         data["input"]["uri"] = self.input.uri.replace("{date}", date)
         data["output"]["uri"] = self.output.uri.replace("{date}", date)

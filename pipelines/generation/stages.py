@@ -26,7 +26,7 @@ import pyarrow as pa
 from .. import faults
 from ..readers import Shard, read_shard, read_shard_ids
 from .commit import stage_results
-from .tasks.base import cached_preprocessor, error_columns
+from .tasks.base import cached_preprocessor, error_columns, object_array
 
 if TYPE_CHECKING:
     import ray.data
@@ -157,6 +157,7 @@ class ModelWorker:
         self.model_sha256 = self.combiner.weights_sha256 or ""
         self.stats = plan.task.run_stats(self.runner)
         self.batches = 0
+        self._logged_failure = False  # the first failed model call's traceback is logged once
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         self.batches += 1
@@ -167,16 +168,28 @@ class ModelWorker:
             faults.maybe_pause("worker_pause", self.batches, ray.get_runtime_context().get_node_id())
             faults.maybe_wait("worker_wait", self.batches)
         n = len(batch["id"])
-        stages, _, _ = error_columns(batch)
+        stages, causes, messages = error_columns(batch)
         rows = [i for i in range(n) if not stages[i]]
         values: dict[str, list] = {f.name: [None] * n for f in self.fields}
-        if rows:
-            produced = self.plan.task.run(self.runner, batch, rows)
+        failed: dict[int, tuple[str, str]] = {}
+        for part, produced in self._run_isolating(batch, rows, failed):
             for name, column in produced.items():
                 target = values[name]
-                for i, v in zip(rows, column, strict=True):
+                for i, v in zip(part, column, strict=True):
                     target[i] = v
         columns: dict[str, Any] = {name: batch[name] for name in _PASSTHROUGH}
+        if failed:
+            for i, (cause, message) in failed.items():
+                stages[i], causes[i], messages[i] = "model", cause, message
+            columns.update(
+                error_stage=object_array(stages), error_cause=object_array(causes),
+                error_message=object_array(messages),
+            )
+            first = min(failed)
+            log.warning(
+                "model stage: %d of %d row(s) in this batch failed and go to _errors (first: %s: %s)",
+                len(failed), len(rows), batch["id"][first], failed[first][1],
+            )
         for f in self.fields:
             columns[f.name] = pa.array(values[f.name], type=f.type)
         columns["model_sha256"] = pa.array([self.model_sha256] * n, pa.string())
@@ -185,6 +198,59 @@ class ModelWorker:
         self.stats = now
         columns["model_stats"] = pa.array([json.dumps(delta) if delta else ""] + [""] * (n - 1), pa.string())
         return pa.table({k: (v if isinstance(v, pa.Array) else _arrow(v)) for k, v in columns.items()})
+
+
+    def _run_isolating(
+        self, batch: dict[str, np.ndarray], rows: list[int], failed: dict[int, tuple[str, str]]
+    ) -> list[tuple[list[int], dict[str, list]]]:
+        """task.run on `rows`; when it raises, on each half, down to the rows that fail alone.
+
+        Returns (rows, outputs) for every part that ran; a row that fails on its own goes
+        into `failed` as (cause, message), so one row the model cannot process (a numeric
+        error, an input the model rejects, a GPU out of memory) costs that row, not the job.
+        A batch with one bad row runs about twice (log2(batch) halvings, each re-running
+        half of what is left).
+        """
+        if not rows:
+            return []
+        try:
+            if faults.active():
+                faults.maybe_fail_rows("model_rows", [str(batch["id"][i]) for i in rows])
+            return [(rows, self.plan.task.run(self.runner, batch, rows))]
+        except Exception as exc:  # noqa: BLE001 - isolated below; a row's failure is reported, not raised
+            cause, message = model_error_cause(exc), f"{type(exc).__name__}: {exc}"[:2000]
+            if not self._logged_failure:
+                self._logged_failure = True
+                log.warning("model stage: a model call on %d row(s) raised; isolating the failing rows",
+                            len(rows), exc_info=True)
+        _release_device_memory()
+        if len(rows) == 1:
+            failed[rows[0]] = (cause, message)
+            return []
+        mid = len(rows) // 2
+        return self._run_isolating(batch, rows[:mid], failed) + self._run_isolating(batch, rows[mid:], failed)
+
+
+def model_error_cause(exc: BaseException) -> str:
+    """The errors table's cause for an exception from the model stage."""
+    from combiner_core import InputError
+
+    if isinstance(exc, InputError):
+        return exc.cause
+    text = f"{type(exc).__name__} {exc}".lower()
+    if isinstance(exc, MemoryError) or "outofmemory" in text or "out of memory" in text:
+        return "out_of_memory"
+    if isinstance(exc, (FloatingPointError, ZeroDivisionError)) or " nan" in text or " inf" in text:
+        return "numeric_error"
+    return "model_error"
+
+
+def _release_device_memory() -> None:
+    """After a failed model call: give cached GPU blocks back (an OOM's retry needs them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _arrow(values: np.ndarray) -> pa.Array:

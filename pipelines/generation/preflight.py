@@ -1,0 +1,131 @@
+"""Preflight: everything a generation job can check before it writes anything, in one go.
+
+    model.uri     a combiner of the task's modality (config, tokenizer; no weights), or a
+                  hub id the hub has; generation fitted to the decoder's positions
+    input.uri     lists input files; the first one looks like input.format and has the
+                  columns the spec names; the captions file parses
+    output.uri    holds nothing that is not ours; does not overlap an input; fits
+                  output.mode (error_if_exists: empty; resume: the same job)
+
+Every problem is collected and raised once (PreflightError, a SpecError: jobs exit 2),
+so a user fixes a spec in one round. Nothing here writes; the run takes the output's
+lease and checks the output again under it (commit.OutputStore.prepare).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from combiner_core.storage import StorageAccessError, absolute_uri, is_remote, storage_access
+
+from ..probe import check_first_file, read_head, sniff, with_article
+from ..readers import InputListing, InputListingError, ReaderOptions, input_extensions, list_inputs
+from .commit import OutputStore
+from .lease import Lease
+from .plan import JobPlan, PreflightError, reader_of, resolve_plan
+from .specs import JobSpec
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the driver learned before writing anything: the plan, the input files, and
+    one line per check that passed (`--validate-only` prints them)."""
+
+    plan: JobPlan
+    listing: InputListing
+    checked: list[str]
+
+
+def preflight(spec: JobSpec, *, storage_options: dict[str, Any] | None = None, source: str = "job") -> Preflight:
+    """Check model, input and output of `spec` (validated); raise PreflightError listing
+    every problem, each naming its YAML key."""
+    spec = spec.resolved()
+    options = dict(storage_options or {})
+    plan, problems = resolve_plan(spec, storage_options=options)
+    reader = reader_of(spec, options)
+    listing, input_problems = check_input(reader)
+    store = OutputStore(absolute_uri(spec.output.uri), storage_options=options)
+    problems += input_problems + _check_output(store, spec.output.mode, plan, reader)
+    if problems or plan is None or listing is None:
+        raise PreflightError(source, problems)
+    checked = [
+        f"model.uri {plan.model.uri}: a {plan.model.modality} combiner",
+        f"input.uri {reader.root}: {len(listing.files)} {reader.format} file(s); the first fits "
+        "input.format and the columns named",
+        f"output.uri {store.uri}: ready for output.mode={plan.output_mode}",
+    ]
+    return Preflight(plan=plan, listing=listing, checked=checked)
+
+
+def check_input(reader: ReaderOptions) -> tuple[InputListing | None, list[str]]:
+    try:
+        with storage_access(reader.root, action="list"):
+            listing = list_inputs(reader.root, format=reader.format, extensions=reader.extensions,
+                                  storage_options=reader.storage_options)
+    except (InputListingError, StorageAccessError) as exc:
+        return None, [f"input.uri: {exc}"]
+    files, ignored = listing.files, listing.ignored
+    if not files:
+        skipped = ""
+        if ignored:
+            skipped = f"; {len(ignored)} other file(s) were skipped, e.g. {ignored[0]}{_looks_like(ignored[0], reader)}"
+        where = "the glob" if any(c in reader.root for c in "*?[") else "the folder, recursively"
+        return None, [
+            f"input.uri {reader.root}: no {reader.format} input files there (searched {where} for names "
+            f"ending in {', '.join(input_extensions(reader))}{skipped}). Check the path, input.format "
+            "and input.extensions"
+        ]
+    try:
+        with storage_access(files[0]):
+            return listing, check_first_file(files[0], reader)
+    except StorageAccessError as exc:
+        return listing, [f"input.uri: {exc}"]
+    except OSError as exc:
+        return listing, [f"input.uri: cannot read the first input file {files[0]} ({type(exc).__name__}: {exc})"]
+
+
+def _looks_like(uri: str, reader: ReaderOptions) -> str:
+    """' (a tar archive)': what a skipped file is, so a wrong format says what was found."""
+    try:
+        return f" ({with_article(sniff(read_head(uri, reader.storage_options, decompress=False)))})"
+    except Exception:  # noqa: BLE001 - a hint only; the message stands without it
+        return ""
+
+
+def _check_output(store: OutputStore, mode: str, plan: JobPlan | None, reader: ReaderOptions) -> list[str]:
+    problems = [
+        f"output.uri: {store.uri} overlaps {key} {uri} (equal to, inside or containing it): the job would "
+        "read its own output as input, and its output mode could touch the input. Put the output beside "
+        "the input, not in it"
+        for key, uri in (("input.uri", reader.root), ("input.captions_file", reader.captions_file))
+        if uri and _overlaps(store.uri, _location(uri))
+    ]
+    if problems:
+        return problems
+    try:
+        with storage_access(store.uri, action="list"):
+            problem = Lease(store.fs, store.root, store.uri, run_id="preflight").held_by_another()
+            problem = f"output.uri: {problem}" if problem else store.existing_problem(store.survey(), mode)
+            if problem is None and plan is not None and mode == "resume":
+                problem = store.fingerprint_problem(plan.fingerprint)
+    except StorageAccessError as exc:
+        return [f"output.uri: {exc}"]
+    return [problem] if problem else []
+
+
+def _location(uri: str) -> str:
+    """The folder or file a URI reads: a glob's fixed folder; local symlinks resolved."""
+    if any(c in uri for c in "*?["):
+        uri = uri[: min(uri.index(c) for c in "*?[" if c in uri)].rsplit("/", 1)[0]
+    return _normal(uri)
+
+
+def _normal(uri: str) -> str:
+    return uri.rstrip("/") if is_remote(uri) else os.path.realpath(uri)
+
+
+def _overlaps(a: str, b: str) -> bool:
+    a = _normal(a)
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")

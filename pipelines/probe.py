@@ -1,0 +1,159 @@
+"""What an input file looks like, read from its first bytes: the driver's checks before a job.
+
+A job that reads tar archives as images, or Parquet as JSON lines, fails every row; a
+spec whose input_column is not in the data fails every row too. Both are found here,
+on the driver, from the first input file (a few kilobytes, or a Parquet footer), and
+reported as spec problems before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from .readers import InputFormat, MissingCodecError, ReaderOptions, compression_of
+
+# Bytes read from the start of a file to tell what it is (a tar header ends at 512).
+_HEAD_BYTES = 4096
+# JSONL: the lines whose keys stand for the file's columns (a key missing from every
+# one of them is reported; optional keys present in some rows are not), read from at
+# most the first 4 MiB (50 long documents).
+_JSONL_LINES = 50
+_JSONL_BYTES = 4 * 1024**2
+
+_IMAGE_KINDS = {"JPEG image", "PNG image", "GIF image", "WebP image", "BMP image", "TIFF image"}
+
+
+def sniff(head: bytes) -> str:
+    """What these leading bytes are, in words ("a tar archive", "JSON text", ...)."""
+    signatures = (
+        (b"\xff\xd8\xff", "JPEG image"), (b"\x89PNG\r\n\x1a\n", "PNG image"), (b"GIF8", "GIF image"),
+        (b"BM", "BMP image"), (b"II*\x00", "TIFF image"), (b"MM\x00*", "TIFF image"),
+        (b"PAR1", "Parquet file"), (b"\x1f\x8b", "gzip-compressed file"),
+        (b"\x28\xb5\x2f\xfd", "zstd-compressed file"), (b"BZh", "bzip2-compressed file"),
+        (b"\xfd7zXZ\x00", "xz-compressed file"), (b"PK\x03\x04", "zip archive"), (b"%PDF", "PDF document"),
+    )
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP image"
+    for magic, kind in signatures:
+        if head.startswith(magic):
+            return kind
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "tar archive"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a character cut at the end of the head
+            return "binary data"
+        text = head[: exc.start].decode("utf-8")
+    # NULs and other control characters do not occur in text files (UTF-8 accepts them).
+    controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f\b")
+    if "\x00" in text or controls > len(text) // 10:
+        return "binary data"
+    stripped = text.lstrip("\ufeff \t\r\n")
+    if not stripped:
+        return "empty text" if head else "an empty file"
+    if stripped[0] in "{[":
+        return "JSON text"
+    return "text"
+
+
+def with_article(kind: str) -> str:
+    """'a tar archive', 'an xz-compressed file', 'JSON text': a sniffed kind in a sentence."""
+    return kind if kind.split()[0] in ("an", "text", "JSON", "binary", "empty") else (
+        ("an " if kind[0] in "AEIOUaeiox" else "a ") + kind
+    )
+
+
+def format_problem(kind: str, format: InputFormat) -> str | None:
+    """Why a file of this kind is not an input of `format`, or None when it fits."""
+    fits = {
+        "images": kind in _IMAGE_KINDS,
+        "parquet": kind == "Parquet file",
+        "jsonl": kind in ("JSON text", "empty text", "an empty file"),
+        "text_lines": kind in ("text", "JSON text", "empty text", "an empty file"),
+        "text_files": kind in ("text", "JSON text", "empty text", "an empty file"),
+    }[format]
+    if fits:
+        return None
+    hint = {
+        "tar archive": "tar shards (WebDataset) are not read yet; extract the images, or convert "
+        "the shards to Parquet with an image column",
+        "Parquet file": "use input.format=parquet",
+        "JSON text": "use input.format=jsonl",
+        "text": "use input.format=text_lines or text_files",
+    }.get(kind)
+    if kind in _IMAGE_KINDS:
+        hint = "use input.format=images"
+    return f"looks like {with_article(kind)}, not {format} input" + (f"; {hint}" if hint else "")
+
+
+def read_head(uri: str, storage_options: dict[str, Any] | None = None, *, decompress: bool = True) -> bytes:
+    """The first bytes of a file (decompressed by its name's codec when `decompress`)."""
+    fs, path = url_to_fs(uri, **(storage_options or {}))
+    codec = compression_of(uri) if decompress else None
+    with fs.open(path, "rb", compression=codec) as f:
+        return f.read(_HEAD_BYTES)
+
+
+def check_first_file(uri: str, opts: ReaderOptions) -> list[str]:
+    """Problems (each naming its YAML key) with reading `uri` as `opts` says: its format,
+    and the columns the spec names. Empty when the file fits."""
+    try:
+        head = read_head(uri, opts.storage_options, decompress=opts.format not in ("images", "parquet"))
+    except MissingCodecError as exc:
+        return [f"input.uri: {exc}"]
+    except (OSError, EOFError, ValueError) as exc:  # a corrupt compressed stream, say
+        return [f"input.uri: cannot read the first input file {uri} ({type(exc).__name__}: {exc})"]
+    problem = format_problem(sniff(head), opts.format)
+    if problem:
+        return [f"input.format: {opts.format}, but the first input file {uri} {problem}"]
+    named = [(key, col) for key, col in (("input_column", opts.input_column), ("id_column", opts.id_column),
+                                          ("reference_column", opts.reference_column)) if col]
+    if opts.format == "parquet":
+        fs, path = url_to_fs(uri, **opts.storage_options)
+        with fs.open(path, "rb") as f:
+            columns = pq.ParquetFile(f).schema_arrow.names
+        return _missing(named, columns, uri, "its columns")
+    if opts.format == "jsonl":
+        keys = _jsonl_keys(uri, opts.storage_options)
+        if keys is None:
+            return []  # no JSON object among the first lines: the reader reports per line
+        return _missing(named, keys, uri, f"keys of its first {_JSONL_LINES} lines")
+    return []
+
+
+def _jsonl_keys(uri: str, storage_options: dict[str, Any]) -> list[str] | None:
+    """The keys of the JSON objects among a file's first lines (None: no object there)."""
+    fs, path = url_to_fs(uri, **storage_options)
+    keys: dict[str, None] = {}
+    parsed = 0
+    with fs.open(path, "rb", compression=compression_of(uri)) as f:
+        # read() then split: some codecs' streams (zstd) have no readline
+        head = f.read(_JSONL_BYTES)
+    lines = head.split(b"\n")
+    if len(head) == _JSONL_BYTES:
+        lines = lines[:-1]  # the last piece may be cut short
+    for line in lines[:_JSONL_LINES]:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            parsed += 1
+            keys.update(dict.fromkeys(record))
+    return list(keys) if parsed else None
+
+
+def _missing(named: Sequence[tuple[str, str]], columns: Sequence[str], uri: str, what: str) -> list[str]:
+    present = set(columns)
+    return [
+        f"input.{key}: {col!r} is not in the first input file {uri} ({what}: "
+        f"{', '.join(columns) if columns else 'none'}); set input.{key} to one of them"
+        + ("" if key == "input_column" else " or to null")
+        for key, col in named if col not in present
+    ]

@@ -1,0 +1,347 @@
+"""What a generation job checks before it writes anything (no Ray: preflight runs on the
+driver before Ray starts), and the output layout that decides what a job may delete.
+
+Inputs here are other people's: a folder with a user's notes, a Spark output, tar
+shards, Parquet without the named column, compressed corpora, a typo in model.uri.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+import tests.generation_support as gs
+from pipelines import load_spec, validate_spec
+from pipelines.generation import CaptionJobSpec, PreflightError, SummarizeJobSpec, preflight
+from pipelines.generation.commit import OutputStore, is_own_path
+from pipelines.probe import sniff
+from pipelines.readers import ReaderOptions, Shard, list_inputs, read_shard
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CAPTIONER = REPO / "models" / "demo-captioner"
+
+
+@pytest.fixture(scope="module")
+def captioner(tmp_path_factory) -> str:
+    return gs.save(gs.captioner(), str(tmp_path_factory.mktemp("m") / "captioner"))
+
+
+@pytest.fixture(scope="module")
+def summarizer(tmp_path_factory) -> str:
+    return gs.save(gs.summarizer(), str(tmp_path_factory.mktemp("m") / "summarizer"))
+
+
+def _caption(spec: dict):
+    return preflight(validate_spec(CaptionJobSpec, spec, source="test"))
+
+
+def _images(folder: Path, n: int = 2) -> Path:
+    for i in range(n):
+        gs.write_bytes(str(folder / f"{i}.png"), gs.image_bytes(i))
+    return folder
+
+
+def _problems(excinfo: pytest.ExceptionInfo) -> list[str]:
+    return excinfo.value.problems
+
+
+# --- the output: never delete what is not ours ---------------------------------------
+
+
+def test_own_layout_is_recognized_by_exact_names() -> None:
+    key = "0123456789abcdef0123"
+    for rel in (f"part-{key}.parquet", "part-empty.parquet", f"_errors/part-{key}.parquet",
+                f"_commits/{key}.json", "_staging/run/x/y.parquet", "_job.json", "_summary.json",
+                "_gallery.html", "_SUCCESS", "_lease.json"):
+        assert is_own_path(rel), rel
+    for rel in ("notes.txt", "part-00000-5b1f-c000.snappy.parquet", f"sub/part-{key}.parquet",
+                "_errors/notes.txt", f"_commits/{key}.json.bak", "_staging", ".DS_Store", "_SUCCESS.crc"):
+        assert not is_own_path(rel), rel
+
+
+@pytest.mark.parametrize("mode", ["error_if_exists", "resume", "overwrite"])
+def test_a_folder_with_the_users_files_is_refused_in_every_mode_and_kept(captioner, tmp_path, mode) -> None:
+    out = tmp_path / "mine"
+    (out / "sub").mkdir(parents=True)
+    (out / "notes.txt").write_text("my notes")
+    (out / "sub" / "a.csv").write_text("a,b")
+    spec = gs.caption_spec(str(_images(tmp_path / "in")), str(out), captioner)
+    spec["output"]["mode"] = mode
+    with pytest.raises(PreflightError) as excinfo:
+        _caption(spec)
+    (problem,) = _problems(excinfo)
+    assert problem.startswith(f"output.uri: {out} holds 2 file(s) this job did not write (notes.txt, sub/a.csv)")
+    assert "never deletes what it did not write" in problem
+    # Under the lease too (two drivers that passed preflight together): refused, nothing deleted.
+    with pytest.raises(Exception, match="this job did not write"):
+        OutputStore(str(out)).prepare(mode=mode, fingerprint="f")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == ["notes.txt", "sub/a.csv"]
+
+
+def test_a_spark_output_is_not_ours_whatever_its_names(captioner, tmp_path) -> None:
+    """part-*.parquet and _SUCCESS without our _job.json are somebody else's."""
+    out = tmp_path / "spark"
+    out.mkdir()
+    (out / "_SUCCESS").write_bytes(b"")
+    (out / f"part-{'a' * 20}.parquet").write_bytes(b"PAR1")
+    survey = OutputStore(str(out)).survey()
+    assert survey.own == [] and sorted(survey.foreign) == ["_SUCCESS", f"part-{'a' * 20}.parquet"]
+    spec = gs.caption_spec(str(_images(tmp_path / "in")), str(out), captioner)
+    spec["output"]["mode"] = "overwrite"
+    with pytest.raises(PreflightError, match="holds 2 file"):
+        _caption(spec)
+
+
+def test_overwrite_deletes_only_files_of_our_layout(tmp_path) -> None:
+    out = tmp_path / "out"
+    store = OutputStore(str(out))
+    store.prepare(mode="overwrite", fingerprint="f")  # writes _job.json: the folder is ours
+    key = "0" * 20
+    for rel in (f"part-{key}.parquet", f"_errors/part-{key}.parquet", f"_commits/{key}.json", "_SUCCESS",
+                "_summary.json", "_gallery.html", "_staging/r/x.parquet"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text("{}")
+    assert OutputStore(str(out)).survey().foreign == []
+    assert OutputStore(str(out)).prepare(mode="overwrite", fingerprint="g") == {}
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == ["_job.json"]
+    assert json.loads((out / "_job.json").read_text()) == {"fingerprint": "g"}
+
+
+@pytest.mark.parametrize("where", ["equal", "inside", "containing"])
+def test_an_output_overlapping_the_input_is_refused(captioner, tmp_path, where) -> None:
+    src = _images(tmp_path / "data" / "images")
+    out = {"equal": src, "inside": src / "captions", "containing": tmp_path / "data"}[where]
+    spec = gs.caption_spec(str(src / "*.png") if where == "inside" else str(src), str(out), captioner)
+    with pytest.raises(PreflightError) as excinfo:
+        _caption(spec)
+    assert any(p.startswith(f"output.uri: {out} overlaps input.uri") for p in _problems(excinfo))
+    assert sorted(p.name for p in src.iterdir() if p.is_file()) == ["0.png", "1.png"]
+
+
+def test_setting_output_uri_never_inherits_the_samples_overwrite(tmp_path) -> None:
+    from jobs._generation_main import default_for
+
+    default = {"output": {"uri": "outputs/caption_sample", "mode": "overwrite", "gallery_rows": 48}}
+    assert default_for(default, [])["output"]["mode"] == "overwrite"
+    moved = default_for(default, [f"output.uri={tmp_path}"])["output"]
+    assert "mode" not in moved and moved["gallery_rows"] == 48
+    spec = load_spec(CaptionJobSpec, None, [f"output.uri={tmp_path}"], default={
+        **default_for(default | {"input": {"uri": "x", "format": "images"}, "model": {"uri": "m"}},
+                      [f"output.uri={tmp_path}"])})
+    assert spec.output.mode == "error_if_exists"
+    assert default_for(default, [f"output.uri={tmp_path}", "output.mode=resume"])["output"]["mode"] == "overwrite"
+    assert default["output"]["mode"] == "overwrite"  # the default itself is not changed
+
+
+# --- the input: format and columns, from the first file ------------------------------
+
+
+def test_every_problem_is_said_at_once_before_anything_is_written(tmp_path) -> None:
+    gs.write_parquet(str(tmp_path / "in" / "a.parquet"), [{"img": gs.image_bytes(0), "key": "a", "cap": "x"}])
+    out = tmp_path / "out"
+    spec = gs.caption_spec(str(tmp_path / "in"), str(out), str(REPO / "models" / "demo-captionr"),
+                           input={"uri": str(tmp_path / "in"), "format": "parquet", "input_column": "image",
+                                  "id_column": "id", "reference_column": "caption"})
+    with pytest.raises(PreflightError) as excinfo:
+        _caption(spec)
+    problems = _problems(excinfo)
+    assert [p.split(":")[0].split(" ")[0] for p in problems] == [
+        "model.uri", "input.input_column", "input.id_column", "input.reference_column"]
+    assert f"did you mean {DEMO_CAPTIONER}?" in problems[0]
+    assert "(its columns: img, key, cap); set input.input_column to one of them" in problems[1]
+    assert problems[3].endswith("or to null")
+    assert str(excinfo.value).startswith("cannot run job; nothing was written (4 problem(s))")
+    assert not out.exists()
+
+
+def test_tar_shards_passed_as_images_say_what_they_are(captioner, tmp_path) -> None:
+    src = tmp_path / "shards"
+    src.mkdir()
+    with tarfile.open(src / "00000.tar", "w") as tar:
+        image = tmp_path / "000000000.jpg"
+        image.write_bytes(gs.image_bytes(0, "JPEG"))
+        tar.add(image, arcname="000000000.jpg")
+    spec = gs.caption_spec(str(src), str(tmp_path / "out"), captioner)
+    with pytest.raises(PreflightError, match=r"1 other file\(s\) were skipped, e.g. .*00000.tar \(a tar archive\)"):
+        _caption(spec)
+    spec["input"]["extensions"] = [".tar"]
+    with pytest.raises(PreflightError, match="looks like a tar archive, not images input; tar shards"):
+        _caption(spec)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content", "said"),
+    [
+        ("jsonl", b"PAR1\x00\x00garbage", "looks like a Parquet file, not jsonl input; use input.format=parquet"),
+        ("text_lines", bytes(range(256)) * 4, "looks like binary data, not text_lines input"),
+        ("jsonl", b"just a line of prose\n", "looks like text, not jsonl input; use input.format=text_lines"),
+    ],
+)
+def test_a_wrong_format_says_what_the_files_look_like(summarizer, tmp_path, fmt, content, said) -> None:
+    name = {"jsonl": "a.jsonl", "text_lines": "a.txt"}[fmt]
+    gs.write_bytes(str(tmp_path / "in" / name), content)
+    spec = gs.summarize_spec(str(tmp_path / "in"), str(tmp_path / "out"), summarizer,
+                             input={"uri": str(tmp_path / "in"), "format": fmt})
+    with pytest.raises(PreflightError, match=said):
+        preflight(validate_spec(SummarizeJobSpec, spec, source="test"))
+
+
+def test_jsonl_columns_are_checked_against_the_first_lines(summarizer, tmp_path) -> None:
+    gs.write_jsonl(str(tmp_path / "in" / "a.jsonl"), [{"body": "a cat", "id": 1}, {"body": "a dog", "id": 2}])
+    spec = gs.summarize_spec(str(tmp_path / "in"), str(tmp_path / "out"), summarizer,
+                             input={"uri": str(tmp_path / "in"), "id_column": "id"})
+    with pytest.raises(PreflightError) as excinfo:
+        preflight(validate_spec(SummarizeJobSpec, spec, source="test"))
+    assert _problems(excinfo) == [
+        f"input.input_column: 'text' is not in the first input file {tmp_path / 'in' / 'a.jsonl'} (keys of its "
+        "first 50 lines: body, id); set input.input_column to one of them"
+    ]
+    spec["input"]["input_column"] = "body"
+    assert preflight(validate_spec(SummarizeJobSpec, spec, source="test")).listing.files
+
+
+def test_sniff_names_common_files() -> None:
+    assert sniff(gs.image_bytes(0, "JPEG")[:64]) == "JPEG image"
+    assert sniff(gs.image_bytes(0, "PNG")[:64]) == "PNG image"
+    assert sniff(gs.image_bytes(0, "WEBP")[:64]) == "WebP image"
+    assert sniff(gzip.compress(b"x")) == "gzip-compressed file"
+    assert sniff(zstandard.ZstdCompressor().compress(b"x")) == "zstd-compressed file"
+    assert sniff(b'  {"a": 1}\n') == "JSON text" and sniff("héllo".encode()) == "text"
+    assert sniff(b"") == "an empty file" and sniff(b"\x00\x01\x02\x03" * 10) == "binary data"
+
+
+# --- model: a typo, a hub id the hub cannot confirm, limits ----------------------------
+
+
+def test_a_model_typo_is_a_local_path_with_a_suggestion(monkeypatch, tmp_path) -> None:
+    """`models/demo-captionr` where models/ exists: a path (no hub lookup), said in one line."""
+    monkeypatch.chdir(REPO)
+    src = _images(tmp_path / "in")
+    spec = gs.caption_spec(str(src), str(tmp_path / "out"), "models/demo-captionr")
+    with pytest.raises(PreflightError) as excinfo:
+        _caption(spec)
+    assert _problems(excinfo) == [
+        f"model.uri: no checkpoint at '{REPO / 'models' / 'demo-captionr'}': nothing is there. Pass an existing "
+        "folder (or s3:// prefix) holding config.json, weights and a tokenizer; did you mean "
+        f"{DEMO_CAPTIONER}?"
+    ]
+
+
+def test_a_hub_id_the_hub_cannot_confirm_fails_in_one_line(monkeypatch, tmp_path) -> None:
+    from huggingface_hub import constants
+
+    from combiner_core import describe
+
+    src = _images(tmp_path / "in")
+    spec = gs.caption_spec(str(src), str(tmp_path / "out"), "someorg/no-such-captioner")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the suite's setting: no cached copy
+    with pytest.raises(PreflightError) as excinfo:
+        _caption(spec)
+    (problem,) = _problems(excinfo)
+    assert "'someorg/no-such-captioner' is no folder here" in problem and "HF_HUB_OFFLINE is set" in problem
+    # online, but the hub is not reachable from here (a closed network): said at once
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(describe, "_reachable", lambda endpoint, timeout_s=5.0: False)
+    with pytest.raises(PreflightError, match="the Hugging Face hub .* is not reachable from here"):
+        _caption(spec)
+    assert not (tmp_path / "out").exists()
+
+
+def test_max_new_tokens_past_the_decoders_positions(tmp_path) -> None:
+    """The demo captioner's GPT-2 decoder has 16 positions: an explicit 64 is a spec error
+    naming the key and the limit; the default 64 is lowered to 16."""
+    src = _images(tmp_path / "in")
+    spec = gs.caption_spec(str(src), str(tmp_path / "out"), str(DEMO_CAPTIONER))
+    spec["generation"] = {"max_new_tokens": 64}
+    with pytest.raises(PreflightError) as excinfo:
+        _caption(spec)
+    assert _problems(excinfo) == [
+        f"generation.max_new_tokens: 64 is past the 16 positions of the decoder of model.uri {DEMO_CAPTIONER} "
+        "(a row can have at most 16 tokens); set it to 16 or less"
+    ]
+    spec["generation"] = {"strategy": "beam"}
+    plan = _caption(spec).plan
+    assert plan.task.params.max_new_tokens == 16 and plan.task.params.strategy == "beam"
+    spec["generation"] = {"max_new_tokens": 16}
+    assert _caption(spec).plan.task.params.max_new_tokens == 16
+
+
+# --- compressed corpora ---------------------------------------------------------------
+
+
+def test_compressed_corpora_are_default_inputs_and_read(tmp_path) -> None:
+    lines = b'{"text": "a red circle", "id": "r0"}\n{"text": "a blue square", "id": "r1"}\n'
+    codecs = {"a.jsonl": lines, "b.jsonl.gz": gzip.compress(lines), "c.jsonl.zst": zstandard.ZstdCompressor().compress(lines),
+              "d.jsonl.xz": lzma.compress(lines), "e.json.bz2": __import__("bz2").compress(lines)}
+    for name, data in codecs.items():
+        gs.write_bytes(str(tmp_path / name), data)
+    gs.write_bytes(str(tmp_path / "notes.md"), b"not an input")
+    listing = list_inputs(str(tmp_path), format="jsonl")
+    assert [Path(f).name for f in listing.files] == sorted(codecs) and len(listing.ignored) == 1
+    opts = ReaderOptions(format="jsonl", root=str(tmp_path), input_column="text", id_column="id")
+    for uri in listing.files:
+        rows = read_shard(Shard(files=(uri,)), opts).to_pylist()
+        assert [(r["id"], r["payload"], r["error_cause"]) for r in rows] == [
+            ("r0", b"a red circle", ""), ("r1", b"a blue square", "")], uri
+    gs.write_bytes(str(tmp_path / "t" / "x.txt.zst"), zstandard.ZstdCompressor().compress(b"one\ntwo\n"))
+    text = ReaderOptions(format="text_lines", root=str(tmp_path / "t"))
+    assert [r["payload"] for r in read_shard(Shard(files=(str(tmp_path / "t" / "x.txt.zst"),)), text).to_pylist()] == [
+        b"one", b"two"]
+
+
+def test_a_file_whose_codec_is_missing_is_one_file_level_error(tmp_path, monkeypatch) -> None:
+    from fsspec import compression
+
+    gs.write_bytes(str(tmp_path / "a.jsonl.zst"), zstandard.ZstdCompressor().compress(b'{"text": "x"}\n'))
+    monkeypatch.delitem(compression.compr, "zstd")
+    opts = ReaderOptions(format="jsonl", root=str(tmp_path), input_column="text")
+    (row,) = read_shard(Shard(files=(str(tmp_path / "a.jsonl.zst"),)), opts).to_pylist()
+    assert row["id"] == "a.jsonl.zst#file" and row["error_cause"] == "missing_codec"
+    assert "file-level error" in row["error_message"] and "pip install zstandard" in row["error_message"]
+
+
+# --- spec files: paths relative to the file ---------------------------------------------
+
+
+def test_relative_paths_in_a_spec_file_are_relative_to_its_folder(tmp_path, monkeypatch) -> None:
+    project = tmp_path / "project"
+    _images(project / "photos")
+    (project / "specs").mkdir()
+    (project / "specs" / "job.yaml").write_text(
+        "input: {uri: ../photos, format: images}\n"
+        "output: {uri: ../captions}\n"
+        f"model: {{uri: {DEMO_CAPTIONER}}}\n"
+        "generation: {max_new_tokens: 8}\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    spec = load_spec(CaptionJobSpec, "../project/specs/job.yaml", ["output.uri=here"])
+    assert spec.input.uri == str(project / "photos")
+    assert spec.output.uri == "here"  # --set: relative to the shell's folder, made absolute by the plan
+    assert preflight(spec).plan.output_uri == str(elsewhere / "here")
+    hub = load_spec(CaptionJobSpec, str(project / "specs" / "job.yaml"), ["model.uri=org/captioner"])
+    assert hub.model.uri == "org/captioner"
+    (project / "specs" / "hub.yaml").write_text("input: {uri: ../photos, format: images}\noutput: {uri: o}\n"
+                                                "model: {uri: someorg/captioner}\n")
+    assert load_spec(CaptionJobSpec, str(project / "specs" / "hub.yaml")).model.uri == "someorg/captioner"
+
+
+@pytest.mark.parametrize("spec_file", sorted((REPO / "jobs" / "specs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_specs_name_the_same_files_from_any_folder(spec_file, tmp_path, monkeypatch) -> None:
+    from pipelines.finetune import FinetuneSpec
+    from pipelines.generation import LabelJobSpec
+
+    kind = spec_file.name.split("_")[0]
+    model = {"caption": CaptionJobSpec, "summarize": SummarizeJobSpec, "label": LabelJobSpec,
+             "finetune": FinetuneSpec}[kind]
+    monkeypatch.chdir(REPO)
+    here = load_spec(model, f"jobs/specs/{spec_file.name}").model_dump()
+    monkeypatch.chdir(tmp_path)
+    assert load_spec(model, spec_file).model_dump() == here
