@@ -265,3 +265,17 @@ def test_lease_refuses_a_live_owner_and_takes_over_a_dead_or_stale_one(tmp_path,
         lease.check()
     lease.release()
     assert json.loads(lease_path.read_text())["run_id"] == "other-run"  # not ours to delete
+
+
+def test_model_stage_failures_get_a_cause() -> None:
+    import torch
+
+    from combiner_core import TextInputError
+    from pipelines.generation.stages import model_error_cause
+
+    assert model_error_cause(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")) == "out_of_memory"
+    assert model_error_cause(RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")) == \
+        "numeric_error"
+    assert model_error_cause(TextInputError("no tokens", cause="empty_text")) == "empty_text"
+    assert model_error_cause(RuntimeError("see the information above")) == "model_error"
+    assert model_error_cause(IndexError("index out of range in self")) == "model_error"

@@ -345,3 +345,22 @@ def test_shipped_specs_name_the_same_files_from_any_folder(spec_file, tmp_path, 
     here = load_spec(model, f"jobs/specs/{spec_file.name}").model_dump()
     monkeypatch.chdir(tmp_path)
     assert load_spec(model, spec_file).model_dump() == here
+
+
+def test_a_label_longer_than_the_decoder_scores_is_a_spec_problem(tmp_path) -> None:
+    """The demo captioner's decoder has 16 positions: a 20-word verbalization cannot be
+    scored. Said on the driver, naming the label, instead of failing every model actor."""
+    from pipelines.generation import LabelJobSpec
+
+    src = _images(tmp_path / "in")
+    spec = {"input": {"uri": str(src), "format": "images"}, "output": {"uri": str(tmp_path / "out")},
+            "model": {"uri": str(DEMO_CAPTIONER)},
+            "labels": {"circle": "a small red circle", "long": " ".join(["a large red square"] * 5)}}
+    with pytest.raises(PreflightError) as excinfo:
+        preflight(validate_spec(LabelJobSpec, spec, source="test"))
+    assert _problems(excinfo) == ["labels.long: 'a large red square a large red square a large red square a large "
+                                  "red square a large red square' is 21 tokens with eos, more than the 16 this "
+                                  "model's decoder scores; use a shorter verbalization"]
+    spec["labels"] = ["a small red circle", "a large blue square"]
+    assert preflight(validate_spec(LabelJobSpec, spec, source="test")).plan.task.names == (
+        "a small red circle", "a large blue square")

@@ -133,8 +133,8 @@ def resolve_plan(
     info, problems = check_model(task, model_uri, storage_options=options)
     if info is not None:
         spec, fit_problems = spec.fit_to_model(info)
-        problems += fit_problems
         task = spec.task()
+        problems += fit_problems + task.model_problems(model_uri, info, trust_remote_code=spec.model.trust_remote_code)
     reader = reader_of(spec, options)
     if reader.captions_file:
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -199,7 +200,6 @@ class ModelWorker:
         columns["model_stats"] = pa.array([json.dumps(delta) if delta else ""] + [""] * (n - 1), pa.string())
         return pa.table({k: (v if isinstance(v, pa.Array) else _arrow(v)) for k, v in columns.items()})
 
-
     def _run_isolating(
         self, batch: dict[str, np.ndarray], rows: list[int], failed: dict[int, tuple[str, str]]
     ) -> list[tuple[list[int], dict[str, list]]]:
@@ -239,9 +239,9 @@ def model_error_cause(exc: BaseException) -> str:
         return exc.cause
     text = f"{type(exc).__name__} {exc}".lower()
     if isinstance(exc, MemoryError) or "outofmemory" in text or "out of memory" in text:
-        return "out_of_memory"
-    if isinstance(exc, (FloatingPointError, ZeroDivisionError)) or " nan" in text or " inf" in text:
-        return "numeric_error"
+        return "out_of_memory"  # torch.cuda.OutOfMemoryError, or a CPU allocation that failed
+    if isinstance(exc, (FloatingPointError, ZeroDivisionError)) or re.search(r"\b(nan|inf)\b", text):
+        return "numeric_error"  # e.g. sampling from probabilities that hold inf or nan
     return "model_error"
 
 

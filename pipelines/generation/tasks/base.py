@@ -25,6 +25,7 @@ import pyarrow as pa
 
 if TYPE_CHECKING:
     from combiner_core import Combiner, Preprocessor
+    from combiner_core.describe import CheckpointInfo
 
 Modality = Literal["text", "image"]
 
@@ -148,6 +149,11 @@ class TaskAdapter(ABC):
         if self.modality == "image":
             return preprocess_images(batch, pre)
         return preprocess_texts(batch, pre, truncation=True)
+
+    def model_problems(self, model_uri: str, info: CheckpointInfo, *, trust_remote_code: bool = False) -> list[str]:
+        """On the driver, before any actor starts: what of this task's options the model
+        cannot serve (each problem naming its YAML key). None by default."""
+        return []
 
     @abstractmethod
     def setup(self, combiner: Combiner) -> Any:

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
-from .base import Modality, TaskAdapter, preprocess_images, preprocess_texts
+from .base import Modality, TaskAdapter, cached_preprocessor, preprocess_images, preprocess_texts
 
 if TYPE_CHECKING:
     from combiner_core import Combiner, Preprocessor
+    from combiner_core.describe import CheckpointInfo
 
 DecideBy = Literal["probability", "length_normalized"]
 _ECE_BINS = 10  # the usual choice for expected calibration error (Guo et al., 2017)
@@ -65,6 +66,24 @@ class LabelTask(TaskAdapter):
             "decide_by": self.decide_by, "abstain_below": self.abstain_below, "multi_label": self.multi_label,
             "multi_label_threshold": self.multi_label_threshold,
         }
+
+    def model_problems(self, model_uri: str, info: CheckpointInfo, *, trust_remote_code: bool = False) -> list[str]:
+        """Verbalizations the decoder cannot score: more tokens (eos included) than its
+        positions or the scorer's MAX_LABEL_TOKENS. The actor's LabelScorer would refuse
+        them when it starts, failing the whole job; here they are a spec problem. Loads
+        the tokenizer on the driver (transformers: a few seconds, label jobs only)."""
+        from combiner_core.labels import MAX_LABEL_TOKENS
+
+        limit = MAX_LABEL_TOKENS if info.max_new_tokens is None else min(MAX_LABEL_TOKENS, info.max_new_tokens)
+        tokenizer = cached_preprocessor(model_uri, trust_remote_code).decoder_tokenizer
+        problems = []
+        for name, texts in zip(self.names, self.verbalizations, strict=True):
+            for text in texts:
+                n = len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]) + 1
+                if n > limit:
+                    problems.append(f"labels.{name}: {text!r} is {n} tokens with eos, more than the {limit} this "
+                                    "model's decoder scores; use a shorter verbalization")
+        return problems
 
     def preprocess(self, batch: dict[str, np.ndarray], pre: Preprocessor) -> dict[str, np.ndarray]:
         if pre.modality == "image":
