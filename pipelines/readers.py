@@ -191,6 +191,8 @@ def list_inputs(
         )
     files, ignored, sizes = [], [], {}
     for p in sorted(found):
+        if p.endswith("/"):
+            continue  # an object store's folder marker ("folder/", size 0), no file
         rel = posixpath.relpath(p, base) if base else p
         if any(part.startswith(("_", ".")) for part in rel.split("/")):
             continue

@@ -364,3 +364,34 @@ def test_a_label_longer_than_the_decoder_scores_is_a_spec_problem(tmp_path) -> N
     spec["labels"] = ["a small red circle", "a large blue square"]
     assert preflight(validate_spec(LabelJobSpec, spec, source="test")).plan.task.names == (
         "a small red circle", "a large blue square")
+
+
+@pytest.mark.integration
+def test_on_object_storage_only_our_objects_are_deleted(s3_bucket) -> None:
+    """S3 (the local moto server): overwrite deletes our objects only, not a neighbour
+    prefix that starts with the same name; a user's object in the prefix is refused; a
+    folder marker (the S3 console's empty "folder/" object) is no file."""
+    import boto3
+    import fsspec
+
+    from pipelines.generation import OutputExistsError
+
+    fs = fsspec.filesystem("s3")
+    out, bucket = f"{s3_bucket}/out", s3_bucket.removeprefix("s3://")
+    OutputStore(out).prepare(mode="overwrite", fingerprint="f")
+    key = "0" * 20
+    for rel in (f"part-{key}.parquet", f"_errors/part-{key}.parquet", f"_commits/{key}.json", "_SUCCESS"):
+        fs.pipe(f"{out}/{rel}", b"x")
+    fs.pipe(f"{s3_bucket}/out-neighbour/keep.txt", b"mine")
+    fs.invalidate_cache()
+    assert OutputStore(out).prepare(mode="overwrite", fingerprint="g") == {}
+    fs.invalidate_cache()
+    assert sorted(fs.find(s3_bucket)) == [f"{bucket}/out-neighbour/keep.txt", f"{bucket}/out/_job.json"]
+    fs.pipe(f"{out}/notes.txt", b"mine")
+    fs.invalidate_cache()
+    with pytest.raises(OutputExistsError, match=r"holds 1 file\(s\) this job did not write \(notes.txt\)"):
+        OutputStore(out).prepare(mode="overwrite", fingerprint="g")
+    assert fs.cat(f"{out}/notes.txt") == b"mine"
+    boto3.client("s3").put_object(Bucket=bucket, Key="marked/", Body=b"")
+    fs.invalidate_cache()
+    assert OutputStore(f"{s3_bucket}/marked").survey().foreign == []

@@ -359,7 +359,9 @@ class OutputStore:
             return OutputSurvey([], [])
         if self.fs.isfile(self.root):
             return OutputSurvey([], [self.root], is_file=True)
-        rels = sorted(p[len(self.root) + 1 :] for p in self.fs.find(self.root) if p.startswith(self.root + "/"))
+        # Keys ending in "/" are folder markers (the S3 console's empty "folder/" objects), no files.
+        rels = sorted(p[len(self.root) + 1 :] for p in self.fs.find(self.root)
+                      if p.startswith(self.root + "/") and not p.endswith("/"))
         ours = JOB_FILE in rels and self._job_record() is not None
         own = [r for r in rels if is_own_path(r) and (ours or r == LEASE_FILE)]
         taken = set(own)
@@ -410,9 +412,9 @@ class OutputStore:
         problem = self.existing_problem(survey, mode)
         if problem is not None:
             raise OutputExistsError(problem)
-        if mode == "overwrite":
-            for rel in survey.results:  # the lease is this run's own (lease.py)
-                self.fs.rm(self._path(rel))
+        if mode == "overwrite" and survey.results:
+            # One call: object stores delete in bulk. The lease is this run's own (lease.py).
+            self.fs.rm([self._path(rel) for rel in survey.results])
             for folder in (STAGING_DIR, ERRORS_DIR, COMMITS_DIR):  # empty folders left behind
                 if self.fs.exists(self._path(folder)) and not self.fs.find(self._path(folder)):
                     self.fs.rm(self._path(folder), recursive=True)
