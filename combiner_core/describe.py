@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from .errors import (
     CheckpointNotFoundError,
+    ManifestMismatchError,
     MissingImageProcessorError,
     MissingTokenizerError,
     NotACombinerError,
@@ -158,7 +159,48 @@ def describe_checkpoint(uri: str, *, storage_options: dict[str, Any] | None = No
             f"no image processor ({IMAGE_PROCESSOR_FILE}) in {uri}. Save one into that folder "
             "(combiner_core.save_combiner does)"
         )
+    _check_file_sizes(fs, root, sizes, uri)
     return _info(uri, config, weights_bytes=sum(v for k, v in sizes.items() if k.endswith(_WEIGHT_SUFFIXES)))
+
+
+def _check_file_sizes(fs: Any, root: str, sizes: dict[str, int], uri: str) -> None:
+    """Weights cut short or changed in size: against the manifest's byte counts, and each
+    safetensors file against its own header (8 bytes of length, the header, then the data
+    it indexes). Reads a few kilobytes; the sha256 check stays with load_combiner."""
+    bad = []
+    if "combiner_manifest.json" in sizes:
+        with fs.open(f"{root}/combiner_manifest.json", "r") as fh:
+            files = json.load(fh).get("files", {})
+        bad += [f"{name} is {sizes[name]} bytes, the manifest says {entry.get('bytes')}"
+                for name, entry in files.items() if name in sizes and sizes[name] != entry.get("bytes", sizes[name])]
+    for name in sorted(n for n in sizes if n.endswith(".safetensors") and not any(b.startswith(n + " ") for b in bad)):
+        expected = _safetensors_size(fs, f"{root}/{name}")
+        if expected is None:
+            bad.append(f"{name} has no readable safetensors header")
+        elif expected != sizes[name]:
+            bad.append(f"{name} is {sizes[name]} bytes, its header says {expected}")
+    if bad:
+        raise ManifestMismatchError(
+            f"{uri} is damaged: {'; '.join(bad)}. The copy is incomplete or was changed after "
+            "saving; copy or save the combiner again"
+        )
+
+
+def _safetensors_size(fs: Any, path: str) -> int | None:
+    """The size a safetensors file has by its header, or None when the header is unreadable."""
+    with fs.open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return None
+        length = int.from_bytes(head, "little")
+        if length > 100 * 1024**2:  # safetensors caps its header at 100 MB
+            return None
+        try:
+            header = json.loads(fh.read(length))
+        except ValueError:
+            return None
+    ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    return 8 + length + max(ends, default=0)
 
 
 def _info(uri: str, config: dict[str, Any], *, weights_bytes: int) -> CheckpointInfo:

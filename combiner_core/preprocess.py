@@ -8,6 +8,7 @@ tensors a batch needs.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,6 +160,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+# Guards PIL's process-wide MAX_IMAGE_PIXELS while decode_image lifts it around an open.
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
 def decode_image(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode image bytes to an RGB PIL image.
 
@@ -170,11 +175,16 @@ def decode_image(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXE
     if data is None or len(data) == 0:
         raise ImageDecodeError("image is zero bytes; the file is empty or was not uploaded", cause="empty_image")
     try:
-        with warnings.catch_warnings():
-            # PIL warns (not raises) between MAX_IMAGE_PIXELS and twice that; our own
-            # check below is the limit that counts.
+        with warnings.catch_warnings(), _PIL_LIMIT_LOCK:
+            # PIL warns above its MAX_IMAGE_PIXELS and raises above twice that; our own
+            # check below (header only, before any pixel is decoded) is the limit that
+            # counts, so that a caller may raise it past PIL's.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                image = Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(
             f"bytes are not an image format PIL can read (starts with {bytes(data[:8])!r})",
@@ -188,7 +198,7 @@ def decode_image(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXE
     if width * height > max_pixels:
         raise ImageDecodeError(
             f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}; "
-            "raise max_pixels if such images are expected",
+            "raise max_pixels (a job's input.max_pixels) if such images are expected",
             cause="too_large",
         )
     try:

@@ -13,10 +13,12 @@ from collections.abc import Mapping
 from typing import Any
 
 EXIT_CODES = """\
-exit codes: 0 done; 2 fix the spec, the input or the output location (nothing was written,
-or another run holds the output); 3 the run finished, but more rows went to _errors than
-output.max_error_rate allows (what succeeded is committed; no _SUCCESS is written)."""
-EXIT_OK, EXIT_FIX_SPEC, EXIT_TOO_MANY_ERRORS = 0, 2, 3
+exit codes: 0 done; 1 the job stopped before it finished (a model that would not load on the
+workers, a crash): what was committed stays, rerun with output.mode=resume; 2 fix the spec,
+the input or the output location (nothing was written, or another run holds the output);
+3 the run finished, but more rows went to _errors than output.max_error_rate allows (what
+succeeded is committed; no _SUCCESS is written)."""
+EXIT_OK, EXIT_STOPPED, EXIT_FIX_SPEC, EXIT_TOO_MANY_ERRORS = 0, 1, 2, 3
 
 
 def _show_library_logs() -> None:
@@ -30,20 +32,12 @@ def _show_library_logs() -> None:
         logger.propagate = False
 
 
-def default_for(default: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """The built-in default spec, less its output.mode when --set moves output.uri.
-
-    The default overwrites its own sample output on every run; a user who points
-    output.uri elsewhere (maybe at a folder that holds results) gets the field's own
-    default, error_if_exists, unless they set output.mode too.
-    """
-    from pipelines import parse_overrides
-
-    data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in default.items()}
-    output = parse_overrides(overrides).get("output") or {}
-    if isinstance(output, Mapping) and "uri" in output and "mode" not in output:
-        data.get("output", {}).pop("mode", None)
-    return data
+# Keys whose value belongs to another key's (load_spec's unset_with): a mode chosen for
+# one output is not carried to another output given with --set; the bundled sample's
+# columns belong to its Parquet files, not to an input.format given with --set.
+BOUND_KEYS = {"output.uri": ["output.mode"]}
+DEFAULT_BOUND_KEYS = {**BOUND_KEYS,
+                      "input.format": ["input.input_column", "input.id_column", "input.reference_column"]}
 
 
 def generation_main(
@@ -54,9 +48,9 @@ def generation_main(
 
     args = job_arg_parser(description, exit_codes=EXIT_CODES).parse_args(argv)
     _show_library_logs()
+    bound = DEFAULT_BOUND_KEYS if args.spec is None else BOUND_KEYS
     try:
-        default_spec = default_for(default, args.overrides) if default is not None and args.spec is None else default
-        spec = load_spec(spec_type, args.spec, args.overrides, default=default_spec).resolved()
+        spec = load_spec(spec_type, args.spec, args.overrides, default=default, unset_with=bound).resolved()
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return EXIT_FIX_SPEC
@@ -67,6 +61,7 @@ def generation_main(
         return EXIT_OK
     from combiner_core.storage import StorageAccessError
     from pipelines.generation import (
+        JobStoppedError,
         LeaseLostError,
         OutputExistsError,
         OutputLeasedError,
@@ -75,8 +70,10 @@ def generation_main(
         run_plan,
     )
 
+    source = (args.spec or "the built-in default spec") + (" with --set " + " ".join(args.overrides)
+                                                            if args.overrides else "")
     try:
-        checked = preflight(spec, source=args.spec or "the built-in default spec")
+        checked = preflight(spec, source=source)
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return EXIT_FIX_SPEC
@@ -90,5 +87,8 @@ def generation_main(
     except (OutputExistsError, OutputLeasedError, LeaseLostError, StorageAccessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FIX_SPEC
+    except JobStoppedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_STOPPED
     print(format_summary(summary), flush=True)
     return EXIT_TOO_MANY_ERRORS if summary.failed else EXIT_OK

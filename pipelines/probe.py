@@ -15,7 +15,9 @@ from typing import Any
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from .readers import InputFormat, MissingCodecError, ReaderOptions, compression_of
+from .compression import MissingCodecError, compression_of
+from .compression import decompress as decompress_bytes
+from .readers import InputFormat, ReaderOptions
 
 # Bytes read from the start of a file to tell what it is (a tar header ends at 512).
 _HEAD_BYTES = 4096
@@ -24,6 +26,7 @@ _HEAD_BYTES = 4096
 # most the first 4 MiB (50 long documents).
 _JSONL_LINES = 50
 _JSONL_BYTES = 4 * 1024**2
+_RAW_FOR_HEAD = 1024**2
 
 _IMAGE_KINDS = {"JPEG image", "PNG image", "GIF image", "WebP image", "BMP image", "TIFF image"}
 
@@ -39,6 +42,8 @@ def sniff(head: bytes) -> str:
     )
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP image"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16 text"
     for magic, kind in signatures:
         if head.startswith(magic):
             return kind
@@ -64,9 +69,9 @@ def sniff(head: bytes) -> str:
 
 def with_article(kind: str) -> str:
     """'a tar archive', 'an xz-compressed file', 'JSON text': a sniffed kind in a sentence."""
-    return kind if kind.split()[0] in ("an", "text", "JSON", "binary", "empty") else (
-        ("an " if kind[0] in "AEIOUaeiox" else "a ") + kind
-    )
+    if kind.startswith("an ") or kind.endswith("text") or kind == "binary data":
+        return kind  # "JSON text", "UTF-16 text", "binary data": no article
+    return ("an " if kind[0] in "AEIOUaeiox" else "a ") + kind
 
 
 def format_problem(kind: str, format: InputFormat) -> str | None:
@@ -81,6 +86,7 @@ def format_problem(kind: str, format: InputFormat) -> str | None:
     if fits:
         return None
     hint = {
+        "UTF-16 text": "convert it to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)",
         "tar archive": "tar shards (WebDataset) are not read yet; extract the images, or convert "
         "the shards to Parquet with an image column",
         "Parquet file": "use input.format=parquet",
@@ -92,52 +98,81 @@ def format_problem(kind: str, format: InputFormat) -> str | None:
     return f"looks like {with_article(kind)}, not {format} input" + (f"; {hint}" if hint else "")
 
 
-def read_head(uri: str, storage_options: dict[str, Any] | None = None, *, decompress: bool = True) -> bytes:
-    """The first bytes of a file (decompressed by its name's codec when `decompress`)."""
+def read_head(uri: str, storage_options: dict[str, Any] | None = None, *, decompress: bool = True,
+              size: int = _HEAD_BYTES) -> bytes:
+    """The first `size` bytes of a file (decompressed by its name's codec when `decompress`).
+
+    Raises MissingCodecError for a codec this Python lacks, OSError when the file
+    cannot be read, and ValueError when its compressed data is corrupt from the start.
+    """
     fs, path = url_to_fs(uri, **(storage_options or {}))
     codec = compression_of(uri) if decompress else None
-    with fs.open(path, "rb", compression=codec) as f:
-        return f.read(_HEAD_BYTES)
+    with fs.open(path, "rb") as f:
+        # Compressed: enough raw bytes for whole blocks (zstd's are up to 128 KiB).
+        raw = f.read(size if codec is None else max(size, _RAW_FOR_HEAD))
+    data, broken = decompress_bytes(raw, codec)
+    if broken and not data and len(raw) < _RAW_FOR_HEAD:
+        raise ValueError(broken)  # nothing decodes: not a truncation of a long file
+    return data[:size]
 
 
-def check_first_file(uri: str, opts: ReaderOptions) -> list[str]:
-    """Problems (each naming its YAML key) with reading `uri` as `opts` says: its format,
-    and the columns the spec names. Empty when the file fits."""
-    try:
-        head = read_head(uri, opts.storage_options, decompress=opts.format not in ("images", "parquet"))
-    except MissingCodecError as exc:
-        return [f"input.uri: {exc}"]
-    except (OSError, EOFError, ValueError) as exc:  # a corrupt compressed stream, say
-        return [f"input.uri: cannot read the first input file {uri} ({type(exc).__name__}: {exc})"]
-    problem = format_problem(sniff(head), opts.format)
+# The files checked: a file that cannot be read becomes an error row when the job runs
+# (as any later file would); a format or column problem of a readable file is the spec's.
+_FILES_CHECKED = 3
+
+
+def check_input_files(files: Sequence[str], opts: ReaderOptions) -> list[str]:
+    """Problems (each naming its YAML key) with reading the input as `opts` says, from
+    the first readable, non-empty one of the first files: its format, and the columns
+    the spec names. Empty when it fits (or none of them could be read or holds rows)."""
+    for uri in files[:_FILES_CHECKED]:
+        try:
+            head = read_head(uri, opts.storage_options, decompress=opts.format not in ("images", "parquet"))
+        except MissingCodecError as exc:
+            return [f"input.uri: {exc}"]  # every such file is the same
+        except (OSError, EOFError, ValueError):
+            continue  # this file's own error row says why, when the job runs
+        kind = sniff(head)
+        if kind in ("an empty file", "empty text"):
+            continue
+        return _check_file(uri, kind, opts)
+    return []
+
+
+def _check_file(uri: str, kind: str, opts: ReaderOptions) -> list[str]:
+    problem = format_problem(kind, opts.format)
     if problem:
-        return [f"input.format: {opts.format}, but the first input file {uri} {problem}"]
+        return [f"input.format: {opts.format}, but the input file {uri} {problem}"]
     named = [(key, col) for key, col in (("input_column", opts.input_column), ("id_column", opts.id_column),
                                           ("reference_column", opts.reference_column)) if col]
     if opts.format == "parquet":
         fs, path = url_to_fs(uri, **opts.storage_options)
-        with fs.open(path, "rb") as f:
-            columns = pq.ParquetFile(f).schema_arrow.names
+        try:
+            with fs.open(path, "rb") as f:
+                columns = pq.ParquetFile(f).schema_arrow.names
+        except (OSError, ValueError):
+            return []  # no footer: the file's error row says so
         return _missing(named, columns, uri, "its columns")
     if opts.format == "jsonl":
         keys = _jsonl_keys(uri, opts.storage_options)
         if keys is None:
-            return []  # no JSON object among the first lines: the reader reports per line
+            return [
+                f"input.format: jsonl, but the first lines of {uri} hold no JSON object: JSON Lines is one "
+                "object per line, and a pretty-printed JSON document or array is not (convert it, e.g. "
+                "jq -c '.[]' in.json > out.jsonl)"
+            ]
         return _missing(named, keys, uri, f"keys of its first {_JSONL_LINES} lines")
     return []
 
 
 def _jsonl_keys(uri: str, storage_options: dict[str, Any]) -> list[str] | None:
     """The keys of the JSON objects among a file's first lines (None: no object there)."""
-    fs, path = url_to_fs(uri, **storage_options)
-    keys: dict[str, None] = {}
-    parsed = 0
-    with fs.open(path, "rb", compression=compression_of(uri)) as f:
-        # read() then split: some codecs' streams (zstd) have no readline
-        head = f.read(_JSONL_BYTES)
-    lines = head.split(b"\n")
+    head = read_head(uri, storage_options, size=_JSONL_BYTES)
+    lines = [line for line in head.split(b"\n") if line.strip()]
     if len(head) == _JSONL_BYTES:
         lines = lines[:-1]  # the last piece may be cut short
+    keys: dict[str, None] = {}
+    parsed = 0
     for line in lines[:_JSONL_LINES]:
         try:
             record = json.loads(line)
@@ -152,7 +187,7 @@ def _jsonl_keys(uri: str, storage_options: dict[str, Any]) -> list[str] | None:
 def _missing(named: Sequence[tuple[str, str]], columns: Sequence[str], uri: str, what: str) -> list[str]:
     present = set(columns)
     return [
-        f"input.{key}: {col!r} is not in the first input file {uri} ({what}: "
+        f"input.{key}: {col!r} is not in the input file {uri} ({what}: "
         f"{', '.join(columns) if columns else 'none'}); set input.{key} to one of them"
         + ("" if key == "input_column" else " or to null")
         for key, col in named if col not in present

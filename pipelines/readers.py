@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,15 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from .compression import CODECS, MissingCodecError, compression_of, decompress
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 InputFormat = Literal["images", "parquet", "jsonl", "text_lines", "text_files"]
-
-# Compressed text corpora: name ending -> (fsspec codec, the package that provides it
-# when the standard library does not). Files are decompressed as they stream.
-CODECS: dict[str, tuple[str, str | None]] = {
-    ".gz": ("gzip", None), ".bz2": ("bz2", None), ".xz": ("xz", None), ".zst": ("zstd", "zstandard"),
-}
-
 
 def _with_codecs(*names: str) -> tuple[str, ...]:
     return tuple(name + codec for name in names for codec in ("", *CODECS))
@@ -130,28 +124,6 @@ def format_extensions(format: InputFormat, extensions: Sequence[str] = ()) -> tu
     return tuple(e.lower() for e in extensions) if extensions else _FORMAT_EXTENSIONS.get(format, ())
 
 
-class MissingCodecError(ValueError):
-    """A compressed file whose codec this Python cannot decompress."""
-
-
-def compression_of(uri: str) -> str | None:
-    """The fsspec codec for a file name (None: not compressed), or MissingCodecError
-    naming the package to install."""
-    lower = uri.lower()
-    for suffix, (codec, package) in CODECS.items():
-        if not lower.endswith(suffix):
-            continue
-        from fsspec.compression import compr
-
-        if codec not in compr:
-            fix = (f"pip install {package}" if package else
-                   f"use a Python built with the {codec} module, or decompress the file first")
-            raise MissingCodecError(f"{uri} is {codec}-compressed ({suffix}), and this Python cannot "
-                                    f"decompress {codec}: {fix}")
-        return codec
-    return None
-
-
 class InputListing(NamedTuple):
     """What listing an input URI found: input files (sorted full URIs), the files skipped
     because their name does not fit the format, and each input file's size in bytes."""
@@ -234,17 +206,19 @@ def count_rows(files: Sequence[str], opts: ReaderOptions) -> int | None:
 def plan_shards(
     files: Sequence[str], *, format: InputFormat, files_per_shard: int = 1, sizes: Mapping[str, int] | None = None
 ) -> list[Shard]:
-    """Group input files into shards: image files by `files_per_shard`, others one per file.
+    """Group input files into shards: image and text files (one row each) by
+    `files_per_shard`, others one per file.
 
     `sizes` (from `list_inputs`) gives each shard its `nbytes`.
     """
-    size = files_per_shard if format == "images" else 1
+    size = files_per_shard if format in ("images", "text_files") else 1
     sizes = sizes or {}
     groups = [tuple(files[i : i + size]) for i in range(0, len(files), size)]
     return [Shard(files=g, nbytes=sum(sizes.get(f, 0) for f in g)) for g in groups]
 
 
-def _relative_id(file_uri: str, root: str) -> str:
+def relative_id(file_uri: str, root: str) -> str:
+    """A file's id: its path relative to the input root (a glob's fixed folder)."""
     def bare(u: str) -> str:
         return u.split("://", 1)[1] if "://" in u else u
 
@@ -364,7 +338,7 @@ def _as_bytes(value: Any) -> bytes | None:
 
 def _row_id(value: Any, uri: str, row: int, opts: ReaderOptions) -> str:
     """A row's id: its id column's value, or '<file relative to the root>#<row>'."""
-    return f"{_relative_id(uri, opts.root)}#{row}" if value is None else str(value)
+    return f"{relative_id(uri, opts.root)}#{row}" if value is None else str(value)
 
 
 def _read_table_rows(
@@ -375,22 +349,34 @@ def _read_table_rows(
         ref = record.get(opts.reference_column) if opts.reference_column else None
         ref = None if ref is None else str(ref)
         value = record.get(opts.input_column) if opts.input_column else None
-        if opts.input_column not in record:
-            rows.add(
-                id=rid, source_uri=uri, source_row=i, reference=ref,
-                error=("read", "missing_column", f"row has no '{opts.input_column}' field; "
-                       "set the spec's input_column to the field that holds the input"),
-            )
+        problem = _value_problem(record, value, opts)
+        if problem is not None:
+            rows.add(id=rid, source_uri=uri, source_row=i, reference=ref, error=("read", *problem))
             continue
-        data = _as_bytes(value)
-        if data is None and value is not None:
-            rows.add(
-                id=rid, source_uri=uri, source_row=i, reference=ref,
-                error=("read", "wrong_type", f"field '{opts.input_column}' holds a "
-                       f"{type(value).__name__}, not bytes or text"),
-            )
-            continue
-        rows.add(id=rid, source_uri=uri, source_row=i, payload=data if data is not None else b"", reference=ref)
+        rows.add(id=rid, source_uri=uri, source_row=i, payload=_as_bytes(value), reference=ref)
+
+
+def _value_problem(record: Mapping[str, Any], value: Any, opts: ReaderOptions) -> tuple[str, str] | None:
+    """(cause, message) when a record's input cannot be read, else None."""
+    col = opts.input_column
+    if col not in record:
+        return "missing_column", f"row has no '{col}' field; set the spec's input_column to the field that holds the input"
+    if value is None:
+        return "null_value", f"field '{col}' is null in this row: there is no input to read"
+    if isinstance(value, dict) and value.get("bytes") is None and value.get("path"):
+        return "no_image_bytes", (
+            f"field '{col}' is a {{bytes, path}} struct with no bytes, only the path {value['path']!r}: the export "
+            "references image files instead of embedding them. Export with the images embedded (Hugging Face "
+            "datasets: cast the column to Image() before saving), or read the image files with input.format=images"
+        )
+    if _as_bytes(value) is None:
+        return "wrong_type", f"field '{col}' holds a {type(value).__name__}, not bytes or text"
+    if opts.id_column and record.get(opts.id_column) is None:
+        return "missing_id", (
+            f"row has no value in the id column '{opts.id_column}': ids are how output rows are joined back; "
+            "fill it in the input, or unset input.id_column to use '<file>#<row>' ids"
+        )
+    return None
 
 
 def _read_parquet(rows: _Rows, fs: fsspec.AbstractFileSystem, path: str, uri: str, opts: ReaderOptions) -> None:
@@ -440,12 +426,17 @@ def _jsonl_records(data: bytes, uri: str) -> list[dict[str, Any] | _BadLine]:
         if not line.strip():
             continue  # blank separator lines are not documents
         try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            out.append(_BadLine(f"line is not valid JSON ({exc.__class__.__name__}: {exc})"))
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            out.append(_BadLine("not_utf8", f"line is not UTF-8 ({exc}); save the file as UTF-8"))
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            out.append(_BadLine("bad_json", f"line is not valid JSON ({exc.__class__.__name__}: {exc})"))
             continue
         if not isinstance(record, dict):
-            out.append(_BadLine(f"line is JSON {type(record).__name__}, not an object"))
+            out.append(_BadLine("bad_json", f"line is JSON {type(record).__name__}, not an object"))
             continue
         out.append(record)
     return out
@@ -453,6 +444,7 @@ def _jsonl_records(data: bytes, uri: str) -> list[dict[str, Any] | _BadLine]:
 
 @dataclass
 class _BadLine:
+    cause: str
     message: str
 
 
@@ -514,41 +506,71 @@ def read_shard(shard: Shard, opts: ReaderOptions, *, duplicates: Duplicates | No
         fs, path = url_to_fs(uri, **opts.storage_options)
         try:
             _read_file(rows, fs, path, uri, opts)
+        except _FileError as exc:
+            rows.add(id=f"{relative_id(uri, opts.root)}#file", source_uri=uri, source_row=-1,
+                     error=("read", exc.cause, f"file-level error: {uri}: {exc}"))
         except Exception as exc:  # noqa: BLE001 - any failure to read a file is reported as a row
             cause = "missing_codec" if isinstance(exc, MissingCodecError) else "unreadable_file"
             rows.add(
-                id=f"{_relative_id(uri, opts.root)}#file",
+                id=f"{relative_id(uri, opts.root)}#file",
                 source_uri=uri,
                 source_row=-1,
                 error=("read", cause, f"file-level error: cannot read the file {uri} "
-                       f"({type(exc).__name__}: {exc}); its rows are not counted"),
+                       f"({type(exc).__name__}: {exc}); how many rows it holds is unknown"),
             )
     return rows.table()
 
 
 def _read_file(rows: _Rows, fs: fsspec.AbstractFileSystem, path: str, uri: str, opts: ReaderOptions) -> None:
     if opts.format == "images" or opts.format == "text_files":
-        rid = _relative_id(uri, opts.root)
+        rid = relative_id(uri, opts.root)
         reference = _captions(opts.captions_file, opts.storage_options).get(rid) if opts.captions_file else None
-        codec = compression_of(uri) if opts.format == "text_files" else None
-        with fs.open(path, "rb", compression=codec) as f:
-            rows.add(id=rid, source_uri=uri, source_row=0, payload=f.read(), reference=reference)
+        if opts.format == "images":
+            with fs.open(path, "rb") as f:
+                payload, broken = f.read(), None
+        else:
+            payload, broken = _read_text(fs, path, uri)
+        if broken:  # one document per file: a part of it is not the document
+            rows.add(id=rid, source_uri=uri, source_row=0, reference=reference,
+                     error=("read", "truncated_file", f"file-level error: {uri}: {broken}"))
+        else:
+            rows.add(id=rid, source_uri=uri, source_row=0, payload=payload, reference=reference)
         return
     if opts.format == "parquet":
         _read_parquet(rows, fs, path, uri, opts)
         return
-    with fs.open(path, "rb", compression=compression_of(uri)) as f:
-        data = f.read()
+    data, broken = _read_text(fs, path, uri)
+    base = relative_id(uri, opts.root)
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise _FileError("not_utf8", "the file is UTF-16 text; convert it to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+    if broken:
+        data = data[: data.rfind(b"\n") + 1]  # the last line read may be cut short
     if opts.format == "text_lines":
-        base = _relative_id(uri, opts.root)
-        for i, line in enumerate(io.BytesIO(data).read().splitlines()):
-            rows.add(id=f"{base}#{i}", source_uri=uri, source_row=i, payload=line)
-        return
-    # jsonl: parse errors are per line, so one bad line does not lose the file
-    records = _jsonl_records(data, uri)
-    base = _relative_id(uri, opts.root)
-    for i, record in enumerate(records):
-        if isinstance(record, _BadLine):
-            rows.add(id=f"{base}#{i}", source_uri=uri, source_row=i, error=("read", "bad_json", record.message))
-        else:
-            _read_table_rows(rows, uri, [record], opts, first_row=i)
+        # Ids are line numbers; blank lines (paragraph breaks) hold no text and are skipped.
+        for i, line in enumerate(data.splitlines()):
+            if line.strip():
+                rows.add(id=f"{base}#{i}", source_uri=uri, source_row=i, payload=line)
+    else:
+        # jsonl: parse errors are per line, so one bad line does not lose the file
+        for i, record in enumerate(_jsonl_records(data, uri)):
+            if isinstance(record, _BadLine):
+                rows.add(id=f"{base}#{i}", source_uri=uri, source_row=i, error=("read", record.cause, record.message))
+            else:
+                _read_table_rows(rows, uri, [record], opts, first_row=i)
+    if broken:
+        raise _FileError("truncated_file", f"{broken}; the rows above the break were read, the rest are lost")
+
+
+def _read_text(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> tuple[bytes, str | None]:
+    """A text file's bytes, decompressed by its name's codec, and where it broke (or None)."""
+    codec = compression_of(uri)
+    with fs.open(path, "rb") as f:
+        return decompress(f.read(), codec)
+
+
+class _FileError(Exception):
+    """A file-level failure with its cause (read_shard adds the file's error row)."""
+
+    def __init__(self, cause: str, message: str) -> None:
+        super().__init__(message)
+        self.cause = cause

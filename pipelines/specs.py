@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 T = TypeVar("T", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 
 def path_field(default: Any = ..., *, description: str, hub_ids: bool = False, **kwargs: Any) -> Any:
@@ -58,6 +60,21 @@ class SpecError(ValueError):
         super().__init__(f"{self.headline.format(source=source)} ({len(self.problems)} problem(s)):\n{lines}")
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML without timestamps: `date: 2026-01-31` stays the text a spec field expects
+    (PyYAML would make it a datetime.date, and raise on 2026-02-30)."""
+
+
+_SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """`--set a.b=1 --set c=[x, y]` -> {"a": {"b": 1}, "c": ["x", "y"]}; values are YAML."""
     out: dict[str, Any] = {}
@@ -69,7 +86,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             problems.append(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. output.mode=resume")
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
             problems.append(f"--set {key}: value {raw!r} is not valid YAML ({exc.__class__.__name__})")
             continue
@@ -87,11 +104,22 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(
+    base: Mapping[str, Any], override: Mapping[str, Any], model: type[BaseModel] | None = None
+) -> dict[str, Any]:
+    """`override` laid over `base`, section by section.
+
+    With `model`, only its sections (fields holding a pydantic model) merge: a field whose
+    value is a mapping of its own (a label set) is replaced whole, as a user who sets it
+    expects. Without `model`, every mapping merges.
+    """
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
+        section = None
+        if model is not None and key in model.model_fields:
+            section = _model_in(model.model_fields[key].annotation)
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping) and (model is None or section):
+            merged[key] = deep_merge(merged[key], value, section)
         else:
             merged[key] = value
     return merged
@@ -110,8 +138,14 @@ def _format_errors(err: Mapping[str, Any]) -> list[str]:
         prefix = f"{key}." if key else ""
         return [f"{prefix}{line}" for line in message.splitlines() if line.strip()]
     key = key or "(top level)"
-    if "input" in err and not isinstance(err["input"], Mapping):
-        return [f"{key}: {message} (got {err['input']!r})"]
+    value = err.get("input")
+    if err["type"] == "string_type" and isinstance(value, (Mapping, list, bool, int, float)):
+        # YAML typed the value: `topic: {text}` is a mapping, yes/no are booleans.
+        kind = {dict: "mapping", list: "list", bool: "boolean"}.get(type(value), type(value).__name__)
+        return [f"{key}: {message} (YAML read {value!r} as a {kind}; put the value in quotes, e.g. "
+                f"--set '{key}=\"...\"' or {key.rsplit('.', 1)[-1]}: \"...\" in the file)"]
+    if "input" in err and not isinstance(value, Mapping):
+        return [f"{key}: {message} (got {value!r})"]
     return [f"{key}: {message}"]
 
 
@@ -129,12 +163,17 @@ def load_spec(
     overrides: Iterable[str] = (),
     *,
     default: Mapping[str, Any] | None = None,
+    unset_with: Mapping[str, Sequence[str]] | None = None,
 ) -> T:
     """Read a YAML spec (or `default` when path is None), apply --set overrides, validate.
 
     Relative local paths in the file (fields made with `path_field`) are relative to
     the file's folder, so a spec runs the same from any folder; --set values and the
-    default's paths are taken as given (relative to the shell's folder).
+    default's paths are taken as given (relative to the shell's folder). A --set of a
+    field replaces it (sections merge key by key). `unset_with` maps a key to keys that
+    belong to its value: when --set gives the key but not them, the file's (or the
+    default's) values of them are dropped, e.g. {"output.uri": ["output.mode"]}: a mode
+    chosen for one output is not carried to another.
     """
     if path is None:
         if default is None:
@@ -144,7 +183,7 @@ def load_spec(
     else:
         source = str(path)
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = _yaml(Path(path).read_text()) or {}
         except FileNotFoundError:
             raise SpecError(source, [f"file not found: {path}"]) from None
         except yaml.YAMLError as exc:
@@ -154,9 +193,35 @@ def load_spec(
         data = resolve_spec_paths(model, data, Path(path).resolve().parent)
     sets = list(overrides)
     if sets:
-        data = deep_merge(data, parse_overrides(sets))
+        given = parse_overrides(sets)
+        data = deep_merge(_unset_bound(data, given, unset_with or {}), given, model)
         source += " with --set " + " ".join(sets)
     return validate_spec(model, data, source=source)
+
+
+def _get(data: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _unset_bound(data: Mapping[str, Any], given: Mapping[str, Any], unset_with: Mapping[str, Sequence[str]]) -> Any:
+    """`data` less the keys bound to a key that --set changes without them (load_spec)."""
+    out = json.loads(json.dumps(data))  # a deep copy of plain YAML data
+    for key, bound in unset_with.items():
+        if _get(given, key) is None or any(_get(given, b) is not None for b in bound):
+            continue
+        for b in bound:
+            *parents, leaf = b.split(".")
+            node = _get(out, ".".join(parents)) if parents else out
+            if isinstance(node, dict) and leaf in node:
+                del node[leaf]
+                log.info("%s is not carried over to the %s given with --set (it was set for another %s)",
+                         b, key, key)
+    return out
 
 
 def canonical_sha256(data: Any) -> str:

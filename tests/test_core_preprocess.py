@@ -92,3 +92,30 @@ def test_truncation_is_reported() -> None:
     with pytest.raises(TextInputError, match="31 tokens, more than the model's limit of 16") as err:
         tokenize_text(tok, text, max_tokens=16, truncation=False)
     assert err.value.cause == "too_long"
+
+
+def test_the_pixel_limit_is_ours_and_can_be_raised_past_pils() -> None:
+    """A PNG header saying 20000 x 20000 (400 MP, past PIL's own refusal at 179 MP) and no
+    pixel data: over the default limit it is too_large, before any pixel is decoded; with
+    the limit raised, PIL's own check does not stand in the way (the missing data is then
+    corrupt_image)."""
+    import struct
+    import zlib
+
+    from combiner_core import ImageDecodeError, decode_image
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    with pytest.raises(ImageDecodeError, match=r"20000x20000 = 400000000 pixels, over the limit of 64000000; raise "
+                                               r"max_pixels \(a job's input.max_pixels\)") as exc:
+        decode_image(png)
+    assert exc.value.cause == "too_large"
+    with pytest.raises(ImageDecodeError) as exc:
+        decode_image(png, max_pixels=500_000_000)
+    assert exc.value.cause == "corrupt_image"
+    from PIL import Image
+
+    assert Image.MAX_IMAGE_PIXELS is not None  # PIL's own limit is back for everyone else

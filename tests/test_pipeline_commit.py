@@ -25,6 +25,8 @@ def _store(out: str) -> OutputStore:
 
 # Shard keys as readers.Shard makes them (20 hex digits): the output layout's names.
 KEY = {label: f"{n:020x}" for n, label in enumerate(["k1", "k2", "k3", "k9"], start=1)}
+# Run ids as a run makes them (time and 8 hex digits).
+R1, R2 = "20260101T000000-0000000a", "20260101T000001-0000000b"
 
 
 def _block(label: str, n: int, rows: range, bad: set[int] = frozenset()) -> pa.Table:
@@ -51,7 +53,7 @@ def _block(label: str, n: int, rows: range, bad: set[int] = frozenset()) -> pa.T
     })
 
 
-def _stage(out: str, block: pa.Table, run_id: str = "r1") -> dict:
+def _stage(out: str, block: pa.Table, run_id: str = R1) -> dict:
     rec = stage_results(
         block, output_uri=out, run_id=run_id, schema=SCHEMA, lineage=LINEAGE, produced_at=datetime.now(UTC)
     )
@@ -68,14 +70,14 @@ def test_commit_merges_blocks_dedupes_a_retried_block_and_orders_rows(tmp_path):
     m = store.commit_shard(
         StagedShard(KEY["k1"], ["f"], 5, ok_paths=[b["ok_path"], a["ok_path"], b_again["ok_path"]],
                     error_paths=[a["error_path"]]),
-        run_id="r1", commit_number=1,
+        run_id=R1, commit_number=1,
     )
     assert (m.rows_in, m.rows_ok, m.rows_errored) == (5, 4, 1)
     ok, bad = gs.read_dir(out), gs.read_errors(out)
     assert ok.column("id").to_pylist() == ["k1-0", "k1-2", "k1-3", "k1-4"]
     assert bad.column("id").to_pylist() == ["k1-1"] and bad.column("cause").to_pylist() == ["corrupt_image"]
     assert "row_index" not in ok.column_names and ok.column("texts").to_pylist()[0] == ["t0"]
-    assert not (tmp_path / "out" / "_staging" / "r1" / KEY["k1"]).exists()
+    assert not (tmp_path / "out" / "_staging" / R1 / KEY["k1"]).exists()
 
 
 def test_missing_rows_are_never_committed(tmp_path):
@@ -84,7 +86,7 @@ def test_missing_rows_are_never_committed(tmp_path):
     store.prepare(mode="error_if_exists", fingerprint="f")
     a = _stage(out, _block("k2", 4, range(0, 3)))
     with pytest.raises(CommitError, match="not committed"):
-        store.commit_shard(StagedShard(KEY["k2"], ["f"], 4, ok_paths=[a["ok_path"]]), run_id="r1", commit_number=1)
+        store.commit_shard(StagedShard(KEY["k2"], ["f"], 4, ok_paths=[a["ok_path"]]), run_id=R1, commit_number=1)
     assert store.committed() == {} and gs.read_dir(out).num_rows == 0
 
 
@@ -93,11 +95,11 @@ def test_resume_removes_uncommitted_files_and_keeps_committed(tmp_path):
     store = _store(out)
     store.prepare(mode="resume", fingerprint="f")
     a = _stage(out, _block("k1", 2, range(2)))
-    store.commit_shard(StagedShard(KEY["k1"], ["f1"], 2, ok_paths=[a["ok_path"]]), run_id="r1", commit_number=1)
+    store.commit_shard(StagedShard(KEY["k1"], ["f1"], 2, ok_paths=[a["ok_path"]]), run_id=R1, commit_number=1)
     # A crash between a data file's move and its manifest: the file is visible, unowned.
     orphan = tmp_path / "out" / f"part-{KEY['k9']}.parquet"
     orphan.write_bytes((tmp_path / "out" / f"part-{KEY['k1']}.parquet").read_bytes())
-    _stage(out, _block("k3", 2, range(2)), run_id="r2")  # staged leftovers of a killed run
+    _stage(out, _block("k3", 2, range(2)), run_id=R2)  # staged leftovers of a killed run
     assert gs.read_dir(out).num_rows == 4
     committed = _store(out).prepare(mode="resume", fingerprint="f")
     assert set(committed) == {KEY["k1"]} and committed[KEY["k1"]].inputs == ["f1"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import lzma
+import re
 import tarfile
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 import zstandard
 
 import tests.generation_support as gs
-from pipelines import load_spec, validate_spec
+from pipelines import SpecError, load_spec, validate_spec
 from pipelines.generation import CaptionJobSpec, PreflightError, SummarizeJobSpec, preflight
 from pipelines.generation.commit import OutputStore, is_own_path
 from pipelines.probe import sniff
@@ -56,12 +57,15 @@ def _problems(excinfo: pytest.ExceptionInfo) -> list[str]:
 
 def test_own_layout_is_recognized_by_exact_names() -> None:
     key = "0123456789abcdef0123"
+    run = "20261206T061500-0123abcd"
     for rel in (f"part-{key}.parquet", "part-empty.parquet", f"_errors/part-{key}.parquet",
-                f"_commits/{key}.json", "_staging/run/x/y.parquet", "_job.json", "_summary.json",
-                "_gallery.html", "_SUCCESS", "_lease.json"):
+                f"_commits/{key}.json", f"_staging/{run}/{key}/{'f' * 32}-ok.parquet",
+                f"_staging/{run}/commit/_errors-part-{key}.parquet", f"_staging/{run}/commit/{key}.json",
+                "_job.json", "_summary.json", "_gallery.html", "_SUCCESS", "_lease.json"):
         assert is_own_path(rel), rel
     for rel in ("notes.txt", "part-00000-5b1f-c000.snappy.parquet", f"sub/part-{key}.parquet",
-                "_errors/notes.txt", f"_commits/{key}.json.bak", "_staging", ".DS_Store", "_SUCCESS.crc"):
+                "_errors/notes.txt", f"_commits/{key}.json.bak", "_staging", ".DS_Store", "_SUCCESS.crc",
+                "_staging/mywork/draft.csv", "_staging/readme.md", f"_staging/{run}/{key}/notes.txt"):
         assert not is_own_path(rel), rel
 
 
@@ -104,7 +108,7 @@ def test_overwrite_deletes_only_files_of_our_layout(tmp_path) -> None:
     store.prepare(mode="overwrite", fingerprint="f")  # writes _job.json: the folder is ours
     key = "0" * 20
     for rel in (f"part-{key}.parquet", f"_errors/part-{key}.parquet", f"_commits/{key}.json", "_SUCCESS",
-                "_summary.json", "_gallery.html", "_staging/r/x.parquet"):
+                "_summary.json", "_gallery.html", f"_staging/20261206T061500-0123abcd/{key}/{'e' * 32}-err.parquet"):
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_text("{}")
     assert OutputStore(str(out)).survey().foreign == []
@@ -124,19 +128,25 @@ def test_an_output_overlapping_the_input_is_refused(captioner, tmp_path, where) 
     assert sorted(p.name for p in src.iterdir() if p.is_file()) == ["0.png", "1.png"]
 
 
-def test_setting_output_uri_never_inherits_the_samples_overwrite(tmp_path) -> None:
-    from jobs._generation_main import default_for
+def test_a_mode_set_for_one_output_is_not_carried_to_another(tmp_path) -> None:
+    """The bundled sample overwrites its own output; --set output.uri elsewhere starts in
+    error_if_exists unless output.mode is set too. The same for a spec file."""
+    bound = {"output.uri": ["output.mode"]}
+    default = {"input": {"uri": "x", "format": "images"}, "model": {"uri": "m"},
+               "output": {"uri": "outputs/caption_sample", "mode": "overwrite", "gallery_rows": 48}}
 
-    default = {"output": {"uri": "outputs/caption_sample", "mode": "overwrite", "gallery_rows": 48}}
-    assert default_for(default, [])["output"]["mode"] == "overwrite"
-    moved = default_for(default, [f"output.uri={tmp_path}"])["output"]
-    assert "mode" not in moved and moved["gallery_rows"] == 48
-    spec = load_spec(CaptionJobSpec, None, [f"output.uri={tmp_path}"], default={
-        **default_for(default | {"input": {"uri": "x", "format": "images"}, "model": {"uri": "m"}},
-                      [f"output.uri={tmp_path}"])})
-    assert spec.output.mode == "error_if_exists"
-    assert default_for(default, [f"output.uri={tmp_path}", "output.mode=resume"])["output"]["mode"] == "overwrite"
+    def load(path, sets):
+        return load_spec(CaptionJobSpec, path, sets, default=default, unset_with=bound).output
+
+    assert load(None, []).mode == "overwrite"
+    moved = load(None, [f"output.uri={tmp_path}"])
+    assert (moved.mode, moved.gallery_rows) == ("error_if_exists", 48)
+    assert load(None, [f"output.uri={tmp_path}", "output.mode=resume"]).mode == "resume"
     assert default["output"]["mode"] == "overwrite"  # the default itself is not changed
+    (tmp_path / "job.yaml").write_text("input: {uri: x, format: images}\nmodel: {uri: m}\n"
+                                       "output: {uri: out, mode: overwrite}\n")
+    assert load(tmp_path / "job.yaml", []).mode == "overwrite"
+    assert load(tmp_path / "job.yaml", ["output.uri=elsewhere"]).mode == "error_if_exists"
 
 
 # --- the input: format and columns, from the first file ------------------------------
@@ -199,7 +209,7 @@ def test_jsonl_columns_are_checked_against_the_first_lines(summarizer, tmp_path)
     with pytest.raises(PreflightError) as excinfo:
         preflight(validate_spec(SummarizeJobSpec, spec, source="test"))
     assert _problems(excinfo) == [
-        f"input.input_column: 'text' is not in the first input file {tmp_path / 'in' / 'a.jsonl'} (keys of its "
+        f"input.input_column: 'text' is not in the input file {tmp_path / 'in' / 'a.jsonl'} (keys of its "
         "first 50 lines: body, id); set input.input_column to one of them"
     ]
     spec["input"]["input_column"] = "body"
@@ -296,10 +306,10 @@ def test_compressed_corpora_are_default_inputs_and_read(tmp_path) -> None:
 
 
 def test_a_file_whose_codec_is_missing_is_one_file_level_error(tmp_path, monkeypatch) -> None:
-    from fsspec import compression
+    import sys
 
     gs.write_bytes(str(tmp_path / "a.jsonl.zst"), zstandard.ZstdCompressor().compress(b'{"text": "x"}\n'))
-    monkeypatch.delitem(compression.compr, "zstd")
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # as if it were not installed
     opts = ReaderOptions(format="jsonl", root=str(tmp_path), input_column="text")
     (row,) = read_shard(Shard(files=(str(tmp_path / "a.jsonl.zst"),)), opts).to_pylist()
     assert row["id"] == "a.jsonl.zst#file" and row["error_cause"] == "missing_codec"
@@ -395,3 +405,168 @@ def test_on_object_storage_only_our_objects_are_deleted(s3_bucket) -> None:
     boto3.client("s3").put_object(Bucket=bucket, Key="marked/", Body=b"")
     fs.invalidate_cache()
     assert OutputStore(f"{s3_bucket}/marked").survey().foreign == []
+
+
+# --- damaged and unusual files: rows before a break are kept, the break is reported -----
+
+
+def _read(uri: Path, fmt: str = "jsonl", **options) -> list[dict]:
+    opts = ReaderOptions(format=fmt, root=str(uri.parent), **options)
+    return read_shard(Shard(files=(str(uri),)), opts).to_pylist()
+
+
+@pytest.mark.parametrize("codec", ["gz", "zst", "xz", "bz2"])
+def test_a_truncated_compressed_corpus_keeps_the_lines_before_the_break(tmp_path, codec) -> None:
+    """20,000 JSON lines cut short: the lines before the cut are rows; the file adds one
+    file-level error row (truncated_file); zstd's silent short read is caught too."""
+    import bz2
+
+    # 20,000 lines (2.7 MB): bz2 decodes in blocks of 900 kB, so a cut at 60% leaves whole blocks
+    lines = b"".join(json.dumps({"text": f"document {i} " + "word " * 20}).encode() + b"\n" for i in range(20000))
+    packed = {"gz": gzip.compress, "zst": zstandard.ZstdCompressor().compress, "xz": lzma.compress,
+              "bz2": bz2.compress}[codec](lines)
+    (tmp_path / f"a.jsonl.{codec}").write_bytes(packed[: int(len(packed) * 0.6)])
+    rows = _read(tmp_path / f"a.jsonl.{codec}", input_column="text")
+    ok = [r for r in rows if not r["error_cause"]]
+    assert 0 < len(ok) < 20000 and [r["payload"] for r in ok] == [json.loads(x)["text"].encode()
+                                                                 for x in lines.splitlines()[: len(ok)]]
+    (broken,) = [r for r in rows if r["error_cause"]]
+    assert (broken["id"], broken["source_row"], broken["error_cause"]) == (f"a.jsonl.{codec}#file", -1, "truncated_file")
+    assert "file-level error" in broken["error_message"] and "the rest are lost" in broken["error_message"]
+    whole = tmp_path / "whole" / f"b.jsonl.{codec}"
+    whole.parent.mkdir()
+    whole.write_bytes(packed + packed)  # two streams back to back: both read
+    assert len(_read(whole, input_column="text")) == 40000
+
+
+def test_text_inputs_the_way_people_write_them(tmp_path) -> None:
+    """Blank lines between paragraphs are no documents; UTF-16 is said to be UTF-16; a
+    Latin-1 line in JSONL is not_utf8, not bad JSON; a truncated .txt.gz document is an
+    error, not half a document."""
+    (tmp_path / "notes.txt").write_bytes(b"first paragraph\n\nsecond one\n\n\nthird\n")
+    rows = _read(tmp_path / "notes.txt", "text_lines")
+    assert [(r["id"], r["payload"]) for r in rows] == [("notes.txt#0", b"first paragraph"),
+                                                      ("notes.txt#2", b"second one"), ("notes.txt#5", b"third")]
+    (tmp_path / "u16.jsonl").write_bytes('{"text": "a cat"}\n{"text": "a dog"}\n'.encode("utf-16"))
+    (row,) = _read(tmp_path / "u16.jsonl", input_column="text")
+    assert row["error_cause"] == "not_utf8" and "UTF-16" in row["error_message"] and row["source_row"] == -1
+    (tmp_path / "latin.jsonl").write_bytes('{"text": "ok"}\n{"text": "café"}\n'.encode("latin-1"))
+    rows = _read(tmp_path / "latin.jsonl", input_column="text")
+    assert [r["error_cause"] for r in rows] == ["", "not_utf8"]
+    document = " ".join(f"sentence {i} of a long document." for i in range(2000)).encode()
+    (tmp_path / "doc.txt.gz").write_bytes(gzip.compress(document)[:2000])
+    (row,) = _read(tmp_path / "doc.txt.gz", "text_files")
+    assert (row["id"], row["error_cause"], row["payload"]) == ("doc.txt.gz", "truncated_file", None)
+
+
+def test_table_values_that_are_not_inputs_say_what_they_are(tmp_path) -> None:
+    rows = [{"id": "a", "image": {"bytes": gs.image_bytes(0), "path": "a.png"}},
+            {"id": "b", "image": None},
+            {"id": "c", "image": {"bytes": None, "path": "/data/c.jpg"}},
+            {"id": None, "image": {"bytes": gs.image_bytes(1), "path": None}}]
+    gs.write_parquet(str(tmp_path / "hf.parquet"), rows)
+    got = _read(tmp_path / "hf.parquet", "parquet", input_column="image", id_column="id")
+    assert [(r["id"], r["error_cause"]) for r in got] == [
+        ("a", ""), ("b", "null_value"), ("c", "no_image_bytes"), ("hf.parquet#3", "missing_id")]
+    assert "only the path '/data/c.jpg'" in got[2]["error_message"] and "is null in this row" in got[1]["error_message"]
+
+
+def test_preflight_reads_past_an_unreadable_first_file_and_refuses_a_json_array(summarizer, tmp_path) -> None:
+    """A first file that cannot be read is that file's error row (as a later one would
+    be), not a spec problem; a pretty-printed JSON array is not JSON Lines."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a-broken.jsonl.gz").write_bytes(b"plain text named .gz")
+    gs.write_jsonl(str(tmp_path / "in" / "b.jsonl"), [{"text": "a cat"}])
+    spec = gs.summarize_spec(str(tmp_path / "in"), str(tmp_path / "out"), summarizer,
+                             input={"uri": str(tmp_path / "in"), "format": "jsonl"})
+    assert preflight(validate_spec(SummarizeJobSpec, spec, source="test")).listing.files
+    (tmp_path / "arr").mkdir()
+    (tmp_path / "arr" / "export.json").write_text(json.dumps([{"text": f"row {i}"} for i in range(30)], indent=2))
+    spec["input"]["uri"] = str(tmp_path / "arr")
+    with pytest.raises(PreflightError, match=r"hold no JSON object: JSON Lines is one object per line"):
+        preflight(validate_spec(SummarizeJobSpec, spec, source="test"))
+    (tmp_path / "u16").mkdir()
+    (tmp_path / "u16" / "a.jsonl").write_bytes('{"text": "x"}\n'.encode("utf-16"))
+    spec["input"]["uri"] = str(tmp_path / "u16")
+    with pytest.raises(PreflightError, match=r"looks like UTF-16 text, not jsonl input; convert it to UTF-8"):
+        preflight(validate_spec(SummarizeJobSpec, spec, source="test"))
+
+
+def test_names_like_ours_that_are_not_ours_are_refused_and_kept(captioner, tmp_path) -> None:
+    """A user's notes under an earlier output's _staging/, a user's own _lease.json, and an
+    output that is a file: refused before anything is written, nothing touched."""
+    src = _images(tmp_path / "in")
+    out = tmp_path / "out"
+    OutputStore(str(out)).prepare(mode="overwrite", fingerprint="f")  # an earlier job's folder
+    (out / "_staging" / "mywork").mkdir(parents=True)
+    (out / "_staging" / "mywork" / "draft.csv").write_text("precious")
+    (out / "_staging" / "readme.md").write_text("precious")
+    lease_only = tmp_path / "leasecase"
+    lease_only.mkdir()
+    (lease_only / "_lease.json").write_text('{"holder": "airflow-task-17"}')
+    (tmp_path / "afile.txt").write_text("hello")
+    for output, said in ((out, "holds 2 file(s) this job did not write (_staging/mywork/draft.csv, _staging/readme.md)"),
+                         (lease_only, "holds 1 file(s) this job did not write (_lease.json)"),
+                         (tmp_path / "afile.txt", "is a file; name a folder")):
+        for mode in ("error_if_exists", "resume", "overwrite"):
+            spec = gs.caption_spec(str(src), str(output), captioner)
+            spec["output"]["mode"] = mode
+            with pytest.raises(PreflightError, match=re.escape(said)):
+                _caption(spec)
+    assert (out / "_staging" / "mywork" / "draft.csv").read_text() == "precious"
+    assert (lease_only / "_lease.json").read_text() == '{"holder": "airflow-task-17"}'
+    assert (tmp_path / "afile.txt").read_text() == "hello"
+
+
+def test_a_run_that_committed_nothing_does_not_block_the_next(captioner, tmp_path) -> None:
+    """A run that stopped before its first commit (a model that would not load) left only
+    _job.json and its lease: the next run starts in error_if_exists, with another model too."""
+    out = tmp_path / "out"
+    OutputStore(str(out)).prepare(mode="error_if_exists", fingerprint="another model")
+    spec = gs.caption_spec(str(_images(tmp_path / "in")), str(out), captioner)
+    assert _caption(spec).plan.output_mode == "error_if_exists"
+    spec["output"]["mode"] = "resume"
+    assert _caption(spec).plan.output_mode == "resume"
+    assert OutputStore(str(out)).prepare(mode="resume", fingerprint="this job") == {}
+
+
+def test_weights_cut_short_are_found_before_the_job(captioner, tmp_path) -> None:
+    """A copy of the model whose safetensors file was cut in half: the manifest's byte
+    count and the file's own header say so, without reading the weights."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(captioner, broken)
+    weights = broken / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    spec = gs.caption_spec(str(_images(tmp_path / "in")), str(tmp_path / "out"), str(broken))
+    with pytest.raises(PreflightError, match=rf"model.safetensors is {len(data) // 2} bytes, the manifest says "
+                                             rf"{len(data)}\. The copy is incomplete"):
+        _caption(spec)
+    (broken / "combiner_manifest.json").unlink()  # no manifest: the header alone tells
+    with pytest.raises(PreflightError, match=rf"model.safetensors is {len(data) // 2} bytes, its header says {len(data)}"):
+        _caption(spec)
+
+
+def test_label_sets_that_cannot_work_are_spec_problems(tmp_path) -> None:
+    """On the demo captioner (a word-level vocabulary of shape captions): words it does not
+    know, two labels that come out as the same tokens, one label, an empty name."""
+    from pipelines.generation import LabelJobSpec
+
+    src = _images(tmp_path / "in")
+    spec = {"input": {"uri": str(src), "format": "images"}, "output": {"uri": str(tmp_path / "out")},
+            "model": {"uri": str(DEMO_CAPTIONER)},
+            "labels": {"landscape": "a photo of a landscape", "portrait": "a portrait of a person",
+                       "circle": "a small red circle"}}
+    with pytest.raises(PreflightError) as excinfo:
+        preflight(validate_spec(LabelJobSpec, spec, source="test"))
+    problems = _problems(excinfo)
+    assert problems[0].startswith("labels.landscape: most of 'a photo of a landscape' is words this model's "
+                                  "tokenizer does not know ([UNK])")
+    assert problems[-1] == ("labels.portrait: 'a portrait of a person' is the same tokens as 'a photo of a "
+                            "landscape' of label 'landscape' for this model, so the two labels cannot be told apart")
+    with pytest.raises(SpecError, match=r"labels: one label \('circle'\) wins every row with probability 1"):
+        validate_spec(LabelJobSpec, {**spec, "labels": ["circle"]}, source="test")
+    with pytest.raises(SpecError, match="labels: a label name is empty"):
+        validate_spec(LabelJobSpec, {**spec, "labels": {"": "a circle", "square": "a square"}}, source="test")

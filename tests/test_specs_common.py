@@ -60,3 +60,38 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("- a list\n- not a mapping\n")
     with pytest.raises(SpecError, match="top level must be a mapping"):
         load_spec(_Job, bad)
+
+
+def test_set_replaces_a_mapping_value_and_merges_sections(tmp_path: Path) -> None:
+    """--set labels={...} replaces the label set (a value), while --set output.mode keeps
+    output.uri (a section merges key by key)."""
+    from pipelines.generation import LabelJobSpec
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text("input: {uri: x, format: images}\noutput: {uri: out}\nmodel: {uri: m}\n"
+                    "labels: {circle: a circle, square: a square}\n")
+    loaded = load_spec(LabelJobSpec, spec, ["labels={indoor: a small photo, outdoor: a large photo}",
+                                            "output.mode=resume"])
+    assert loaded.labels == {"indoor": "a small photo", "outdoor": "a large photo"}
+    assert (loaded.output.uri, loaded.output.mode) == (str(tmp_path / "out"), "resume")
+
+
+def test_yaml_typing_surprises_are_explained(tmp_path: Path) -> None:
+    """Dates stay text (2026-02-30 too, for the date check to judge); a value YAML read as a
+    mapping or boolean where text belongs says to quote it."""
+    from pipelines.generation import LabelJobSpec, SummarizeJobSpec
+
+    assert parse_overrides(["date=2026-01-31"]) == {"date": "2026-01-31"}
+    spec = tmp_path / "job.yaml"
+    spec.write_text("input: {uri: x}\noutput: {uri: out}\nmodel: {uri: m}\ndate: 2026-01-31\n")
+    assert load_spec(SummarizeJobSpec, spec).date == "2026-01-31"
+    with pytest.raises(SpecError, match="date: '2026-02-30' is not a YYYY-MM-DD date"):
+        load_spec(SummarizeJobSpec, spec, ["date=2026-02-30"])
+    labels = tmp_path / "labels.yaml"
+    labels.write_text("input: {uri: x, format: images}\noutput: {uri: out}\nmodel: {uri: m}\nlabels: [a, b]\n")
+    with pytest.raises(SpecError) as err:
+        load_spec(LabelJobSpec, labels, ["template=topic: {text}"])
+    assert "template: Input should be a valid string (YAML read {'topic': {'text': None}} as a mapping; put the " \
+           "value in quotes" in str(err.value)
+    with pytest.raises(SpecError, match=r"labels: YAML reads yes, no, on, off, true, false as booleans"):
+        load_spec(LabelJobSpec, labels, ["labels=[yes, no]"])

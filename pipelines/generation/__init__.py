@@ -13,7 +13,7 @@ from .lease import LeaseLostError, OutputLeasedError
 from .plan import JobPlan, PreflightError, build_plan
 from .preflight import Preflight, preflight
 from .report import format_summary
-from .run import JobSummary, run_job, run_plan
+from .run import JobStoppedError, JobSummary, run_job, run_plan
 from .specs import CaptionJobSpec, JobSpec, LabelJobSpec, SummarizeJobSpec
 from .tasks import CaptionTask, LabelTask, SummarizeTask, TaskAdapter
 
@@ -23,6 +23,7 @@ __all__ = [
     "CommitError",
     "JobPlan",
     "JobSpec",
+    "JobStoppedError",
     "JobSummary",
     "LabelJobSpec",
     "LabelTask",

@@ -63,9 +63,14 @@ SUCCESS_FILE = "_SUCCESS"
 # that start with "_" or ".", so the page never breaks `pd.read_parquet(output_uri)`.
 GALLERY_FILE = "_gallery.html"
 
-# Our file names, exactly: a shard key is sha256(...)[:20] in hex (readers.Shard).
+# Our file names, exactly: a shard key is sha256(...)[:20] in hex (readers.Shard), a run
+# id the time and 8 hex digits (run._JobRun), a staged block file a uuid4 in hex.
 _PART = re.compile(r"^part-([0-9a-f]{20}|empty)\.parquet$")
 _MANIFEST = re.compile(r"^[0-9a-f]{20}\.json$")
+_STAGED = re.compile(
+    r"^_staging/\d{8}T\d{6}-[0-9a-f]{8}/"
+    r"([0-9a-f]{20}/[0-9a-f]{32}-(ok|err)\.parquet|commit/((_errors-)?part-[0-9a-f]{20}\.parquet|[0-9a-f]{20}\.json))$"
+)
 _TOP_FILES = {JOB_FILE, SUMMARY_FILE, SUCCESS_FILE, GALLERY_FILE, LEASE_FILE}
 
 
@@ -73,7 +78,7 @@ def is_own_path(rel: str) -> bool:
     """Whether `rel` (a path relative to output.uri) is a file of the output layout."""
     parts = rel.split("/")
     if parts[0] == STAGING_DIR:
-        return len(parts) > 1
+        return bool(_STAGED.match(rel))
     if len(parts) == 1:
         return rel in _TOP_FILES or bool(_PART.match(rel))
     if len(parts) == 2 and parts[0] == ERRORS_DIR:
@@ -85,7 +90,7 @@ def is_own_path(rel: str) -> bool:
 class OutputSurvey:
     """What output.uri holds now: files of our layout, and anything else (foreign).
 
-    Without our _job.json only the lease counts as ours: a Spark output's
+    Without our _job.json only our lease counts as ours: a Spark output's
     part-*.parquet and _SUCCESS are somebody else's, whatever their names.
     """
 
@@ -95,8 +100,9 @@ class OutputSurvey:
 
     @property
     def results(self) -> list[str]:
-        """Our files other than the lease (an earlier run's results)."""
-        return [p for p in self.own if p != LEASE_FILE]
+        """An earlier run's results: our files but the lease, _job.json and staged leftovers
+        (a run that stopped before its first commit left no results)."""
+        return [p for p in self.own if p not in (LEASE_FILE, JOB_FILE) and not p.startswith(STAGING_DIR + "/")]
 
     def foreign_problem(self, uri: str) -> str | None:
         """The refusal for an output that holds files that are not ours (None: none)."""
@@ -321,6 +327,8 @@ class ShardManifest:
     # cause -> [errored rows, the first row's message]: the summary's top causes without
     # reading the errors table back.
     error_causes: dict[str, list] = field(default_factory=dict)
+    # Input files that failed as a whole with an unknown number of rows (a '#file' row).
+    files_failed: int = 0
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ShardManifest:
@@ -364,6 +372,8 @@ class OutputStore:
                       if p.startswith(self.root + "/") and not p.endswith("/"))
         ours = JOB_FILE in rels and self._job_record() is not None
         own = [r for r in rels if is_own_path(r) and (ours or r == LEASE_FILE)]
+        if LEASE_FILE in own and not _is_lease(self.fs, self._path(LEASE_FILE)):
+            own.remove(LEASE_FILE)  # somebody else's file of that name
         taken = set(own)
         return OutputSurvey(own, [r for r in rels if r not in taken])
 
@@ -387,10 +397,10 @@ class OutputStore:
             )
         return problem
 
-    def fingerprint_problem(self, fingerprint: str) -> str | None:
-        """Why this output cannot take a job with `fingerprint` (None: it can)."""
+    def fingerprint_problem(self, survey: OutputSurvey, fingerprint: str) -> str | None:
+        """Why this output's results cannot be continued by a job with `fingerprint` (None: they can)."""
         previous = self._job_record()
-        if previous is None or previous["fingerprint"] == fingerprint:
+        if not survey.results or previous is None or previous["fingerprint"] == fingerprint:
             return None
         return (
             f"output.uri: {self.uri} was written by a job with other inputs, model or generation "
@@ -409,24 +419,22 @@ class OutputStore:
         written by a job with a different fingerprint (input, model, generation).
         """
         survey = self.survey()
-        problem = self.existing_problem(survey, mode)
+        problem = self.existing_problem(survey, mode) or (
+            None if mode == "overwrite" else self.fingerprint_problem(survey, fingerprint)
+        )
         if problem is not None:
             raise OutputExistsError(problem)
         if mode == "overwrite" and survey.results:
             # One call: object stores delete in bulk. The lease is this run's own (lease.py).
             self.fs.rm([self._path(rel) for rel in survey.results])
-            for folder in (STAGING_DIR, ERRORS_DIR, COMMITS_DIR):  # empty folders left behind
+            for folder in (ERRORS_DIR, COMMITS_DIR):  # empty folders left behind
                 if self.fs.exists(self._path(folder)) and not self.fs.find(self._path(folder)):
                     self.fs.rm(self._path(folder), recursive=True)
         success = self._path(SUCCESS_FILE)
         if self.fs.exists(success):
             # Whatever this run does, the output is not known complete until it ends.
             self.fs.rm(success)
-        problem = self.fingerprint_problem(fingerprint)
-        if problem is not None:
-            raise OutputExistsError(problem)
-        if self._job_record() is None:
-            _write_json(self.fs, self._path(JOB_FILE), {"fingerprint": fingerprint})
+        _write_json(self.fs, self._path(JOB_FILE), {"fingerprint": fingerprint})  # the same when resuming
         manifests = self.committed()
         self._cleanup(manifests)
         return manifests
@@ -447,9 +455,7 @@ class OutputStore:
 
     def _cleanup(self, manifests: Mapping[str, ShardManifest]) -> None:
         """Remove staged leftovers and data files that no manifest names."""
-        staging = self._path(STAGING_DIR)
-        if self.fs.exists(staging):
-            self.fs.rm(staging, recursive=True)
+        self._remove_staging()
         keep = {f for m in manifests.values() for f in m.data_files + m.error_files}
         for folder in (self.root, self._path(ERRORS_DIR)):
             if not self.fs.exists(folder):
@@ -459,6 +465,17 @@ class OutputStore:
                 name = posixpath.basename(path)
                 if _PART.match(name) and rel not in keep:
                     self.fs.rm(path)
+
+    def _remove_staging(self) -> None:
+        """Delete our staged files (and the folders they leave empty); nothing else there."""
+        staging = self._path(STAGING_DIR)
+        if not self.fs.exists(staging):
+            return
+        files = [p for p in self.fs.find(staging) if is_own_path(p[len(self.root) + 1 :])]
+        if files:
+            self.fs.rm(files)
+        if not self.fs.find(staging):
+            self.fs.rm(staging, recursive=True)  # only empty folders are left under it
 
     # --- commit -------------------------------------------------------------------------
 
@@ -542,6 +559,8 @@ class OutputStore:
             metric_sums=sums,
             stats=dict(shard.stats),
             error_causes=_error_causes(bad),
+            files_failed=0 if bad is None else len(set(bad.filter(pc.less(bad.column("source_row"), 0))
+                                                       .column("source_uri").to_pylist())),
         )
         tmp = self._path(STAGING_DIR, run_id, "commit", f"{shard_key}.json")
         _write_json(self.fs, tmp, manifest.__dict__)
@@ -560,9 +579,7 @@ class OutputStore:
         empty Parquet file with its schema, so `pd.read_parquet(errors_uri)` and
         other plain readers return an empty table instead of failing.
         """
-        staging = self._path(STAGING_DIR)
-        if self.fs.exists(staging):
-            self.fs.rm(staging, recursive=True)
+        self._remove_staging()
         for folder, schema in (("", self.schema), (ERRORS_DIR, ERROR_SCHEMA)):
             base = self._path(folder) if folder else self.root
             if not self.fs.glob(f"{base}/*.parquet"):
@@ -578,6 +595,16 @@ class OutputStore:
         """Write the empty _SUCCESS file: last, once every input of the job is committed."""
         with self.fs.open(self._path(SUCCESS_FILE), "wb"):
             pass
+
+
+def _is_lease(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """Whether the file at `path` is a lease as lease.py writes it."""
+    try:
+        with fs.open(path, "r") as f:
+            data = json.load(f)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and {"run_id", "host", "pid", "ttl_s"} <= set(data)
 
 
 def _error_causes(errors: pa.Table | None) -> dict[str, list]:

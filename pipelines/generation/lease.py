@@ -101,7 +101,7 @@ class Lease:
             with self.fs.open(self.path, "r") as fh:
                 data: dict[str, Any] = json.load(fh)
             modified = self.fs.modified(self.path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None, None
         except (ValueError, TypeError):
             return None, None  # a torn or foreign file: treat as no lease

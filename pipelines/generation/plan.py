@@ -104,7 +104,8 @@ def check_model(
     if task.modality is not None and info.modality != task.modality:
         want = "an image" if task.modality == "image" else "a text"
         return None, [
-            f"model.uri {model_uri} is a {info.modality} combiner ({info.layout}), but {task.name} "
+            f"model.uri {model_uri} is {'an' if info.modality == 'image' else 'a'} {info.modality} combiner "
+            f"({info.layout}), but {task.name} "
             f"needs {want} combiner; point model.uri at one"
         ]
     return info, []

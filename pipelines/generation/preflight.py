@@ -14,18 +14,29 @@ lease and checks the output again under it (commit.OutputStore.prepare).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from combiner_core.storage import StorageAccessError, absolute_uri, is_remote, storage_access
 
-from ..probe import check_first_file, read_head, sniff, with_article
-from ..readers import InputListing, InputListingError, ReaderOptions, input_extensions, list_inputs
+from ..probe import check_input_files, read_head, sniff, with_article
+from ..readers import (
+    InputListing,
+    InputListingError,
+    ReaderOptions,
+    input_extensions,
+    list_inputs,
+    read_captions_file,
+    relative_id,
+)
 from .commit import OutputStore
 from .lease import Lease
 from .plan import JobPlan, PreflightError, reader_of, resolve_plan
 from .specs import JobSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,10 +61,11 @@ def preflight(spec: JobSpec, *, storage_options: dict[str, Any] | None = None, s
     problems += input_problems + _check_output(store, spec.output.mode, plan, reader)
     if problems or plan is None or listing is None:
         raise PreflightError(source, problems)
+    _warn_on_captions(reader, listing)
     checked = [
-        f"model.uri {plan.model.uri}: a {plan.model.modality} combiner",
-        f"input.uri {reader.root}: {len(listing.files)} {reader.format} file(s); the first fits "
-        "input.format and the columns named",
+        f"model.uri {plan.model.uri}: {'an' if plan.model.modality == 'image' else 'a'} {plan.model.modality} combiner",
+        f"input.uri {reader.root}: {len(listing.files)} {reader.format} file(s); the first readable one fits "
+        "input.format and has the columns named",
         f"output.uri {store.uri}: ready for output.mode={plan.output_mode}",
     ]
     return Preflight(plan=plan, listing=listing, checked=checked)
@@ -79,11 +91,22 @@ def check_input(reader: ReaderOptions) -> tuple[InputListing | None, list[str]]:
         ]
     try:
         with storage_access(files[0]):
-            return listing, check_first_file(files[0], reader)
+            return listing, check_input_files(files, reader)
     except StorageAccessError as exc:
         return listing, [f"input.uri: {exc}"]
-    except OSError as exc:
-        return listing, [f"input.uri: cannot read the first input file {files[0]} ({type(exc).__name__}: {exc})"]
+
+
+def _warn_on_captions(reader: ReaderOptions, listing: InputListing) -> None:
+    """Say once when the captions file and the input files do not name the same files
+    (references are optional, so this is no problem, but a typo there is silent)."""
+    if not reader.captions_file:
+        return
+    captions = set(read_captions_file(reader.captions_file, reader.storage_options))
+    ids = {relative_id(f, reader.root) for f in listing.files}
+    stray, bare = sorted(captions - ids), len(ids - captions)
+    if stray or bare:
+        log.warning("input.captions_file %s: %d caption(s) name no input file%s; %d input file(s) have no caption",
+                    reader.captions_file, len(stray), f" (e.g. {stray[0]})" if stray else "", bare)
 
 
 def _looks_like(uri: str, reader: ReaderOptions) -> str:
@@ -106,10 +129,13 @@ def _check_output(store: OutputStore, mode: str, plan: JobPlan | None, reader: R
         return problems
     try:
         with storage_access(store.uri, action="list"):
-            problem = Lease(store.fs, store.root, store.uri, run_id="preflight").held_by_another()
-            problem = f"output.uri: {problem}" if problem else store.existing_problem(store.survey(), mode)
+            survey = store.survey()
+            problem = survey.foreign_problem(store.uri)  # a file, or somebody's files: before the lease
+            if problem is None:
+                holder = Lease(store.fs, store.root, store.uri, run_id="preflight").held_by_another()
+                problem = f"output.uri: {holder}" if holder else store.existing_problem(survey, mode)
             if problem is None and plan is not None and mode == "resume":
-                problem = store.fingerprint_problem(plan.fingerprint)
+                problem = store.fingerprint_problem(survey, plan.fingerprint)
     except StorageAccessError as exc:
         return [f"output.uri: {exc}"]
     return [problem] if problem else []

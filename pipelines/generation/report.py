@@ -62,6 +62,8 @@ def format_summary(summary: JobSummary, *, examples: int = 5) -> str:
                 f"{k.replace('rouge', 'ROUGE-')} {s.metrics[k]:.3f}" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")
             )
         )
+    if not s.rows_in:
+        lines.append(f"    note: the {s.files_in} input file(s) hold no rows")
     if "decoder_efficiency" in s.stats:
         lines.append(f"    decoder efficiency: {s.stats['decoder_efficiency']:.3f}")
     lines += _error_lines(s)
@@ -78,17 +80,25 @@ def _error_lines(s: JobSummary) -> list[str]:
     if not s.rows_errored:
         return []
     lines = [f"    errors by cause ({s.rows_errored} rows, {s.error_rate:.1%}; all in {s.errors_uri}):"]
+    if s.files_failed:
+        lines.append(f"      {s.files_failed} of {s.files_in} input file(s) failed as a whole "
+                     f"({s.file_error_rate:.1%}); their rows past the failure are not counted")
     for cause, entry in list(s.error_causes.items())[:_TOP_CAUSES]:
         example = entry["example"] if len(entry["example"]) <= 300 else entry["example"][:297] + "..."
         lines.append(f"      {cause}: {entry['rows']} row(s), e.g. {example}")
     if len(s.error_causes) > _TOP_CAUSES:
         lines.append(f"      ... and {len(s.error_causes) - _TOP_CAUSES} more cause(s) in _summary.json")
     if s.failed:
-        why = ("every row failed" if s.rows_errored == s.rows_in
-               else f"{s.error_rate:.1%} of rows failed, more than output.max_error_rate={s.max_error_rate:g}")
+        if s.rows_errored == s.rows_in:
+            why, allow = "every row failed", ""
+        elif s.error_rate > s.max_error_rate:
+            why = f"{s.error_rate:.1%} of rows failed, more than output.max_error_rate={s.max_error_rate:g}"
+            allow = " (or raise output.max_error_rate if these rows may fail)"
+        else:
+            why = f"{s.file_error_rate:.1%} of input files failed as a whole, more than output.max_error_rate=" \
+                  f"{s.max_error_rate:g}"
+            allow = " (or raise output.max_error_rate if these files may fail)"
         kept = "What succeeded is committed, but no" if s.rows_ok else "No"
-        lines.append(
-            f"FAILED: {why}. {kept} _SUCCESS was written. Fix the causes above and rerun with "
-            "output.mode=overwrite (or raise output.max_error_rate if these rows may fail)"
-        )
+        lines.append(f"FAILED: {why}. {kept} _SUCCESS was written. Fix the causes above and rerun with "
+                     f"output.mode=overwrite{allow}")
     return lines

@@ -7,6 +7,7 @@ commits each shard once all its rows are staged, and writes _summary.json last.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -63,11 +64,18 @@ class JobSummary:
     gallery_uri: str | None = None
     error_causes: dict[str, dict[str, Any]] = field(default_factory=dict)
     max_error_rate: float = 0.0
+    files_in: int = 0
+    files_failed: int = 0
     failed: bool = False
 
     @property
     def error_rate(self) -> float:
         return self.rows_errored / self.rows_in if self.rows_in else 0.0
+
+    @property
+    def file_error_rate(self) -> float:
+        """Share of input files that failed as a whole (how many rows they held is unknown)."""
+        return self.files_failed / self.files_in if self.files_in else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,12 +222,15 @@ class _JobRun:
             stats=_efficiencies(stats),
             error_causes=dict(sorted(causes.items(), key=lambda kv: -kv[1]["rows"])),
             max_error_rate=plan.max_error_rate,
+            files_in=sum(len(m.inputs) for m in manifests.values()),
+            files_failed=sum(m.files_failed for m in manifests.values()),
         )
-        # Every row failed, or more of them than the spec allows: what succeeded stays
-        # committed (a resume after fixing the cause redoes nothing of it), but the
-        # output is not published as a success.
+        # Every row failed, or more of them (or of the files, when a file fails as a whole
+        # and its rows cannot be counted) than the spec allows: what succeeded stays
+        # committed, but the output is not published as a success.
         summary.failed = summary.rows_errored > 0 and (
             summary.rows_errored == summary.rows_in or summary.error_rate > plan.max_error_rate
+            or summary.file_error_rate > plan.max_error_rate
         )
         store.finish(summary.as_dict())
         if plan.gallery_rows:
@@ -248,7 +259,7 @@ class _JobRun:
         rows_now = commits = 0
         stats: dict[str, float] = {}
         commit_seconds = 0.0
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for batch in _batches(ds):
             if "first_batch_s" not in timings:
                 timings["first_batch_s"] = time.time() - t0
                 # Rows in the first block of records: the steady state is what comes after.
@@ -292,7 +303,53 @@ class _JobRun:
         return rows_now, commits, stats
 
 
-# Up to this many input files, the duplicate-id pass reads ids on the driver; beyond,
+class JobStoppedError(RuntimeError):
+    """The pipeline stopped before every shard was done (a model that would not load on
+    the actors, a failure Ray gave up on). What was committed stays; a rerun with
+    output.mode=resume continues."""
+
+
+def _batches(ds: Any) -> Any:
+    """The pipeline's record batches; a failure of the pipeline itself as JobStoppedError
+    with its root cause's message (Ray wraps it in a few hundred lines of traceback)."""
+    it = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: BLE001 - re-raised with its cause, below
+            raise JobStoppedError(
+                f"the job stopped: {_root_cause(exc).rstrip('.')}. What was committed stays; fix the cause and rerun with "
+                "output.mode=resume"
+            ) from exc
+        yield batch
+
+
+# "package.module.SomeError: message", the last line of a traceback Ray carries as text
+_RAISED = re.compile(r"^\s*((?:[\w]+\.)*)(\w+(?:Error|Exception)): (.+)$")
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The original failure's "Name: message", found in the exception chain or in the
+    traceback text Ray wraps it in (an actor's __init__ error arrives as text); a Ray
+    error's own line only when nothing else is there."""
+    chain: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is s for s in chain):
+            continue
+        chain.append(e)
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    fallback = f"{type(chain[-1]).__name__}: {chain[-1]}".splitlines()[0]
+    for e in reversed(chain):
+        for line in reversed(str(e).splitlines()):
+            m = _RAISED.match(line)
+            if m and not m.group(1).startswith("ray."):
+                return f"{m.group(2)}: {m.group(3)}"
+    return fallback
+
 # Ray Data reads them in parallel (a task costs more than reading a few id columns).
 _DRIVER_ID_PASS_FILES = 64
 

@@ -21,7 +21,7 @@ import logging
 from abc import abstractmethod
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from combiner_core import GenerationParams
 from combiner_core.describe import CheckpointInfo
@@ -115,11 +115,20 @@ class JobInput(InputSource):
         return problems
 
 
+_MAX_PIXELS = Field(
+    None, ge=1,
+    description="images: an image over this many pixels goes to _errors (cause too_large) before its pixels "
+    "are decoded, which bounds a read task's memory (a 100-megapixel image is 300 MB as RGB); default: "
+    "combiner_core's 64 million (phone photos are 12-50 million)",
+)
+
+
 class CaptionInput(JobInput):
     """Images to caption (image files, or encoded images in Parquet / JSONL rows)."""
 
     format: InputFormat = Field("images", description=JobInput.model_fields["format"].description)
     input_column: str | None = Field("image", description=JobInput.model_fields["input_column"].description)
+    max_pixels: int | None = _MAX_PIXELS
 
 
 class SummarizeInput(JobInput):
@@ -232,7 +241,7 @@ class CaptionJobSpec(_GenerateJobSpec):
     input: CaptionInput = Field(description="the images to caption")
 
     def task(self) -> TaskAdapter:
-        return CaptionTask(params=self.generation)
+        return CaptionTask(params=self.generation, max_pixels=self.input.max_pixels)
 
 
 class SummarizeJobSpec(_GenerateJobSpec):
@@ -296,6 +305,7 @@ class LabelInput(JobInput):
     input_column: str | None = Field(
         None, description="parquet / jsonl: the column holding the input (image bytes or text); required there"
     )
+    max_pixels: int | None = _MAX_PIXELS
 
 
 class LabelJobSpec(JobSpec):
@@ -330,6 +340,19 @@ class LabelJobSpec(JobSpec):
         0.5, gt=0.0, le=1.0, description="multi_label: the probability a label needs to be listed"
     )
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_are_text(cls, value: Any) -> Any:
+        # YAML types bare words: `labels: [yes, no]` would be two booleans, [1, 2] numbers.
+        items = list(value) + [v for vs in value.values() for v in (vs if isinstance(vs, list) else [vs])] \
+            if isinstance(value, dict) else value if isinstance(value, list) else []
+        if any(not isinstance(item, str) for item in items):
+            raise ValueError(
+                "YAML reads yes, no, on, off, true, false as booleans and bare numbers as numbers: put each "
+                "label (and verbalization) in quotes, e.g. labels: ['yes', 'no']"
+            )
+        return value
+
     def task(self) -> TaskAdapter:
         from combiner_core.labels import LabelSet
 
@@ -337,7 +360,7 @@ class LabelJobSpec(JobSpec):
         return LabelTask(
             names=label_set.names, verbalizations=label_set.verbalizations, template=self.template,
             decide_by=self.decide_by, abstain_below=self.abstain_below, multi_label=self.multi_label,
-            multi_label_threshold=self.multi_label_threshold,
+            multi_label_threshold=self.multi_label_threshold, max_pixels=self.input.max_pixels,
         )
 
     def _input_modality(self) -> str | None:
@@ -348,6 +371,11 @@ class LabelJobSpec(JobSpec):
         names = list(self.labels) if isinstance(self.labels, dict) else list(self.labels)
         if not names:
             problems.append("labels: empty; give at least one label")
+        elif len(names) == 1 and not self.multi_label:
+            problems.append(f"labels: one label ({names[0]!r}) wins every row with probability 1; give two or "
+                            "more, or set multi_label: true to score it on its own")
+        if any(not name.strip() for name in names):
+            problems.append("labels: a label name is empty; name every label")
         if len(set(names)) != len(names):
             problems.append(f"labels: names repeat ({sorted({n for n in names if names.count(n) > 1})}); "
                             "each label once (give several verbalizations as a list under one name)")

@@ -54,11 +54,14 @@ def cached_preprocessor(model_uri: str, trust_remote_code: bool) -> Preprocessor
     return load_preprocessor(model_uri, trust_remote_code=trust_remote_code)
 
 
-def preprocess_images(batch: dict[str, np.ndarray], pre: Preprocessor) -> dict[str, np.ndarray]:
+def preprocess_images(
+    batch: dict[str, np.ndarray], pre: Preprocessor, *, max_pixels: int | None = None
+) -> dict[str, np.ndarray]:
     """Image bytes -> decoded RGB -> the combiner's image processor -> `pixel_values`.
 
     A row that fails gets error_stage/cause/message from combiner_core's InputError
-    and zero pixels (no actor reads them).
+    and zero pixels (no actor reads them). Images over `max_pixels` (None: combiner_core's
+    default) are refused before their pixels are decoded.
     """
     from combiner_core import InputError, decode_image, image_to_pixel_values
 
@@ -70,7 +73,7 @@ def preprocess_images(batch: dict[str, np.ndarray], pre: Preprocessor) -> dict[s
         if stages[i]:
             continue
         try:
-            images[i] = decode_image(payloads[i])
+            images[i] = decode_image(payloads[i]) if max_pixels is None else decode_image(payloads[i], max_pixels=max_pixels)
         except InputError as exc:
             stages[i], causes[i], messages[i] = exc.stage, exc.cause, str(exc)
     if images:
@@ -135,6 +138,8 @@ class TaskAdapter(ABC):
     modality: ClassVar[Modality | None]
     # The output column a person reads first, and its score (reports and _gallery.html).
     display_columns: ClassVar[tuple[str, str]] = ("text", "score")
+    # Image tasks: input.max_pixels (a dataclass field there); None: combiner_core's default.
+    max_pixels: int | None = None
 
     @abstractmethod
     def output_fields(self) -> list[pa.Field]:
@@ -147,7 +152,7 @@ class TaskAdapter(ABC):
     def preprocess(self, batch: dict[str, np.ndarray], pre: Preprocessor) -> dict[str, np.ndarray]:
         """CPU stage: raw payloads -> model inputs (decode, tokenize, image processor)."""
         if self.modality == "image":
-            return preprocess_images(batch, pre)
+            return preprocess_images(batch, pre, max_pixels=self.max_pixels)
         return preprocess_texts(batch, pre, truncation=True)
 
     def model_problems(self, model_uri: str, info: CheckpointInfo, *, trust_remote_code: bool = False) -> list[str]:

@@ -106,6 +106,7 @@ class CaptionTask(_GenerateTask):
 
     name: ClassVar[str] = "caption"
     modality: ClassVar[Modality] = "image"
+    max_pixels: int | None = None  # input.max_pixels
 
 
 LongDocuments = Literal["chunk", "truncate", "reject"]

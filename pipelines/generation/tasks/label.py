@@ -56,6 +56,7 @@ class LabelTask(TaskAdapter):
     abstain_below: float = 0.0
     multi_label: bool = False
     multi_label_threshold: float = 0.5
+    max_pixels: int | None = None  # input.max_pixels
 
     def output_fields(self) -> list[pa.Field]:
         return list(_FIELDS)
@@ -76,18 +77,27 @@ class LabelTask(TaskAdapter):
 
         limit = MAX_LABEL_TOKENS if info.max_new_tokens is None else min(MAX_LABEL_TOKENS, info.max_new_tokens)
         tokenizer = cached_preprocessor(model_uri, trust_remote_code).decoder_tokenizer
+        unk = tokenizer.unk_token_id
         problems = []
+        owner: dict[tuple[int, ...], tuple[str, str]] = {}  # token ids -> the first (label, text) with them
         for name, texts in zip(self.names, self.verbalizations, strict=True):
             for text in texts:
-                n = len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]) + 1
-                if n > limit:
-                    problems.append(f"labels.{name}: {text!r} is {n} tokens with eos, more than the {limit} this "
-                                    "model's decoder scores; use a shorter verbalization")
+                ids = tuple(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+                if len(ids) + 1 > limit:
+                    problems.append(f"labels.{name}: {text!r} is {len(ids) + 1} tokens with eos, more than the "
+                                    f"{limit} this model's decoder scores; use a shorter verbalization")
+                if unk is not None and ids and 2 * sum(t == unk for t in ids) >= len(ids):
+                    problems.append(f"labels.{name}: most of {text!r} is words this model's tokenizer does not "
+                                    f"know ({tokenizer.unk_token}); the model cannot read it. Use its words")
+                first = owner.setdefault(ids, (name, text))
+                if first[0] != name:
+                    problems.append(f"labels.{name}: {text!r} is the same tokens as {first[1]!r} of label "
+                                    f"{first[0]!r} for this model, so the two labels cannot be told apart")
         return problems
 
     def preprocess(self, batch: dict[str, np.ndarray], pre: Preprocessor) -> dict[str, np.ndarray]:
         if pre.modality == "image":
-            return preprocess_images(batch, pre)
+            return preprocess_images(batch, pre, max_pixels=self.max_pixels)
         return preprocess_texts(batch, pre, truncation=True, template=self.template)
 
     def setup(self, combiner: Combiner) -> Any:
