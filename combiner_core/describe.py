@@ -8,7 +8,10 @@ runs the model, so it reads config.json and the names of the files instead.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -108,6 +111,10 @@ class CheckpointInfo:
     weights_bytes: int = 0
     # The most tokens the decoder can generate (max_new_tokens_limit); None: no limit known.
     max_new_tokens: int | None = None
+    # Which weights these are, without reading them: the manifest's weights_sha256, a hub
+    # snapshot's commit, or a digest of the weight files' names, sizes and versions
+    # (mtime / ETag). Equal ids, same weights; "" when unknown.
+    weights_id: str = ""
 
     @property
     def modality(self) -> Modality:
@@ -123,8 +130,8 @@ def describe_checkpoint(uri: str, *, storage_options: dict[str, Any] | None = No
     MissingImageProcessorError with what to do.
     """
     if is_hub_id(uri):
-        config = _hub_config(uri)
-        return _info(uri, config, weights_bytes=0)
+        config, snapshot = _hub_config(uri)
+        return _info(uri, config, weights_bytes=0, weights_id=f"hub:{uri}@{snapshot}")
     if is_remote(uri):
         fs, root = get_filesystem(uri, storage_options)
         root = root.rstrip("/")
@@ -136,6 +143,8 @@ def describe_checkpoint(uri: str, *, storage_options: dict[str, Any] | None = No
     except (FileNotFoundError, NotADirectoryError):
         listing = []
     sizes = {str(e["name"]).rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0) for e in listing}
+    versions = {str(e["name"]).rstrip("/").rsplit("/", 1)[-1]: str(e.get("ETag") or e.get("etag") or e.get("mtime")
+                                                                    or e.get("LastModified") or "") for e in listing}
     names = set(sizes)
     if not names:
         raise CheckpointNotFoundError(
@@ -159,24 +168,32 @@ def describe_checkpoint(uri: str, *, storage_options: dict[str, Any] | None = No
             f"no image processor ({IMAGE_PROCESSOR_FILE}) in {uri}. Save one into that folder "
             "(combiner_core.save_combiner does)"
         )
-    _check_file_sizes(fs, root, sizes, uri)
-    return _info(uri, config, weights_bytes=sum(v for k, v in sizes.items() if k.endswith(_WEIGHT_SUFFIXES)))
+    weights_id = _check_file_sizes(fs, root, sizes, uri)
+    if not weights_id:
+        weights_id = "files:" + hashlib.sha256(json.dumps(sorted(
+            (name, size, versions.get(name, "")) for name, size in sizes.items() if name.endswith(_WEIGHT_SUFFIXES)
+        )).encode()).hexdigest()
+    return _info(uri, config, weights_bytes=sum(v for k, v in sizes.items() if k.endswith(_WEIGHT_SUFFIXES)),
+                 weights_id=weights_id)
 
 
-def _check_file_sizes(fs: Any, root: str, sizes: dict[str, int], uri: str) -> None:
+def _check_file_sizes(fs: Any, root: str, sizes: dict[str, int], uri: str) -> str:
     """Weights cut short or changed in size: against the manifest's byte counts, and each
     safetensors file against its own header (8 bytes of length, the header, then the data
-    it indexes). Reads a few kilobytes; the sha256 check stays with load_combiner."""
+    it indexes). Reads a few kilobytes; the sha256 check stays with load_combiner.
+    Returns the manifest's weights_sha256 ("" without a manifest)."""
     bad = []
+    weights = ""
     if "combiner_manifest.json" in sizes:
         with fs.open(f"{root}/combiner_manifest.json", "r") as fh:
-            files = json.load(fh).get("files", {})
+            manifest = json.load(fh)
+        files, weights = manifest.get("files", {}), str(manifest.get("weights_sha256") or "")
         bad += [f"{name} is {sizes[name]} bytes, the manifest says {entry.get('bytes')}"
                 for name, entry in files.items() if name in sizes and sizes[name] != entry.get("bytes", sizes[name])]
     for name in sorted(n for n in sizes if n.endswith(".safetensors") and not any(b.startswith(n + " ") for b in bad)):
         expected = _safetensors_size(fs, f"{root}/{name}")
-        if expected is None:
-            bad.append(f"{name} has no readable safetensors header")
+        if isinstance(expected, str):
+            bad.append(f"{name} {expected}")
         elif expected != sizes[name]:
             bad.append(f"{name} is {sizes[name]} bytes, its header says {expected}")
     if bad:
@@ -184,26 +201,50 @@ def _check_file_sizes(fs: Any, root: str, sizes: dict[str, int], uri: str) -> No
             f"{uri} is damaged: {'; '.join(bad)}. The copy is incomplete or was changed after "
             "saving; copy or save the combiner again"
         )
+    return f"sha256:{weights}" if weights else ""
 
 
-def _safetensors_size(fs: Any, path: str) -> int | None:
-    """The size a safetensors file has by its header, or None when the header is unreadable."""
+# Bytes per element of each safetensors dtype (the format's own list).
+_SAFETENSORS_DTYPES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
+
+
+def _safetensors_size(fs: Any, path: str) -> int | str:
+    """The size a safetensors file has by its header, or what is wrong with the header:
+    each tensor's dtype known, and its byte range as long as its shape says."""
     with fs.open(path, "rb") as fh:
         head = fh.read(8)
         if len(head) < 8:
-            return None
+            return "is shorter than a safetensors header"
         length = int.from_bytes(head, "little")
         if length > 100 * 1024**2:  # safetensors caps its header at 100 MB
-            return None
+            return f"has a header length of {length} bytes: not a safetensors file"
         try:
             header = json.loads(fh.read(length))
         except ValueError:
-            return None
-    ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
-    return 8 + length + max(ends, default=0)
+            return "has a header that is not JSON"
+    if not isinstance(header, dict):
+        return "has a header that is not a JSON object"
+    end = 0
+    for key, tensor in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, stop) = tensor["dtype"], tensor["shape"], tensor["data_offsets"]
+            elements = math.prod(int(d) for d in shape)
+        except (KeyError, TypeError, ValueError):
+            return f"has a header entry {key!r} that is not a tensor (dtype, shape, data_offsets)"
+        if dtype not in _SAFETENSORS_DTYPES:
+            return f"has tensor {key!r} of unknown dtype {dtype!r}"
+        if int(stop) - int(start) != elements * _SAFETENSORS_DTYPES[dtype]:
+            return f"has tensor {key!r} whose bytes ({int(stop) - int(start)}) do not fit its shape {shape} and dtype {dtype}"
+        end = max(end, int(stop))
+    return 8 + length + end
 
 
-def _info(uri: str, config: dict[str, Any], *, weights_bytes: int) -> CheckpointInfo:
+def _info(uri: str, config: dict[str, Any], *, weights_bytes: int, weights_id: str = "") -> CheckpointInfo:
     decoder = config.get("decoder") if isinstance(config.get("decoder"), dict) else None
     return CheckpointInfo(
         uri=uri,
@@ -212,12 +253,14 @@ def _info(uri: str, config: dict[str, Any], *, weights_bytes: int) -> Checkpoint
         decoder_model_type=str(decoder.get("model_type")) if decoder else None,
         weights_bytes=weights_bytes,
         max_new_tokens=max_new_tokens_limit(config),
+        weights_id=weights_id,
     )
 
 
-def _hub_config(repo_id: str) -> dict[str, Any]:
-    """config.json of a hub model, or CheckpointNotFoundError saying what was looked for:
-    the local folder of that name (it does not exist) and the hub."""
+def _hub_config(repo_id: str) -> tuple[dict[str, Any], str]:
+    """config.json of a hub model and the snapshot (commit) it came from, or
+    CheckpointNotFoundError saying what was looked for: the local folder of that name
+    (it does not exist) and the hub."""
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -254,7 +297,9 @@ def _hub_config(repo_id: str) -> dict[str, Any]:
         raise CheckpointNotFoundError(f"the hub model '{repo_id}' has no config.json: not a transformers "
                                       "checkpoint") from None
     with open(path) as fh:
-        return json.load(fh)
+        config = json.load(fh)
+    # hf_hub_download's cache: .../snapshots/<commit>/config.json
+    return config, os.path.basename(os.path.dirname(path))
 
 
 def _reachable(endpoint: str, timeout_s: float = 5.0) -> bool:

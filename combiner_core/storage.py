@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import posixpath
 import re
 import shutil
 import tempfile
@@ -71,6 +72,17 @@ def absolute_uri(uri: str, *, hub_ids: bool = False) -> str:
     if is_remote(uri) or (hub_ids and is_hub_id(uri)):
         return uri
     return os.path.abspath(local_path(uri))
+
+
+def normal_uri(uri: str, *, hub_ids: bool = False) -> str:
+    """One spelling of a location: absolute, no '.', '..', '//' or trailing '/' (a hub id
+    as it is, with `hub_ids`). Equal results name the same files."""
+    if hub_ids and is_hub_id(uri):
+        return uri
+    if is_remote(uri):
+        scheme, path = uri.split("://", 1)
+        return f"{scheme}://{posixpath.normpath('/' + path).lstrip('/')}"
+    return absolute_uri(uri)  # os.path.abspath normalizes
 
 
 class StorageAccessError(CombinerError, PermissionError):

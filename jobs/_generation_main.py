@@ -44,7 +44,14 @@ def generation_main(
     spec_type: type, description: str, argv: list[str] | None, *, default: Mapping[str, Any] | None = None
 ) -> int:
     """Run one generation job from the command line; returns the exit code."""
-    from pipelines import SpecError, init_ray, job_arg_parser, load_spec, spec_yaml
+    from pipelines import (
+        SpecError,
+        absolute_spec_paths,
+        init_ray,
+        job_arg_parser,
+        load_spec,
+        spec_yaml,
+    )
 
     args = job_arg_parser(description, exit_codes=EXIT_CODES).parse_args(argv)
     _show_library_logs()
@@ -56,8 +63,8 @@ def generation_main(
         return EXIT_FIX_SPEC
     if args.print_spec:
         name = sys.argv[0].rsplit("/", 1)[-1] if argv is None else "this job"
-        print(spec_yaml(spec, header=f"{description}\nA spec for {name}: save it, edit it, run it with "
-                                     f"--spec FILE. Relative paths are relative to the file's folder."), end="")
+        print(spec_yaml(absolute_spec_paths(spec), header=f"{description}\nA spec for {name}: save it, edit it, run it "
+                        "with --spec FILE. Relative paths in it are relative to the file's folder."), end="")
         return EXIT_OK
     from combiner_core.storage import StorageAccessError
     from pipelines.generation import (

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python jobs/x.py` from a checkout that is not pip-installed
     sys.path.insert(0, str(REPO))
 
-from pipelines import SpecError, job_arg_parser, load_spec, spec_yaml  # noqa: E402
+from pipelines import SpecError, absolute_spec_paths, job_arg_parser, load_spec, spec_yaml  # noqa: E402
 from pipelines.finetune import FinetuneSpec, preflight, run_finetune  # noqa: E402
 
 DEFAULT_SPEC = Path(__file__).resolve().parent / "specs" / "finetune_demo_captioner.yaml"
@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_spec(FinetuneSpec, args.spec or DEFAULT_SPEC, args.overrides)
         if args.print_spec:
-            print(spec_yaml(spec, header=f"{__doc__.splitlines()[0]}\nA spec for jobs/finetune.py: save it, edit "
-                            "it, run it with --spec FILE. Relative paths are relative to the file's folder."), end="")
+            print(spec_yaml(absolute_spec_paths(spec), header=f"{__doc__.splitlines()[0]}\nA spec for jobs/finetune.py: "
+                            "save it, edit it, run it with --spec FILE. Relative paths in it are relative to the "
+                            "file's folder."), end="")
             return 0
         preflight(spec, source=args.spec or str(DEFAULT_SPEC))
     except SpecError as exc:

@@ -12,6 +12,7 @@ from .specs import (
     ModelSource,
     SpecError,
     StrictModel,
+    absolute_spec_paths,
     load_spec,
     parse_overrides,
     path_field,
@@ -22,6 +23,7 @@ from .specs import (
 )
 
 __all__ = [
+    "absolute_spec_paths",
     "InputSource",
     "ModelSource",
     "SpecError",

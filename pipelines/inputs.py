@@ -58,7 +58,8 @@ class InputSource(StrictModel):
 
     uri: str = path_field(
         description="a file, a folder/prefix, or a glob (*.parquet); local, file:// or s3:// (any fsspec); "
-        "a relative path in a spec file is relative to that file's folder"
+        "a relative path in a spec file is relative to that file's folder",
+        min_length=1,
     )
     format: InputFormat = Field(
         description="images: one picture per file (jpg, png, webp, bmp, gif, tiff); parquet / jsonl: "
@@ -82,8 +83,8 @@ class InputSource(StrictModel):
     )
     extensions: list[str] | None = Field(
         None,
-        description="file name endings that count as inputs (default per format: image types, "
-        ".parquet, .jsonl/.json(.gz), .txt for text formats)",
+        description="file name endings that count as inputs (default per format: image types; "
+        ".parquet; .jsonl, .json, .ndjson and .txt, each also .gz, .zst, .bz2, .xz)",
     )
 
     @model_validator(mode="before")

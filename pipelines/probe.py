@@ -53,7 +53,11 @@ def sniff(head: bytes) -> str:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:
         if exc.start < len(head) - 3:  # not just a character cut at the end of the head
-            return "binary data"
+            # Latin-1 or Windows-1252 text reads as text in Latin-1: its rows say not_utf8
+            # one by one; bytes that are mostly control characters are binary.
+            latin = head.decode("latin-1")
+            controls = sum(1 for ch in latin if ord(ch) < 32 and ch not in "\t\n\r\f")
+            return "binary data" if "\x00" in latin or controls > len(latin) // 20 else "non-UTF-8 text"
         text = head[: exc.start].decode("utf-8")
     # NULs and other control characters do not occur in text files (UTF-8 accepts them).
     controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f\b")
@@ -79,9 +83,9 @@ def format_problem(kind: str, format: InputFormat) -> str | None:
     fits = {
         "images": kind in _IMAGE_KINDS,
         "parquet": kind == "Parquet file",
-        "jsonl": kind in ("JSON text", "empty text", "an empty file"),
-        "text_lines": kind in ("text", "JSON text", "empty text", "an empty file"),
-        "text_files": kind in ("text", "JSON text", "empty text", "an empty file"),
+        "jsonl": kind in ("JSON text", "empty text", "an empty file", "non-UTF-8 text"),
+        "text_lines": kind in ("text", "JSON text", "empty text", "an empty file", "non-UTF-8 text"),
+        "text_files": kind in ("text", "JSON text", "empty text", "an empty file", "non-UTF-8 text"),
     }[format]
     if fits:
         return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -142,17 +143,20 @@ def list_inputs(
 ) -> InputListing:
     """Files under `uri` (a file, a folder/prefix, or a glob) that hold inputs, with sizes.
 
-    Paths with a component starting with '_' or '.' (_SUCCESS, .crc, our own _errors/)
-    are not inputs. Sizes come with the listing itself (no request per file).
+    The files of job outputs (_SUCCESS, _errors/, _commits/, Spark's _temporary/...) are
+    not inputs and are passed over; hidden files (.DS_Store, .crc) and names without an
+    input ending are skipped and reported in `ignored`. A local folder's symlinked
+    folders are followed. A path that exists as written is a path even when it holds
+    glob characters ("photos [2024]"). Sizes come with the listing (no request per file).
     """
     fs, path = url_to_fs(uri, **(storage_options or {}))
     prefix = _protocol_prefix(uri, fs)
     wanted = format_extensions(format, extensions)
-    if any(ch in path for ch in "*?["):
+    if any(ch in path for ch in "*?[") and not fs.exists(path):
         found = {p: info for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file"}
-        base = path.split("*")[0].rsplit("/", 1)[0]
+        base = glob_base(path)
     elif fs.isdir(path):
-        found = fs.find(path, detail=True)
+        found = _walk_local(path) if _protocol_prefix(uri, fs) == "" else fs.find(path, detail=True)
         base = path.rstrip("/")
     elif fs.isfile(path):
         return InputListing([prefix + path], [], {prefix + path: int(fs.size(path) or 0)})
@@ -166,14 +170,49 @@ def list_inputs(
         if p.endswith("/"):
             continue  # an object store's folder marker ("folder/", size 0), no file
         rel = posixpath.relpath(p, base) if base else p
-        if any(part.startswith(("_", ".")) for part in rel.split("/")):
+        parts = rel.split("/")
+        if any(_is_job_file(part) for part in parts):
             continue
-        if wanted and not p.lower().endswith(wanted):
+        if any(part.startswith(".") for part in parts) or (wanted and not p.lower().endswith(wanted)):
             ignored.append(prefix + p)
             continue
         files.append(prefix + p)
         sizes[prefix + p] = int(found[p].get("size") or 0)
     return InputListing(files, ignored, sizes)
+
+
+# Names in job outputs (ours, Spark's, Hadoop's, Parquet summary files): never inputs.
+_JOB_FILES = {"_SUCCESS", "_errors", "_commits", "_staging", "_temporary", "_job.json", "_summary.json",
+              "_gallery.html", "_lease.json", "_metadata", "_common_metadata"}
+
+
+def _is_job_file(name: str) -> bool:
+    return name in _JOB_FILES or name.startswith(("_committed_", "_started_"))
+
+
+def glob_base(path: str) -> str:
+    """The folder a glob searches: its path up to the folder before the first * ? [."""
+    return path[: min(path.index(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
+
+
+def _walk_local(root: str) -> dict[str, dict[str, Any]]:
+    """A local folder's files ({path: {size, type}}, as fsspec's find gives them), following
+    symlinked folders once each (a link back up the tree is not walked again)."""
+    found: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in names:
+            full = os.path.join(folder, name)
+            try:
+                found[full] = {"size": os.path.getsize(full), "type": "file"}
+            except OSError:  # a dangling link: listed, so its read error says so
+                found[full] = {"size": 0, "type": "file"}
+    return found
 
 
 def list_input_files(
@@ -225,8 +264,8 @@ def relative_id(file_uri: str, root: str) -> str:
     file_path, root_path = bare(file_uri), bare(root).rstrip("/")
     if file_path == root_path:
         return posixpath.basename(file_path)
-    if any(ch in root_path for ch in "*?["):
-        root_path = root_path.split("*")[0].rsplit("/", 1)[0]
+    if any(ch in root_path for ch in "*?[") and not os.path.exists(root_path):
+        root_path = glob_base(root_path)
     if file_path.startswith(root_path + "/"):
         return file_path[len(root_path) + 1 :]
     return file_path
@@ -337,8 +376,10 @@ def _as_bytes(value: Any) -> bytes | None:
 
 
 def _row_id(value: Any, uri: str, row: int, opts: ReaderOptions) -> str:
-    """A row's id: its id column's value, or '<file relative to the root>#<row>'."""
-    return f"{relative_id(uri, opts.root)}#{row}" if value is None else str(value)
+    """A row's id: its id column's value, or '<file relative to the root>#<row>' when it
+    has none (null or blank)."""
+    blank = value is None or (isinstance(value, str) and not value.strip())
+    return f"{relative_id(uri, opts.root)}#{row}" if blank else str(value)
 
 
 def _read_table_rows(
@@ -371,11 +412,15 @@ def _value_problem(record: Mapping[str, Any], value: Any, opts: ReaderOptions) -
         )
     if _as_bytes(value) is None:
         return "wrong_type", f"field '{col}' holds a {type(value).__name__}, not bytes or text"
-    if opts.id_column and record.get(opts.id_column) is None:
-        return "missing_id", (
-            f"row has no value in the id column '{opts.id_column}': ids are how output rows are joined back; "
-            "fill it in the input, or unset input.id_column to use '<file>#<row>' ids"
-        )
+    if opts.id_column:
+        rid = record.get(opts.id_column)
+        if rid is None or (isinstance(rid, str) and not rid.strip()):
+            return "missing_id", (
+                f"row has no value in the id column '{opts.id_column}': ids are how output rows are joined back; "
+                "fill it in the input, or unset input.id_column to use '<file>#<row>' ids"
+            )
+        if isinstance(rid, bool) or not isinstance(rid, (str, int, float)):
+            return "bad_id", f"the id column '{opts.id_column}' holds a {type(rid).__name__} ({rid!r}); ids are text or numbers"
     return None
 
 
@@ -562,10 +607,17 @@ def _read_file(rows: _Rows, fs: fsspec.AbstractFileSystem, path: str, uri: str, 
 
 
 def _read_text(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> tuple[bytes, str | None]:
-    """A text file's bytes, decompressed by its name's codec, and where it broke (or None)."""
+    """A text file's bytes, decompressed by its name's codec, and where it broke (or None).
+
+    Nothing decoded at all is no break but a file that is not what its name says.
+    """
     codec = compression_of(uri)
     with fs.open(path, "rb") as f:
-        return decompress(f.read(), codec)
+        raw = f.read()
+    data, broken = decompress(raw, codec)
+    if broken and not data and raw:
+        raise _FileError("unreadable_file", f"the file is not {codec} data, as its name says ({broken})")
+    return data, broken
 
 
 class _FileError(Exception):

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,7 +63,18 @@ class SpecError(ValueError):
 
 class _SpecLoader(yaml.SafeLoader):
     """YAML without timestamps: `date: 2026-01-31` stays the text a spec field expects
-    (PyYAML would make it a datetime.date, and raise on 2026-02-30)."""
+    (PyYAML would make it a datetime.date, and raise on 2026-02-30); a key given twice in
+    one mapping is an error (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _SpecLoader.yaml_implicit_resolvers = {
@@ -84,6 +96,11 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             problems.append(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. output.mode=resume")
+            continue
+        if raw.strip()[:1] not in ("'", '"') and re.search(r"(^|\s)#", raw):
+            # YAML would read the rest as a comment and drop it: a path cut short in silence.
+            problems.append(f"--set {key}: {raw!r} holds ' #', which YAML reads as the start of a comment; "
+                            f"quote the value: --set '{key}=\"{raw}\"'")
             continue
         try:
             value = _yaml(raw) if raw.strip() else ""
@@ -186,6 +203,10 @@ def load_spec(
             data = _yaml(Path(path).read_text()) or {}
         except FileNotFoundError:
             raise SpecError(source, [f"file not found: {path}"]) from None
+        except IsADirectoryError:
+            raise SpecError(source, [f"{path} is a folder; --spec takes a YAML file"]) from None
+        except UnicodeDecodeError:
+            raise SpecError(source, [f"{path} is not a text file (not UTF-8); --spec takes a YAML file"]) from None
         except yaml.YAMLError as exc:
             raise SpecError(source, [f"not valid YAML: {exc}"]) from None
         if not isinstance(data, Mapping):
@@ -255,6 +276,14 @@ def resolve_spec_paths(model: type[BaseModel], data: Mapping[str, Any], base: Pa
     return out
 
 
+def absolute_spec_paths(spec: T) -> T:
+    """`spec` with the local paths of its path fields absolute (relative ones were the
+    current folder's): workers run elsewhere, and a printed spec saved anywhere names
+    the same files. Hub ids stay as they are; which keys were set is kept."""
+    data = resolve_spec_paths(type(spec), spec.model_dump(mode="json", exclude_unset=True), Path.cwd())
+    return type(spec).model_validate(data)
+
+
 def _model_in(annotation: Any) -> type[BaseModel] | None:
     """The pydantic model class in a field's annotation (`X`, `X | None`), if any."""
     import typing
@@ -282,24 +311,31 @@ def _spec_relative(value: str, base: Path, *, hub_ids: bool) -> str:
 
 
 def spec_yaml(spec: BaseModel, *, header: str = "") -> str:
-    """`spec` as commented YAML a user can start from: every key with its value, and above
-    it the key's description and default (from the pydantic fields). Sections left unset
-    (null) show their keys commented out."""
+    """`spec` as commented YAML a user can start from: every key, above it its description
+    and default (from the pydantic fields). Keys the spec set are written; keys left at
+    their default are written commented out (`# key: default`), so the file loads back
+    as the same spec, and a limit fitted to a model later still applies to a default."""
     lines = [f"# {line}" if line else "#" for line in header.splitlines()]
-    _yaml_fields(type(spec), spec.model_dump(mode="json"), lines, indent="", commented=False)
+    _yaml_fields(spec, lines, indent="", commented=False)
     return "\n".join(lines) + "\n"
 
 
 _WIDTH = 96  # comment lines wrap here
 
 
-def _yaml_fields(model: type[BaseModel], values: Mapping[str, Any], lines: list[str], *, indent: str,
-                 commented: bool) -> None:
+def _yaml_fields(spec: BaseModel | None, lines: list[str], *, indent: str, commented: bool,
+                 model: type[BaseModel] | None = None) -> None:
+    """The fields of `spec` (or, with spec None, of `model` at their defaults)."""
     import textwrap
 
-    lead = indent + ("# " if commented else "")
+    model = type(spec) if spec is not None else model
+    assert model is not None
+    given = spec.model_fields_set if spec is not None else set()
     for name, info in model.model_fields.items():
-        value = values.get(name)
+        value = getattr(spec, name) if spec is not None else (
+            None if info.is_required() else info.get_default(call_default_factory=True))
+        off = commented or name not in given
+        lead = indent + ("# " if off else "")
         about = info.description or ""
         if info.is_required():
             about += " (required)"
@@ -308,23 +344,23 @@ def _yaml_fields(model: type[BaseModel], values: Mapping[str, Any], lines: list[
             shown = json.dumps(default)
             if len(shown) <= 40 and not isinstance(default, dict):
                 about += f" (default:\0{shown})"  # \0: kept on one line by the wrap below
-        for line in textwrap.wrap(about, width=max(40, _WIDTH - len(lead) - 2)):
+        for line in textwrap.wrap(about, width=max(40, _WIDTH - len(indent) - 2)):
             lines.append(f"{indent}# {line.replace(chr(0), ' ')}")
         nested = _model_in(info.annotation)
-        if nested is not None and isinstance(value, Mapping):
+        if nested is not None and isinstance(value, BaseModel):
             lines.append(f"{lead}{name}:")
-            _yaml_fields(nested, value, lines, indent=indent + "  ", commented=commented)
+            _yaml_fields(value, lines, indent=indent + "  ", commented=off)
         elif nested is not None and value is None:
             lines.append(f"{lead}{name}: null   # or a mapping with these keys:")
-            defaults = {k: _jsonable(f.get_default(call_default_factory=True)) if not f.is_required() else None
-                        for k, f in nested.model_fields.items()}
-            _yaml_fields(nested, defaults, lines, indent=indent + "  ", commented=True)
+            _yaml_fields(None, lines, indent=indent + "  ", commented=True, model=nested)
         else:
-            lines.extend(_yaml_value(name, value, lead))
+            lines.extend(_yaml_value(name, _jsonable(value), lead))
 
 
 def _jsonable(value: Any) -> Any:
-    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return json.loads(json.dumps(value, default=str))  # tuples, enums: as YAML shows them
 
 
 def _yaml_value(name: str, value: Any, lead: str) -> list[str]:

@@ -19,7 +19,7 @@ from PIL import Image
 import tests.generation_support as gs
 from combiner_core import GenerationParams, generate_images, load_combiner
 from pipelines import validate_spec
-from pipelines.generation import CaptionJobSpec, run_job
+from pipelines.generation import CaptionJobSpec, SummarizeJobSpec, run_job
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
@@ -163,7 +163,8 @@ def test_print_spec_is_the_whole_spec_as_commented_yaml_and_runs_back():
     assert "# the share of rows that may go to _errors before the run counts as failed" in text
     assert "  max_new_tokens: 12" in text and "  strategy: beam" in text and "(default: 0.1)" in text
     data = yaml.safe_load(text)
-    assert set(data) == set(CaptionJobSpec.model_fields)
+    # the keys the built-in default sets are written; the others are commented at their defaults
+    assert set(data) == set(CaptionJobSpec.model_fields) - {"batch_size"} and "\n# batch_size: 256\n" in text
     assert validate_spec(CaptionJobSpec, data, source="printed").generation.strategy == "beam"
     finetune = _job("finetune.py", ["--print-spec"])
     assert finetune.returncode == 0 and "checkpoint: null   # or a mapping with these keys:" in finetune.stdout
@@ -195,3 +196,18 @@ def test_a_model_that_will_not_load_stops_the_job_in_one_line_and_blocks_nothing
     spec["model"]["uri"] = models["captioner"]
     caption(spec)
     gs.assert_exactly_once(str(out), ids)
+
+
+def test_input_files_that_hold_no_rows_are_no_success(ray_cluster, models, tmp_path):
+    """Only empty and blank JSONL files (a partition whose upload failed): 0 rows, which
+    is no success; no _SUCCESS, and the summary says so."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_bytes(b"")
+    (tmp_path / "in" / "b.jsonl").write_bytes(b"\n  \n")
+    spec = gs.summarize_spec(str(tmp_path / "in"), str(tmp_path / "out"), models["summarizer"])
+    summary = run_job(validate_spec(SummarizeJobSpec, spec, source="test"), ray_init=None)
+    assert (summary.rows_in, summary.files_in, summary.failed) == (0, 2, True)
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    from pipelines.generation import format_summary
+
+    assert "FAILED: the 2 input file(s) hold no rows" in format_summary(summary)

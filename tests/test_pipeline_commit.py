@@ -118,7 +118,8 @@ def test_listing_filters_and_shards_are_deterministic(tmp_path):
         gs.write_bytes(str(tmp_path / name), b"x")
     files, ignored = list_input_files(str(tmp_path), format="images")
     assert [f.rsplit("/", 1)[-1] for f in files] == ["a.JPG", "b.png", "c.webp"]
-    assert [f.rsplit("/", 1)[-1] for f in ignored] == ["notes.txt"]
+    # hidden files are no inputs either, but are said (nothing is passed over in silence)
+    assert [f.rsplit("/", 1)[-1] for f in ignored] == ["y.png", "notes.txt"]
     shards = plan_shards(files, format="images", files_per_shard=2)
     assert [len(s.files) for s in shards] == [2, 1]
     assert [s.key for s in shards] == [s.key for s in plan_shards(files, format="images", files_per_shard=2)]

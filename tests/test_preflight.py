@@ -114,7 +114,7 @@ def test_overwrite_deletes_only_files_of_our_layout(tmp_path) -> None:
     assert OutputStore(str(out)).survey().foreign == []
     assert OutputStore(str(out)).prepare(mode="overwrite", fingerprint="g") == {}
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == ["_job.json"]
-    assert json.loads((out / "_job.json").read_text()) == {"fingerprint": "g"}
+    assert json.loads((out / "_job.json").read_text()) == {"fingerprint": "g", "model_weights": ""}
 
 
 @pytest.mark.parametrize("where", ["equal", "inside", "containing"])
@@ -570,3 +570,146 @@ def test_label_sets_that_cannot_work_are_spec_problems(tmp_path) -> None:
         validate_spec(LabelJobSpec, {**spec, "labels": ["circle"]}, source="test")
     with pytest.raises(SpecError, match="labels: a label name is empty"):
         validate_spec(LabelJobSpec, {**spec, "labels": {"": "a circle", "square": "a square"}}, source="test")
+
+
+# --- second round of a new-user trial -----------------------------------------------------
+
+
+def test_resume_compares_what_paths_name_and_which_weights_wrote_the_rows(captioner, tmp_path, monkeypatch) -> None:
+    """A resume accepts the same input spelled otherwise (./in, in/, in//x), and refuses a
+    model whose weights were replaced at the same model.uri (a re-saved 'latest')."""
+    import shutil
+
+    model = tmp_path / "latest"
+    shutil.copytree(captioner, model)
+    _images(tmp_path / "in")
+    monkeypatch.chdir(tmp_path)
+    spec = gs.caption_spec("in", "out", str(model))
+    spec["output"]["mode"] = "resume"
+    plan = _caption(spec).plan
+    store = OutputStore(plan.output_uri)
+    store.prepare(mode="resume", fingerprint=plan.fingerprint, weights_id=plan.model.weights_id)
+    (tmp_path / "out" / f"part-{'1' * 20}.parquet").write_bytes(b"rows of the first run")
+    for spelled in ("./in", "in/", str(tmp_path / "in"), f"{tmp_path}//in"):
+        assert _caption({**spec, "input": {**spec["input"], "uri": spelled}}).plan.fingerprint == plan.fingerprint
+    manifest = json.loads((model / "combiner_manifest.json").read_text())
+    manifest["weights_sha256"] = "f" * 64  # saved again with other weights
+    (model / "combiner_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PreflightError, match="was written with other weights at the same model.uri"):
+        _caption(spec)
+
+
+def test_inputs_people_name_their_own_way_are_read(tmp_path) -> None:
+    """Camera files named _DSC0001.JPG, a symlinked folder, a folder named 'photos [2024]'
+    are inputs; job-output files (_SUCCESS, _errors/) are not; hidden files are reported."""
+    folder = tmp_path / "photos [2024]"
+    (folder / "real").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    for name in ("_DSC0001.JPG", "DSC0002.JPG", "real/a.png", ".DS_Store", "_SUCCESS"):
+        (folder / name).write_bytes(b"x")
+    (tmp_path / "elsewhere" / "b.png").write_bytes(b"x")
+    (folder / "linked").symlink_to(tmp_path / "elsewhere")
+    (folder / "loop").symlink_to(folder)  # a link back up the tree is walked once
+    (folder / "_errors").mkdir()
+    (folder / "_errors" / "part-x.png").write_bytes(b"x")
+    listing = list_inputs(str(folder), format="images")
+    assert [Path(f).relative_to(folder).as_posix() for f in listing.files] == [
+        "DSC0002.JPG", "_DSC0001.JPG", "linked/b.png", "real/a.png"]
+    assert [Path(f).name for f in listing.ignored] == [".DS_Store"]
+
+
+def test_spec_values_that_would_be_read_otherwise_are_refused(tmp_path) -> None:
+    from pipelines import parse_overrides
+    from pipelines.generation import LabelJobSpec
+
+    with pytest.raises(SpecError, match="holds ' #', which YAML reads as the start of a comment"):
+        parse_overrides(["input.uri=data/exports #2"])
+    assert parse_overrides(['input.uri="data/exports #2"', "output.uri=run#3"]) == {
+        "input": {"uri": "data/exports #2"}, "output": {"uri": "run#3"}}
+    base = {"input": {"uri": "x", "format": "images"}, "model": {"uri": "m"}}
+    with pytest.raises(SpecError, match=r"output.uri: 's3://lake/in\?x' holds \?, which object stores"):
+        validate_spec(CaptionJobSpec, {**base, "output": {"uri": "s3://lake/in?x"}}, source="t")
+    with pytest.raises(SpecError, match="input.uri: String should have at least 1 character"):
+        validate_spec(CaptionJobSpec, {**base, "input": {"uri": "", "format": "images"}, "output": {"uri": "o"}},
+                      source="t")
+    with pytest.raises(SpecError, match=r"template: 'topic: \{text\} \{foo\}' has a placeholder other than \{text\}"):
+        validate_spec(LabelJobSpec, {**base, "output": {"uri": "o"}, "labels": ["a", "b"],
+                                     "input": {"uri": "x", "format": "jsonl", "input_column": "t"},
+                                     "template": "topic: {text} {foo}"}, source="t")
+    (tmp_path / "dup.yaml").write_text("input: {uri: x, format: images}\noutput: {uri: o}\noutput: {uri: p}\n")
+    with pytest.raises(SpecError, match="the key 'output' is given twice"):
+        load_spec(CaptionJobSpec, tmp_path / "dup.yaml")
+    with pytest.raises(SpecError, match="is a folder; --spec takes a YAML file"):
+        load_spec(CaptionJobSpec, tmp_path)
+    (tmp_path / "bin.yaml").write_bytes(bytes(range(256)))
+    with pytest.raises(SpecError, match="is not a text file"):
+        load_spec(CaptionJobSpec, tmp_path / "bin.yaml")
+
+
+def test_an_output_inside_another_jobs_output_is_refused(captioner, tmp_path) -> None:
+    OutputStore(str(tmp_path / "earlier")).prepare(mode="overwrite", fingerprint="f")
+    spec = gs.caption_spec(str(_images(tmp_path / "in")), str(tmp_path / "earlier" / "more"), captioner)
+    with pytest.raises(PreflightError, match=rf"is inside the output of another job \({tmp_path / 'earlier'}\)"):
+        _caption(spec)
+
+
+def test_odd_bytes_and_headers_are_named_not_crashed_on(summarizer, captioner, tmp_path) -> None:
+    """A first file with a Latin-1 line is text (its rows say not_utf8), not 'binary'; a
+    plain file named .gz is unreadable, not truncated; ids that are not ids; a
+    safetensors header with a tensor of an unknown dtype or a broken entry."""
+    import shutil
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_bytes('{"text": "café"}\n{"text": "ok"}\n'.encode("latin-1"))
+    spec = gs.summarize_spec(str(tmp_path / "in"), str(tmp_path / "out"), summarizer,
+                             input={"uri": str(tmp_path / "in"), "format": "jsonl"})
+    assert preflight(validate_spec(SummarizeJobSpec, spec, source="test")).listing.files
+    assert sniff("café au lait".encode("latin-1")) == "non-UTF-8 text"
+    (tmp_path / "plain.jsonl.gz").write_bytes(b'{"text": "x"}\n')
+    (row,) = _read(tmp_path / "plain.jsonl.gz", input_column="text")
+    assert row["error_cause"] == "unreadable_file" and "is not gzip data" in row["error_message"]
+    gs.write_jsonl(str(tmp_path / "ids" / "a.jsonl"), [{"k": "", "text": "a"}, {"k": True, "text": "b"},
+                                                       {"k": ["x"], "text": "c"}, {"k": 7, "text": "d"}])
+    rows = _read(tmp_path / "ids" / "a.jsonl", input_column="text", id_column="k")
+    assert [(r["id"], r["error_cause"]) for r in rows] == [
+        ("a.jsonl#0", "missing_id"), ("True", "bad_id"), ("['x']", "bad_id"), ("7", "")]
+    broken = tmp_path / "broken"
+    shutil.copytree(captioner, broken)
+    (broken / "combiner_manifest.json").unlink()
+    weights = broken / "model.safetensors"
+    data = weights.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    name = next(k for k in header if k != "__metadata__")
+    for damage, said in ((lambda h: h[name].update(dtype="Q99"), f"has tensor '{name}' of unknown dtype 'Q99'"),
+                         (lambda h: h[name].pop("data_offsets"), f"has a header entry '{name}' that is not a tensor")):
+        changed = json.loads(json.dumps(header))
+        damage(changed)
+        text = json.dumps(changed, separators=(",", ":")).encode().ljust(length)  # as long as before
+        weights.write_bytes(data[:8] + text + data[8 + length :])
+        spec = gs.caption_spec(str(_images(tmp_path / "imgs")), str(tmp_path / "o2"), str(broken))
+        with pytest.raises(PreflightError, match=re.escape(said)):
+            _caption(spec)
+
+
+def test_gpus_this_machine_does_not_have_are_a_spec_problem_without_a_cluster(captioner, tmp_path, monkeypatch) -> None:
+    from ray._private.accelerators import nvidia_gpu
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(nvidia_gpu.NvidiaGPUAcceleratorManager, "get_current_node_num_accelerators",
+                        staticmethod(lambda: 0))
+    spec = gs.caption_spec(str(_images(tmp_path / "in")), str(tmp_path / "out"), captioner)
+    spec["resources"]["num_gpus"] = 1
+    with pytest.raises(PreflightError, match="resources.num_gpus: 1 per model actor, but this machine has 0 GPU"):
+        _caption(spec)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # a cluster: its GPU nodes may be starting
+    assert _caption(spec).plan.resources.num_gpus == 1
+
+
+@pytest.mark.integration
+def test_an_output_bucket_that_does_not_exist_is_not_created(captioner, s3_bucket, tmp_path) -> None:
+    spec = gs.caption_spec(str(_images(tmp_path / "in")), "s3://no-such-bucket-zz/out", captioner)
+    with pytest.raises(PreflightError, match="the bucket 'no-such-bucket-zz' of s3://no-such-bucket-zz/out does not exist"):
+        _caption(spec)
+    spec["output"]["uri"] = f"{s3_bucket}/out"
+    assert _caption(spec).plan.output_uri == f"{s3_bucket}/out"

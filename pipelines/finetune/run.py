@@ -14,7 +14,7 @@ import fsspec
 from combiner_core.storage import get_filesystem, is_hub_id, is_remote, local_path
 
 from ..session import init_ray
-from ..specs import SpecError, resolve_spec_paths, spec_hash
+from ..specs import SpecError, absolute_spec_paths, spec_hash
 from .data import DataSourceError, plan_pairs, read_pairs
 from .layout import METRICS_FILE, MODEL_DIR, STATE_FILE
 from .spec import FinetuneSpec, ModelSpec
@@ -106,12 +106,6 @@ def preflight(spec: FinetuneSpec, *, source: str = "spec") -> None:
         raise SpecError(source, problems)
 
 
-def absolute_local_paths(spec: FinetuneSpec) -> FinetuneSpec:
-    """The spec with local paths (its path fields) made absolute: workers do not share the
-    driver's folder. Hub ids ("org/name") stay as they are."""
-    return FinetuneSpec.model_validate(resolve_spec_paths(FinetuneSpec, spec.model_dump(), Path.cwd()))
-
-
 def _run_config(spec: FinetuneSpec) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
@@ -149,7 +143,7 @@ def run_finetune(spec: FinetuneSpec) -> FinetuneResult:
     from .loop import train_loop  # torch and Ray Train: imported only when training runs
 
     preflight(spec)
-    spec = absolute_local_paths(spec)
+    spec = absolute_spec_paths(spec)
     init_ray()
     # Per-operator progress bars from every worker drown the training log.
     ray.data.DataContext.get_current().enable_progress_bars = False

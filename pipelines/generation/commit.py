@@ -78,12 +78,12 @@ def is_own_path(rel: str) -> bool:
     """Whether `rel` (a path relative to output.uri) is a file of the output layout."""
     parts = rel.split("/")
     if parts[0] == STAGING_DIR:
-        return bool(_STAGED.match(rel))
+        return bool(_STAGED.fullmatch(rel))
     if len(parts) == 1:
-        return rel in _TOP_FILES or bool(_PART.match(rel))
+        return rel in _TOP_FILES or bool(_PART.fullmatch(rel))
     if len(parts) == 2 and parts[0] == ERRORS_DIR:
-        return bool(_PART.match(parts[1]))
-    return len(parts) == 2 and parts[0] == COMMITS_DIR and bool(_MANIFEST.match(parts[1]))
+        return bool(_PART.fullmatch(parts[1]))
+    return len(parts) == 2 and parts[0] == COMMITS_DIR and bool(_MANIFEST.fullmatch(parts[1]))
 
 
 @dataclass(frozen=True)
@@ -370,14 +370,14 @@ class OutputStore:
         # Keys ending in "/" are folder markers (the S3 console's empty "folder/" objects), no files.
         rels = sorted(p[len(self.root) + 1 :] for p in self.fs.find(self.root)
                       if p.startswith(self.root + "/") and not p.endswith("/"))
-        ours = JOB_FILE in rels and self._job_record() is not None
+        ours = JOB_FILE in rels and self.job_record() is not None
         own = [r for r in rels if is_own_path(r) and (ours or r == LEASE_FILE)]
         if LEASE_FILE in own and not _is_lease(self.fs, self._path(LEASE_FILE)):
             own.remove(LEASE_FILE)  # somebody else's file of that name
         taken = set(own)
         return OutputSurvey(own, [r for r in rels if r not in taken])
 
-    def _job_record(self) -> dict[str, Any] | None:
+    def job_record(self) -> dict[str, Any] | None:
         """_job.json as we write it ({"fingerprint": ...}), or None (absent or not ours)."""
         try:
             with self.fs.open(self._path(JOB_FILE), "r") as f:
@@ -397,20 +397,30 @@ class OutputStore:
             )
         return problem
 
-    def fingerprint_problem(self, survey: OutputSurvey, fingerprint: str) -> str | None:
-        """Why this output's results cannot be continued by a job with `fingerprint` (None: they can)."""
-        previous = self._job_record()
-        if not survey.results or previous is None or previous["fingerprint"] == fingerprint:
+    def fingerprint_problem(self, survey: OutputSurvey, fingerprint: str, weights_id: str = "") -> str | None:
+        """Why this output's results cannot be continued by a job with `fingerprint` and the
+        model weights `weights_id` (None: they can)."""
+        previous = self.job_record()
+        if not survey.results or previous is None:
             return None
-        return (
-            f"output.uri: {self.uri} was written by a job with other inputs, model or generation "
-            f"parameters (fingerprint {previous['fingerprint'][:12]} != {fingerprint[:12]}); resuming "
-            "would mix results. Use output.mode=overwrite or another output.uri"
-        )
+        if previous["fingerprint"] != fingerprint:
+            return (
+                f"output.uri: {self.uri} was written by a job with other inputs, model or generation "
+                f"parameters (fingerprint {previous['fingerprint'][:12]} != {fingerprint[:12]}); resuming "
+                "would mix results. Use output.mode=overwrite or another output.uri"
+            )
+        before = previous.get("model_weights") or ""
+        if before and weights_id and before != weights_id:
+            return (
+                f"output.uri: {self.uri} was written with other weights at the same model.uri ({before[:19]} != "
+                f"{weights_id[:19]}): the model was replaced since; resuming would mix two models' rows. Use "
+                "output.mode=overwrite or another output.uri"
+            )
+        return None
 
     # --- start of a run -----------------------------------------------------------------
 
-    def prepare(self, *, mode: str, fingerprint: str) -> dict[str, ShardManifest]:
+    def prepare(self, *, mode: str, fingerprint: str, weights_id: str = "") -> dict[str, ShardManifest]:
         """Apply output.mode and return the manifests of shards already committed.
 
         Checked again here, under the lease: an output holding files that are not ours
@@ -420,7 +430,7 @@ class OutputStore:
         """
         survey = self.survey()
         problem = self.existing_problem(survey, mode) or (
-            None if mode == "overwrite" else self.fingerprint_problem(survey, fingerprint)
+            None if mode == "overwrite" else self.fingerprint_problem(survey, fingerprint, weights_id)
         )
         if problem is not None:
             raise OutputExistsError(problem)
@@ -434,7 +444,9 @@ class OutputStore:
         if self.fs.exists(success):
             # Whatever this run does, the output is not known complete until it ends.
             self.fs.rm(success)
-        _write_json(self.fs, self._path(JOB_FILE), {"fingerprint": fingerprint})  # the same when resuming
+        # The same when resuming. model_weights: which weights wrote the rows (a resume
+        # refuses others at the same model.uri).
+        _write_json(self.fs, self._path(JOB_FILE), {"fingerprint": fingerprint, "model_weights": weights_id})
         manifests = self.committed()
         self._cleanup(manifests)
         return manifests
@@ -463,7 +475,7 @@ class OutputStore:
             for path in self.fs.ls(folder, detail=False):
                 rel = path[len(self.root) + 1 :] if path.startswith(self.root + "/") else path
                 name = posixpath.basename(path)
-                if _PART.match(name) and rel not in keep:
+                if _PART.fullmatch(name) and rel not in keep:
                     self.fs.rm(path)
 
     def _remove_staging(self) -> None:

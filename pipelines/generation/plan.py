@@ -41,7 +41,8 @@ class ModelPlan:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     weights_bytes: int = 0  # 0 when unknown (a hub id)
-    modality: str | None = None  # what the model reads; None when unknown (a hub id)
+    modality: str | None = None  # what the model reads
+    weights_id: str = ""  # which weights (CheckpointInfo.weights_id): a resume refuses others
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def resolve_plan(
         model=ModelPlan(
             uri=model_uri, dtype=spec.model.dtype, allow_pickle=spec.model.allow_pickle,
             trust_remote_code=spec.model.trust_remote_code, weights_bytes=info.weights_bytes,
-            modality=info.modality,
+            modality=info.modality, weights_id=info.weights_id,
         ),
         resources=spec.resources,
         batch_size=spec.batch_size,

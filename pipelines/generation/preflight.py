@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from ..readers import (
     InputListing,
     InputListingError,
     ReaderOptions,
+    glob_base,
     input_extensions,
     list_inputs,
     read_captions_file,
@@ -58,7 +60,7 @@ def preflight(spec: JobSpec, *, storage_options: dict[str, Any] | None = None, s
     reader = reader_of(spec, options)
     listing, input_problems = check_input(reader)
     store = OutputStore(absolute_uri(spec.output.uri), storage_options=options)
-    problems += input_problems + _check_output(store, spec.output.mode, plan, reader)
+    problems += input_problems + _check_output(store, spec.output.mode, plan, reader) + _gpu_problems(spec)
     if problems or plan is None or listing is None:
         raise PreflightError(source, problems)
     _warn_on_captions(reader, listing)
@@ -109,6 +111,27 @@ def _warn_on_captions(reader: ReaderOptions, listing: InputListing) -> None:
                     reader.captions_file, len(stray), f" (e.g. {stray[0]})" if stray else "", bare)
 
 
+def _gpu_problems(spec: JobSpec) -> list[str]:
+    """GPUs asked for by a job that starts its own Ray on this machine (no RAY_ADDRESS),
+    which has fewer: the actors would wait for them forever. (On a cluster, GPU nodes
+    may still be starting: the autoscaler's business, not checked here.)"""
+    wanted = spec.resources.num_gpus
+    ray = sys.modules.get("ray")
+    if not wanted or os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized()):
+        return []  # a cluster, or a caller that started Ray itself
+    try:  # Ray's own count (NVML), as the private Ray would see it; ~0.5 s, GPU jobs only
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        have = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
+    except Exception:  # noqa: BLE001 - a Ray without this internal: the job finds out itself
+        return []
+    if have >= wanted:
+        return []
+    return [f"resources.num_gpus: {wanted:g} per model actor, but this machine has {have} GPU(s), and without "
+            "RAY_ADDRESS the job starts its own Ray here: the actors would wait forever. Set "
+            "resources.num_gpus=0 to run on CPU, or submit the job to a GPU cluster (ray job submit)"]
+
+
 def _looks_like(uri: str, reader: ReaderOptions) -> str:
     """' (a tar archive)': what a skipped file is, so a wrong format says what was found."""
     try:
@@ -130,21 +153,44 @@ def _check_output(store: OutputStore, mode: str, plan: JobPlan | None, reader: R
     try:
         with storage_access(store.uri, action="list"):
             survey = store.survey()
-            problem = survey.foreign_problem(store.uri)  # a file, or somebody's files: before the lease
+            problem = survey.foreign_problem(store.uri) or _placement_problem(store)  # before the lease
             if problem is None:
                 holder = Lease(store.fs, store.root, store.uri, run_id="preflight").held_by_another()
-                problem = f"output.uri: {holder}" if holder else store.existing_problem(survey, mode)
+                problem = holder or store.existing_problem(survey, mode)
             if problem is None and plan is not None and mode == "resume":
-                problem = store.fingerprint_problem(survey, plan.fingerprint)
+                problem = store.fingerprint_problem(survey, plan.fingerprint, plan.model.weights_id)
     except StorageAccessError as exc:
         return [f"output.uri: {exc}"]
     return [problem] if problem else []
 
 
+def _placement_problem(store: OutputStore) -> str | None:
+    """An output inside another job's output (plain readers of that one would read these
+    rows as its own), or in a bucket that does not exist (writing would create it)."""
+    fs, path = store.fs, store.root
+    parents = []
+    while "/" in path.strip("/"):
+        path = path.rstrip("/").rsplit("/", 1)[0]
+        parents.append(path)
+    for parent in parents:
+        if parent and fs.exists(f"{parent}/_job.json") and OutputStore(_uri_like(store.uri, parent)).job_record():
+            return (f"output.uri: {store.uri} is inside the output of another job ({_uri_like(store.uri, parent)}): "
+                    "readers of that output would take these rows for its own. Put it beside that output")
+    if is_remote(store.uri) and parents and not fs.exists(parents[-1]):
+        return (f"output.uri: the bucket {parents[-1]!r} of {store.uri} does not exist (or these credentials "
+                "cannot see it); create it first: a job does not create buckets")
+    return None
+
+
+def _uri_like(uri: str, path: str) -> str:
+    """`path` (an fsspec path) with the protocol of `uri`."""
+    return f"{uri.split('://', 1)[0]}://{path}" if is_remote(uri) else path
+
+
 def _location(uri: str) -> str:
     """The folder or file a URI reads: a glob's fixed folder; local symlinks resolved."""
-    if any(c in uri for c in "*?["):
-        uri = uri[: min(uri.index(c) for c in "*?[" if c in uri)].rsplit("/", 1)[0]
+    if any(c in uri for c in "*?[") and not (not is_remote(uri) and os.path.exists(uri)):
+        uri = glob_base(uri)
     return _normal(uri)
 
 

@@ -62,8 +62,6 @@ def format_summary(summary: JobSummary, *, examples: int = 5) -> str:
                 f"{k.replace('rouge', 'ROUGE-')} {s.metrics[k]:.3f}" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")
             )
         )
-    if not s.rows_in:
-        lines.append(f"    note: the {s.files_in} input file(s) hold no rows")
     if "decoder_efficiency" in s.stats:
         lines.append(f"    decoder efficiency: {s.stats['decoder_efficiency']:.3f}")
     lines += _error_lines(s)
@@ -77,6 +75,9 @@ _TOP_CAUSES = 5
 
 def _error_lines(s: JobSummary) -> list[str]:
     """The errored rows by cause, one example message each; and the verdict when failed."""
+    if not s.rows_in:
+        return [f"FAILED: the {s.files_in} input file(s) hold no rows; no _SUCCESS was written. Check that the "
+                "input was written whole (an empty partition, a failed upload)"]
     if not s.rows_errored:
         return []
     lines = [f"    errors by cause ({s.rows_errored} rows, {s.error_rate:.1%}; all in {s.errors_uri}):"]

@@ -39,8 +39,8 @@ class JobSummary:
     the model stage's counters for the rows processed in this run (e.g.
     decoder_efficiency); `timings` the phases of this run in seconds. `error_causes`
     counts the errored rows by cause, with one example message each; `failed` says the
-    errored share passed `max_error_rate` (or every row failed): the job wrote what
-    succeeded but no _SUCCESS, and exits 3.
+    errored share passed `max_error_rate` (or no row succeeded, or there was none): the
+    job wrote what succeeded but no _SUCCESS, and exits 3.
     """
 
     task: str
@@ -158,7 +158,8 @@ class _JobRun:
         plan, store, timings = self.plan, self.store, self.timings
         files, ignored = listing.files, listing.ignored
         with storage_access(plan.output_uri, action="write"):
-            committed = store.prepare(mode=plan.output_mode, fingerprint=plan.fingerprint)
+            committed = store.prepare(mode=plan.output_mode, fingerprint=plan.fingerprint,
+                                      weights_id=plan.model.weights_id)
         done_inputs = {f for m in committed.values() for f in m.inputs}
         fmt = plan.reader.format
         shards = plan_shards(
@@ -228,10 +229,10 @@ class _JobRun:
         # Every row failed, or more of them (or of the files, when a file fails as a whole
         # and its rows cannot be counted) than the spec allows: what succeeded stays
         # committed, but the output is not published as a success.
-        summary.failed = summary.rows_errored > 0 and (
-            summary.rows_errored == summary.rows_in or summary.error_rate > plan.max_error_rate
-            or summary.file_error_rate > plan.max_error_rate
-        )
+        # No row at all (empty files, an upload that failed) is no success either.
+        summary.failed = summary.rows_ok == 0 or (summary.rows_errored > 0 and (
+            summary.error_rate > plan.max_error_rate or summary.file_error_rate > plan.max_error_rate
+        ))
         store.finish(summary.as_dict())
         if plan.gallery_rows:
             from .gallery import write_gallery

@@ -19,12 +19,13 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 from abc import abstractmethod
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from combiner_core import GenerationParams
 from combiner_core.describe import CheckpointInfo
+from combiner_core.storage import normal_uri
 
 from ..inputs import InputSource
 from ..readers import InputFormat, ReaderOptions
@@ -42,7 +43,8 @@ class OutputSpec(StrictModel):
     uri: str = path_field(
         description="output folder or prefix (local path, file:// or s3://); data files land here, "
         "rejected rows in <uri>/_errors/, the run summary in <uri>/_summary.json. It must be new, "
-        "empty, or an earlier output of a job, and must not overlap the input"
+        "empty, or an earlier output of a job, and must not overlap the input",
+        min_length=1,
     )
     mode: OutputMode = Field(
         "error_if_exists",
@@ -169,13 +171,22 @@ class JobSpec(StrictModel):
         """
         return self, []
 
+    # Keys that do not change an output row: left out of the fingerprint. `date` only
+    # fills {date} in the URIs, which are in it already.
+    _NOT_IN_FINGERPRINT: ClassVar[set[str]] = {"output", "batch_size", "resources", "date"}
+
     def job_fingerprint(self) -> str:
         """Hash of what decides the output rows (input, model and its dtype, task options).
 
-        A resumed run must match the run that wrote the committed shards; output.mode,
-        batch size and resources do not change results, so they are left out.
+        A resumed run must match the run that wrote the committed shards. Paths count by
+        what they name, not how they are spelled (./in, in/, /abs/in are one input).
         """
-        return canonical_sha256(self.model_dump(mode="json", exclude={"output", "batch_size", "resources"}))
+        data = self.model_dump(mode="json", exclude=self._NOT_IN_FINGERPRINT)
+        data["input"]["uri"] = normal_uri(data["input"]["uri"])
+        if data["input"].get("captions_file"):
+            data["input"]["captions_file"] = normal_uri(data["input"]["captions_file"])
+        data["model"]["uri"] = normal_uri(data["model"]["uri"], hub_ids=True)
+        return canonical_sha256(data)
 
     def reader_options(self) -> ReaderOptions:
         return self.input.reader_options(reference_column=self.input.reference_column)
@@ -186,6 +197,10 @@ class JobSpec(StrictModel):
 
     def _problems(self) -> list[str]:
         problems = self.input.source_problems(key="input", modality=self._input_modality())
+        bad = sorted(set("*?[]") & set(self.output.uri))
+        if bad:
+            problems.append(f"output.uri: {self.output.uri!r} holds {' '.join(bad)}, which object stores and "
+                            "fsspec read as a pattern or a query; name the output without * ? [ ]")
         r = self.resources
         if r.num_gpus > 1 and r.num_gpus != int(r.num_gpus):
             problems.append(
@@ -386,6 +401,12 @@ class LabelJobSpec(JobSpec):
                     problems.append(f"labels.{name}: every verbalization must be a non-empty text")
         if self.template is not None and "{text}" not in self.template:
             problems.append(f"template: {self.template!r} has no {{text}}; put {{text}} where the row's text goes")
+        elif self.template is not None:
+            try:
+                self.template.format(text="")
+            except (KeyError, IndexError, ValueError) as exc:
+                problems.append(f"template: {self.template!r} has a placeholder other than {{text}} ({exc!r}); "
+                                "write literal braces as {{ and }}")
         if self.template is not None and self.input.format == "images":
             problems.append("template: only for text inputs (input.format is images); remove it")
         return problems
