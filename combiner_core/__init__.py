@@ -29,7 +29,15 @@ if TYPE_CHECKING:
     )
     from .chunking import split_windows, summarize_windows
     from .combiner import Combiner, Preprocessor, set_special_tokens, special_tokens_from_tokenizer
-    from .engine import FAST_FAMILIES, EngineStats, GenerationEngine, default_slots, resolve_dtype
+    from .engine import (
+        FAST_FAMILIES,
+        EngineStats,
+        Generated,
+        GenerationEngine,
+        default_slots,
+        hf_generate,
+        resolve_dtype,
+    )
     from .errors import (
         CheckpointNotFoundError,
         CombinerError,
@@ -46,7 +54,7 @@ if TYPE_CHECKING:
         UnsupportedEncoderError,
     )
     from .families import CROSS_ATTENTION_DECODERS
-    from .generation import Generated, generate, generate_images, generate_texts, hf_generate
+    from .generation import generate, generate_images, generate_texts
     from .labels import LabelScorer, LabelScores, LabelSet, score_labels
     from .params import GenerationParams
     from .preprocess import (
@@ -80,7 +88,7 @@ _WHERE: dict[str, str] = {
     "DecoderOptions": "build",
     "EncoderOptions": "build",
     "EngineStats": "engine",
-    "Generated": "generation",
+    "Generated": "engine",
     "GenerationEngine": "engine",
     "GenerationParams": "params",
     "ImageDecodeError": "errors",
@@ -103,7 +111,7 @@ _WHERE: dict[str, str] = {
     "generate": "generation",
     "generate_images": "generation",
     "generate_texts": "generation",
-    "hf_generate": "generation",
+    "hf_generate": "engine",
     "image_to_pixel_values": "preprocess",
     "load_combiner": "checkpoint",
     "load_preprocessor": "checkpoint",

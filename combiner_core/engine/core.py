@@ -26,16 +26,24 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from ..combiner import Combiner
 from ..describe import max_new_tokens_limit
-from ..generation import Generated, GenerationParams, hf_generate, trim_generated
+from ..params import GenerationParams
 from ..preprocess import collate_token_ids
-from .decoder import DecoderRunner, UnsupportedFamily, decoder_family, extract_decoder, is_composite
-from .native import load_native
+from .model import (
+    DecoderRunner,
+    UnsupportedFamily,
+    decoder_family,
+    extract_decoder,
+    is_composite,
+    load_native,
+)
+from .outputs import EngineStats, Generated, trim_generated
+from .reference import hf_generate
 from .search import (
     GumbelSampler,
     Plan,
@@ -93,50 +101,6 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str) ->
         return _DTYPES[str(name).lower()]
     except KeyError:
         raise ValueError(f"dtype {name!r}: expected one of auto, {', '.join(_DTYPES)}") from None
-
-
-@dataclass
-class EngineStats:
-    """Cumulative counters of an engine (all calls).
-
-    Attributes:
-        rows: inputs generated for.
-        candidates: candidates returned (rows x num_return_sequences).
-        generated_tokens: tokens in the returned candidates.
-        decoder_steps: decode steps run.
-        decoder_positions: decoder token-positions computed (rows per step, summed).
-        active_positions: of those, positions of rows still generating.
-        encoder_positions: encoder token-positions computed (padding included).
-        encoder_tokens: of those, real (non-padding) input positions.
-        encoder_batches: encoder forward calls.
-        refills: inputs that took a slot freed by a finished input mid-call.
-    """
-
-    rows: int = 0
-    candidates: int = 0
-    generated_tokens: int = 0
-    decoder_steps: int = 0
-    decoder_positions: int = 0
-    active_positions: int = 0
-    encoder_positions: int = 0
-    encoder_tokens: int = 0
-    encoder_batches: int = 0
-    refills: int = 0
-
-    @property
-    def decoder_efficiency(self) -> float:
-        """Share of computed decoder positions that belonged to unfinished rows (limit 1.0)."""
-        return self.active_positions / self.decoder_positions if self.decoder_positions else 1.0
-
-    @property
-    def encoder_efficiency(self) -> float:
-        """Share of computed encoder positions that were not padding."""
-        return self.encoder_tokens / self.encoder_positions if self.encoder_positions else 1.0
-
-    def as_dict(self) -> dict[str, float]:
-        out: dict[str, float] = dict(asdict(self))
-        out.update(decoder_efficiency=self.decoder_efficiency, encoder_efficiency=self.encoder_efficiency)
-        return out
 
 
 @dataclass

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .decoder import DecoderSpec
+from .model import DecoderSpec
 
 # Elements of one chunk's logits ([inputs, nodes, vocab]) and of one chunk's
 # self-attention scores ([inputs, heads, nodes, nodes]): bounds the memory of a call.

@@ -13,8 +13,9 @@ from .lease import LeaseLostError, OutputLeasedError
 from .plan import JobPlan, PreflightError, build_plan
 from .preflight import Preflight, preflight
 from .report import format_summary
-from .run import JobStoppedError, JobSummary, run_job, run_plan
+from .run import JobStoppedError, run_job, run_plan
 from .specs import CaptionJobSpec, JobSpec, LabelJobSpec, SummarizeJobSpec
+from .summary import JobSummary
 from .tasks import CaptionTask, LabelTask, SummarizeTask, TaskAdapter
 
 __all__ = [

@@ -24,7 +24,7 @@ from ..metrics import normalize_for_match
 from ..readers import Shard, read_shard
 from .commit import GALLERY_FILE
 from .plan import JobPlan
-from .run import JobSummary
+from .summary import JobSummary
 
 log = logging.getLogger(__name__)
 

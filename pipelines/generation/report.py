@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .run import JobSummary
+from .summary import JobSummary
 
 # Columns shown for the first rows of an output, per task kind's main output column.
 _SHOWN = ("text", "label")

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .activations import gelu_tanh
+
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("native_step.cpp")
@@ -112,9 +114,7 @@ def native_error() -> str | None:
 
 def act_code(act: Any) -> int | None:
     """native_step.cpp's code for a LayerSpec activation, or None when it has none."""
-    from .decoder import _gelu_tanh
-
-    if act is _gelu_tanh:
+    if act is gelu_tanh:
         return _GELU_TANH
     if act is F.gelu:
         return _GELU

@@ -1,0 +1,37 @@
+"""The decoder side of the engine: a uniform description of a cross-attending decoder
+(spec.py), filled per family (bert.py, gpt2.py, bart.py, trocr.py; extract.py picks),
+and one generic decode step over it (runner.py; on CPU in float32 the native step,
+native.py and native_step.cpp).
+"""
+
+from .activations import fast_act, gelu_tanh
+from .extract import (
+    BART_LIKE,
+    FAST_FAMILIES,
+    ROBERTA_LIKE,
+    decoder_family,
+    extract_decoder,
+    is_composite,
+)
+from .native import load_native, native_error
+from .runner import DecoderRunner
+from .spec import DecoderSpec, LayerSpec, Linear, Norm, UnsupportedFamily
+
+__all__ = [
+    "BART_LIKE",
+    "FAST_FAMILIES",
+    "ROBERTA_LIKE",
+    "DecoderRunner",
+    "DecoderSpec",
+    "LayerSpec",
+    "Linear",
+    "Norm",
+    "UnsupportedFamily",
+    "decoder_family",
+    "extract_decoder",
+    "fast_act",
+    "gelu_tanh",
+    "is_composite",
+    "load_native",
+    "native_error",
+]
