@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -40,8 +39,9 @@ import torch.nn.functional as F
 
 from .combiner import Combiner
 from .describe import max_new_tokens_limit
-from .engine.core import length_buckets
-from .engine.model import UnsupportedFamily, decoder_family, extract_decoder, is_composite
+from .engine.encoder import SourceEncoder
+from .engine.model import UnsupportedFamily, decoder_family, extract_decoder
+from .engine.notices import warn_once
 from .engine.tree import SequenceTrie, TreeScorer
 from .preprocess import collate_token_ids
 from .training import IGNORE_INDEX, decoder_inputs_from_labels, pad_labels, target_token_ids
@@ -54,8 +54,6 @@ MAX_LABEL_TOKENS = 64
 # Inputs per encoder batch on the fast path (text inputs are length-bucketed within).
 ENCODER_BATCH = 64
 
-_LOGGED: set[tuple[str, str]] = set()
-_LOG_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -181,13 +179,9 @@ class LabelScorer:
             self._tree_for(combiner.model)
         except (UnsupportedFamily, ValueError) as exc:
             self.fallback_reason = str(exc)
-            key = (self.family, self.fallback_reason)
-            with _LOG_LOCK:
-                first = key not in _LOGGED
-                _LOGGED.add(key)
-            if first:
-                log.warning("label scoring: decoder family '%s' runs the reference (HF decoder) instead of "
-                            "the trie fast path: %s", self.family, self.fallback_reason)
+            warn_once(log, ("label fallback", self.family, self.fallback_reason),
+                      "label scoring: decoder family '%s' runs the reference (HF decoder) instead of "
+                      "the trie fast path: %s", self.family, self.fallback_reason)
 
     @property
     def fast_path(self) -> bool:
@@ -198,7 +192,6 @@ class LabelScorer:
     @torch.inference_mode()
     def score_token_ids(self, inputs: Sequence[torch.Tensor]) -> list[LabelScores]:
         """Scores for unpadded encoder token ids (one 1-D tensor per input), in input order."""
-        from .preprocess import collate_token_ids
 
         if not inputs:
             return []
@@ -230,52 +223,34 @@ class LabelScorer:
         if self._tree is None or key != self._tree_key:
             self._tree = TreeScorer(extract_decoder(model), self.trie, device=model.device, dtype=model.dtype)
             self._tree_key = key
-            self._encoder = model.get_encoder()
-            self._proj = None
-            if is_composite(model) and (
-                model.encoder.config.hidden_size != model.decoder.config.hidden_size
-                and getattr(model.decoder.config, "cross_attention_hidden_size", None) is None
-            ):
-                self._proj = model.enc_to_dec_proj
+            self._encoder = SourceEncoder(model, self.combiner.preprocessor.input_pad_token_id)
         return self._tree
 
     def _fast_text(self, rows: list[torch.Tensor]) -> list[LabelScores]:
-        model = self.combiner.model
-        tree = self._tree_for(model)
-        device = model.device
-        pad = self.combiner.preprocessor.input_pad_token_id
+        tree = self._tree_for(self.combiner.model)
         lengths = [len(r) for r in rows]
         if min(lengths) == 0:
             raise ValueError("an input has no tokens; tokenize with special tokens or drop it")
         order = sorted(range(len(rows)), key=lambda i: -lengths[i])
         seq_logp: list[list[float] | None] = [None] * len(rows)
-        for bucket in length_buckets(order, lengths, ENCODER_BATCH):
-            batch = collate_token_ids([rows[i] for i in bucket], pad_token_id=pad)
-            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            width = ids.shape[1]
-            states = self._encoder(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
+        for enc in self._encoder.text(rows, lengths, order, ENCODER_BATCH):
             bias = None
-            if any(lengths[i] != width for i in bucket):
-                bias = torch.zeros(mask.shape, dtype=states.dtype, device=device)
-                bias.masked_fill_(mask == 0, tree.min_value)
-            self._fast_rows(tree, states, bias, bucket, seq_logp)
+            if any(n != enc.width for n in enc.lengths):
+                bias = torch.zeros(enc.states.shape[:2], dtype=enc.states.dtype, device=enc.states.device)
+                bias.masked_fill_(enc.padding(), tree.min_value)
+            self._fast_rows(tree, enc.states, bias, enc.inputs, seq_logp)
         return [self._label_scores(row) for row in seq_logp]
 
     def _fast_pixels(self, pixel_values: torch.Tensor) -> list[LabelScores]:
-        model = self.combiner.model
-        tree = self._tree_for(model)
+        tree = self._tree_for(self.combiner.model)
         n = int(pixel_values.shape[0])
         seq_logp: list[list[float] | None] = [None] * n
-        for s in range(0, n, ENCODER_BATCH):
-            pixels = pixel_values[s : s + ENCODER_BATCH].to(device=model.device, dtype=model.dtype)
-            states = self._encoder(pixel_values=pixels, return_dict=True).last_hidden_state
-            self._fast_rows(tree, states, None, list(range(s, s + pixels.shape[0])), seq_logp)
+        for enc in self._encoder.pixels(pixel_values, list(range(n)), ENCODER_BATCH):
+            self._fast_rows(tree, enc.states, None, enc.inputs, seq_logp)
         return [self._label_scores(row) for row in seq_logp]
 
     def _fast_rows(self, tree: TreeScorer, states: torch.Tensor, bias: torch.Tensor | None,
                    idx: list[int], seq_logp: list) -> None:
-        if self._proj is not None:
-            states = self._proj(states)
         values = tree.sequence_logprobs(states, bias).tolist()
         for i, row in zip(idx, values, strict=True):
             seq_logp[i] = row

@@ -17,7 +17,7 @@ import torch
 
 import tests.tiny as tiny
 from combiner_core import Combiner, LabelScorer, LabelSet, random_combiner, score_labels
-from combiner_core import labels as labels_module
+from combiner_core.engine import notices
 from combiner_core.engine.model import extract_decoder
 from combiner_core.engine.tree import SequenceTrie
 from tests.test_core_generation import _batch, _build
@@ -155,7 +155,7 @@ def test_family_without_fast_path_runs_the_reference_and_logs_once(labels: str, 
     c = _model("t5")
     c.model.double()
     label_set = LabelSet.from_spec(LABEL_SETS[labels])
-    labels_module._LOGGED.clear()
+    notices.forget()
     with caplog.at_level(logging.WARNING, logger="combiner_core.labels"):
         scorer = LabelScorer(c, label_set)
         LabelScorer(c, label_set)

@@ -42,7 +42,8 @@ from combiner_core import (
     warm_start_combiner,
 )
 from combiner_core.describe import max_new_tokens_limit
-from combiner_core.engine import core as engine_core
+from combiner_core.engine import notices
+from combiner_core.engine.decoding import beam as beam_module
 from combiner_core.engine.model import DecoderRunner, extract_decoder, fast_act
 from combiner_core.engine.model import native as engine_native
 
@@ -200,7 +201,7 @@ def test_matches_hf_batched_one_by_one_and_refilled(family, params: GenerationPa
     assert_same(ours, ref)
     if NATIVE_BUILDS:  # CPU float32: the native step, and greedy's native token choice
         assert engine.native_step
-        assert (engine._pick is not None) == (params.strategy == "greedy" and not engine.plan.processors)
+        assert (engine._decoding.pick is not None) == (params.strategy == "greedy" and not engine.plan.processors)
     assert engine.stats.refills >= len(lengths) - 3  # every input beyond the first 3 took a freed slot
     assert engine.stats.decoder_efficiency == 1.0  # CPU: finished rows are never computed
     assert engine.stats.encoder_efficiency > 0.85 or c.modality == "image"
@@ -305,12 +306,12 @@ def test_native_step_matches_the_torch_step_in_any_row_split(family, chunks: int
     monkeypatch.setattr(DecoderRunner, "forward", both)
     batch = inputs_of(c)
     ours = engine_run(engine, batch)
-    assert engine._runner._native is not None, engine._runner.native_reason
+    assert engine._decoding.runner._native is not None, engine._decoding.runner.native_reason
     assert len(steps) >= 4 and max(steps) == 4
     monkeypatch.setattr(DecoderRunner, "forward", forward)
     torch_step = GenerationEngine(c, params, slots=4, dtype=None, native=False)
     assert_same(ours, engine_run(torch_step, batch))
-    assert torch_step._runner._native is None and torch_step._runner.native_reason == "native=False"
+    assert torch_step._decoding.runner._native is None and torch_step._decoding.runner.native_reason == "native=False"
 
 
 def test_native_activation_codes() -> None:
@@ -386,28 +387,28 @@ def test_without_a_compiler_the_engine_runs_the_torch_step_and_says_why(monkeypa
         batch = inputs_of(c)
         ours = engine_run(engine, batch)
         GenerationEngine(c, params, slots=3, dtype=None).generate_token_ids([torch.tensor([2, 5, 3])])
-    assert engine._runner._native is None and engine._runner.native_reason
+    assert engine._decoding.runner._native is None and engine._decoding.runner.native_reason
     warnings = [r.getMessage() for r in caplog.records if "native CPU decode step unavailable" in r.getMessage()]
     assert len(warnings) == 1, warnings  # once per process, however many engines
     assert_same(ours, hf_generate(c, batch, params))
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["exact", "static"])
-def test_beam_reorder_gives_every_beam_its_parents_cache_bit_for_bit(static: bool) -> None:
+def test_beam_reorder_gives_every_beam_its_parents_cache_bit_for_bit(static: bool, monkeypatch) -> None:
     """After each beam step every running beam holds exactly its new parent's cached K|V
     in the columns it has written, although the reorder moves only the columns whose
     origin differs; the run includes parents that share columns with the beam they replace."""
     c = build("bert2gpt2")
     params = GenerationParams(strategy="beam", num_beams=3, max_new_tokens=12)
     engine = GenerationEngine(c, params, slots=3, dtype=None, static_shapes=static)
-    reorder = engine._reorder
+    reorder = beam_module.reorder
     checked = {"steps": 0, "shared_columns": 0}
 
-    def checked_reorder(src: torch.Tensor, N: int) -> None:
-        age = engine._state.age[:N].clone()
-        before = [cache[:N].clone() for cache in engine._runner.kv_cache]
-        reorder(src, N)
-        for cache, old in zip(engine._runner.kv_cache, before, strict=True):
+    def checked_reorder(d, src: torch.Tensor, N: int) -> None:
+        age = d.state.age[:N].clone()
+        before = [cache[:N].clone() for cache in d.runner.kv_cache]
+        reorder(d, src, N)
+        for cache, old in zip(d.runner.kv_cache, before, strict=True):
             for i in range(N):
                 written = int(age[i]) + 1
                 parent = int(src[i])
@@ -417,7 +418,7 @@ def test_beam_reorder_gives_every_beam_its_parents_cache_bit_for_bit(static: boo
                     checked["shared_columns"] += int(same.sum())
         checked["steps"] += 1
 
-    engine._reorder = checked_reorder
+    monkeypatch.setattr(beam_module, "reorder", checked_reorder)
     batch = inputs_of(c)
     assert_same(engine_run(engine, batch), hf_generate(c, batch, params))
     assert checked["steps"] >= 10
@@ -519,7 +520,7 @@ def test_bfloat16_engine_runs(static: bool) -> None:
     assert c.model.dtype == torch.bfloat16 and engine.fast_path
     out = engine_run(engine, inputs_of(c, 5))
     assert len(out) == 5 and all(0 < r[0].num_tokens <= 8 for r in out)
-    assert engine._runner.kv_cache[0].dtype == torch.bfloat16 and engine._runner.static == static
+    assert engine._decoding.runner.kv_cache[0].dtype == torch.bfloat16 and engine._decoding.runner.static == static
     # bf16 rounding may flip near-ties, but most rows match the float32 engine's best beam
     c32 = build("bert2gpt2")
     bias_eos(c32, EOS_BIAS["bert2gpt2"])
@@ -530,7 +531,7 @@ def test_bfloat16_engine_runs(static: bool) -> None:
 def test_family_without_fast_path_falls_back_to_hf_and_logs_once(caplog) -> None:
     c = build("t5")
     batch = inputs_of(c, 5)
-    engine_core._LOGGED.clear()
+    notices.forget()
     params = GenerationParams(strategy="beam", num_beams=2, max_new_tokens=6)
     with caplog.at_level(logging.WARNING, logger="combiner_core.engine.core"):
         first = GenerationEngine(c, params, slots=2, dtype=None)
@@ -569,7 +570,7 @@ def test_max_new_tokens_past_the_position_table_ends_rows_at_the_limit(strategy:
         tokenizer=bt, decoder_tokenizer=gt,
     )
     batch = inputs_of(c)
-    engine_core._LOGGED.clear()
+    notices.forget()
     extra = {"num_beams": 2} if strategy == "beam" else {}
     with caplog.at_level(logging.WARNING, logger="combiner_core.engine.core"):
         engines = [GenerationEngine(c, GenerationParams(strategy=strategy, max_new_tokens=64, **extra), slots=4,

@@ -156,6 +156,17 @@ class DecoderRunner:
         self.src_cap = cap
         self._graphs.clear()  # captured graphs point at the old buffers
 
+    def advance(self, n_rows: int) -> None:
+        """After a step: the first n_rows rows move one position on (tok_in already holds
+        their new tokens). RoBERTa / fairseq positions: a pad token sits at padding_idx."""
+        N = n_rows
+        self.age_in[:N] += 1
+        pad = self.spec.pos_padding_idx
+        if pad is None:
+            self.pos_in[:N] += 1
+        else:
+            self.pos_in[:N] = torch.where(self.tok_in[:N] != pad, self.age_in[:N] + (pad + 1), pad)
+
     def project_source(self, states: torch.Tensor) -> list[torch.Tensor]:
         """Cross-attention K|V of every layer for encoder states [b, src, cross_dim] -> [b, src, 2, H, d]."""
         b, src, _ = states.shape

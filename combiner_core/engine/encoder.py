@@ -1,0 +1,96 @@
+"""The encoder side, shared by the generation engine and the label scorer: the HF encoder
+module as is, on inputs sorted by length and batched in length buckets (so it pads only
+within a bucket), then enc_to_dec_proj when the combiner has one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ..preprocess import collate_token_ids
+from .model import is_composite
+
+
+def length_buckets(order: list[int], lengths: list[int], cap: int) -> list[list[int]]:
+    """Split inputs sorted by length (longest first) into encoder batches whose padding
+    stays under ~10% of their tokens, of at most `cap` inputs each."""
+    buckets: list[list[int]] = []
+    cur: list[int] = []
+    total = 0
+    for i in order:
+        n = lengths[i]
+        if cur and (len(cur) >= cap or lengths[cur[0]] * (len(cur) + 1) > 1.1 * (total + n)):
+            buckets.append(cur)
+            cur, total = [], 0
+        cur.append(i)
+        total += n
+    if cur:
+        buckets.append(cur)
+    return buckets
+
+
+def cross_projection(model: torch.nn.Module) -> torch.nn.Module | None:
+    """enc_to_dec_proj when a composite combiner's encoder and decoder widths differ (and
+    the decoder has no cross_attention_hidden_size of its own), else None."""
+    if is_composite(model) and (
+        model.encoder.config.hidden_size != model.decoder.config.hidden_size
+        and getattr(model.decoder.config, "cross_attention_hidden_size", None) is None
+    ):
+        return model.enc_to_dec_proj
+    return None
+
+
+@dataclass
+class Encoded:
+    """One encoder batch: which inputs, their states [b, width, cross_dim] (projected),
+    and each input's real length (the rest of its row is padding)."""
+
+    inputs: list[int]
+    states: torch.Tensor
+    lengths: list[int]
+
+    @property
+    def width(self) -> int:
+        return int(self.states.shape[1])
+
+    def padding(self) -> torch.Tensor:
+        """[b, width] True where a position is padding."""
+        device = self.states.device
+        return torch.arange(self.width, device=device)[None, :] >= torch.tensor(self.lengths, device=device)[:, None]
+
+
+class SourceEncoder:
+    """Encodes inputs for a combiner's model in its current device and dtype."""
+
+    def __init__(self, model: torch.nn.Module, pad_token_id: int) -> None:
+        self.model = model
+        self.encoder = model.get_encoder()
+        self.proj = cross_projection(model)
+        self.pad_token_id = pad_token_id
+
+    def _states(self, out: torch.Tensor) -> torch.Tensor:
+        return self.proj(out) if self.proj is not None else out
+
+    def text(self, rows: list[torch.Tensor], lengths: list[int], order: list[int], cap: int) -> Iterator[Encoded]:
+        """Token-id rows (indices `order`, longest first), in length buckets of at most `cap`."""
+        device = self.model.device
+        for bucket in length_buckets(order, lengths, cap):
+            batch = collate_token_ids([rows[i] for i in bucket], pad_token_id=self.pad_token_id)
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            states = self.encoder(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
+            yield Encoded(bucket, self._states(states), [lengths[i] for i in bucket])
+
+    def pixels(self, pixel_values: torch.Tensor, idx: list[int], cap: int) -> Iterator[Encoded]:
+        """Images `idx` of a [n, channels, height, width] batch, `cap` at a time."""
+        for s in range(0, len(idx), cap):
+            chunk = idx[s : s + cap]
+            first = chunk[0]
+            if chunk == list(range(first, first + len(chunk))):  # a run of inputs: a view, no gather copy
+                pixels = pixel_values[first : first + len(chunk)]
+            else:
+                pixels = pixel_values[chunk]
+            pixels = pixels.to(device=self.model.device, dtype=self.model.dtype)
+            states = self.encoder(pixel_values=pixels, return_dict=True).last_hidden_state
+            yield Encoded(chunk, self._states(states), [int(states.shape[1])] * len(chunk))
