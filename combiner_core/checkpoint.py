@@ -43,16 +43,14 @@ from .combiner import (
     set_special_tokens,
     special_tokens_from_tokenizer,
 )
-from .describe import TOKENIZER_FILES
+from .describe import TOKENIZER_FILES, layout_of
 from .errors import (
     CheckpointNotFoundError,
     ManifestMismatchError,
     MissingImageProcessorError,
     MissingTokenizerError,
-    NotACombinerError,
     UnsafeCheckpointError,
 )
-from .families import is_native_seq2seq
 from .storage import fetch_dir, is_remote, local_path, looks_like_path, upload_dir
 
 MANIFEST_NAME = "combiner_manifest.json"
@@ -252,18 +250,18 @@ def _verified_weights_sha256(folder: Path, uri: str) -> str:
 # --- load ---------------------------------------------------------------------------------
 
 
+_MODEL_CLASSES = {
+    "encoder-decoder": EncoderDecoderModel,
+    "vision-encoder-decoder": VisionEncoderDecoderModel,
+    "seq2seq": AutoModelForSeq2SeqLM,
+}
+
+
 def _combiner_class(config: Any, uri: str) -> tuple[type, Layout]:
-    model_type = getattr(config, "model_type", "")
-    if model_type == "encoder-decoder":
-        return EncoderDecoderModel, "encoder-decoder"
-    if model_type == "vision-encoder-decoder":
-        return VisionEncoderDecoderModel, "vision-encoder-decoder"
-    if is_native_seq2seq(config):
-        return AutoModelForSeq2SeqLM, "seq2seq"
-    raise NotACombinerError(
-        f"{uri} holds a '{model_type}' model, which is not an encoder-decoder. To join an "
-        "encoder and a decoder, use warm_start_combiner(encoder_uri=..., decoder_uri=...)."
-    )
+    """The transformers class that loads a combiner of this config (describe.layout_of
+    classifies it: the one classifier the driver's check and the load share)."""
+    layout = layout_of(config.to_dict(), uri=uri)
+    return _MODEL_CLASSES[layout], layout
 
 
 def _load_preprocessor(

@@ -7,7 +7,6 @@ import inspect
 from transformers import PretrainedConfig
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING,
-    MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING,
     MODEL_MAPPING,
 )
 
@@ -66,8 +65,3 @@ def encoder_class(config: PretrainedConfig) -> type:
 def is_vision_encoder(config: PretrainedConfig) -> bool:
     """True when the encoder takes pixel_values (ViT, DeiT, Swin, BEiT...)."""
     return getattr(encoder_class(config), "main_input_name", "input_ids") == "pixel_values"
-
-
-def is_native_seq2seq(config: PretrainedConfig) -> bool:
-    """True for BART, T5, Marian, Pegasus... (AutoModelForSeq2SeqLM checkpoints)."""
-    return type(config) in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING

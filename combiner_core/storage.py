@@ -1,4 +1,6 @@
-"""Where checkpoints live: local folders, or object storage through fsspec.
+"""Storage, public to combiner_core's users and to pipelines: URIs (local, file://,
+s3://, hub ids), fsspec filesystems, credentials errors said plainly, and copies of
+remote checkpoints.
 
 Credentials and endpoints come from the environment (AWS_* variables, instance
 roles) or from `storage_options`, never from a saved file.
@@ -243,3 +245,21 @@ def upload_dir(
         if not is_remote(uri):
             Path(target).parent.mkdir(parents=True, exist_ok=True)
         fs.put_file(str(path), target)
+
+
+__all__ = [
+    "StorageAccessError",
+    "absolute_uri",
+    "cache_root",
+    "fetch_dir",
+    "get_filesystem",
+    "is_hub_id",
+    "is_remote",
+    "local_path",
+    "looks_like_path",
+    "normal_uri",
+    "storage_access",
+    "storage_error",
+    "strip_file_scheme",
+    "upload_dir",
+]

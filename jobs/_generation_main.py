@@ -18,7 +18,7 @@ workers, a crash): what was committed stays, rerun with output.mode=resume; 2 fi
 the input or the output location (nothing was written, or another run holds the output);
 3 the run finished, but more rows went to _errors than output.max_error_rate allows (what
 succeeded is committed; no _SUCCESS is written)."""
-EXIT_OK, EXIT_STOPPED, EXIT_FIX_SPEC, EXIT_TOO_MANY_ERRORS = 0, 1, 2, 3
+EXIT_OK, EXIT_FIX_SPEC, EXIT_TOO_MANY_ERRORS = 0, 2, 3  # and 1: JobStoppedError.exit_code
 
 
 def _show_library_logs() -> None:
@@ -45,6 +45,7 @@ def generation_main(
 ) -> int:
     """Run one generation job from the command line; returns the exit code."""
     from pipelines import (
+        JobError,
         SpecError,
         absolute_spec_paths,
         init_ray,
@@ -66,36 +67,24 @@ def generation_main(
         print(spec_yaml(absolute_spec_paths(spec), header=f"{description}\nA spec for {name}: save it, edit it, run it "
                         "with --spec FILE. Relative paths in it are relative to the file's folder."), end="")
         return EXIT_OK
-    from combiner_core.storage import StorageAccessError
-    from pipelines.generation import (
-        JobStoppedError,
-        LeaseLostError,
-        OutputExistsError,
-        OutputLeasedError,
-        format_summary,
-        preflight,
-        run_plan,
-    )
+    from combiner_core.errors import CombinerError
+    from pipelines.generation import format_summary, preflight, run_plan
 
     source = (args.spec or "the built-in default spec") + (" with --set " + " ".join(args.overrides)
                                                             if args.overrides else "")
     try:
         checked = preflight(spec, source=source)
-    except SpecError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_FIX_SPEC
-    if args.validate_only:
-        for line in checked.checked:
-            print(f"checked: {line}")
-        return EXIT_OK
-    try:
+        if args.validate_only:
+            for line in checked.checked:
+                print(f"checked: {line}")
+            return EXIT_OK
         summary = run_plan(checked.plan, listing=checked.listing,
                            ray_init=functools.partial(init_ray, verbose=args.verbose), verbose=args.verbose)
-    except (OutputExistsError, OutputLeasedError, LeaseLostError, StorageAccessError) as exc:
+    except JobError as exc:
+        print(exc if isinstance(exc, SpecError) else f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except CombinerError as exc:  # storage refused (credentials), a checkpoint that will not load
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FIX_SPEC
-    except JobStoppedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_STOPPED
     print(format_summary(summary), flush=True)
     return EXIT_TOO_MANY_ERRORS if summary.failed else EXIT_OK

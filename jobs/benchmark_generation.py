@@ -7,7 +7,7 @@
     python jobs/benchmark_generation.py --no-native                    # the engine's torch step on CPU
 
 Both paths get the same model, inputs and GenerationParams. HF runs `generate` on
-batches of --batch inputs (combiner_core.hf_generate: what combiner_core.generate did
+batches of --batch inputs (combiner_core.engine.hf_generate: what combiner_core.generate did
 before the engine); the engine is built once, as an actor builds it, with --batch
 slots, and is handed all --rows inputs per run (a block several times the slot count).
 Runs alternate (HF, engine, HF, engine...) after one untimed warm-up each, so load
@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from combiner_core import GenerationEngine, GenerationParams, hf_generate, resolve_dtype
+    from combiner_core import GenerationEngine, GenerationParams, resolve_dtype
+    from combiner_core.engine import hf_generate
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = resolve_dtype(args.dtype, device)

@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from combiner_core import LabelScorer, LabelSet, collate_token_ids
+    from combiner_core import LabelScorer, LabelSet
+    from combiner_core.preprocess import collate_token_ids
 
     combiner = build_model()
     model, tokenizer = combiner.model, combiner.tokenizer

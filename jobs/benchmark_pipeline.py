@@ -56,7 +56,8 @@ def _write_inputs(kind: str, folder: Path, count: int) -> Path:
 
 def _text_model(folder: Path) -> Path:
     """A small random BERT -> GPT-2 combiner over the sentences' words, saved to `folder`."""
-    from combiner_core import build_word_tokenizer, random_combiner, save_combiner
+    from combiner_core import random_combiner, save_combiner
+    from combiner_core.vocab import build_word_tokenizer
     from jobs.demo_data.reverse_words import WORDS
 
     tokenizer = build_word_tokenizer(WORDS, model_max_length=64)
@@ -78,13 +79,13 @@ def _bare(kind: str, model_uri: str, folder: Path) -> tuple[int, float]:
 
     from combiner_core import (
         GenerationParams,
-        collate_token_ids,
         decode_image,
         generate,
         image_to_pixel_values,
         load_combiner,
         tokenize_text,
     )
+    from combiner_core.preprocess import collate_token_ids
 
     hf_logging.disable_progress_bar()
     combiner = load_combiner(model_uri)

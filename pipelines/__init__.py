@@ -6,6 +6,7 @@ every problem with its key); `pipelines.generation` runs generation jobs,
 """
 
 from .cli import job_arg_parser
+from .errors import JobError
 from .inputs import InputSource
 from .session import init_ray
 from .specs import (
@@ -25,6 +26,7 @@ from .specs import (
 __all__ = [
     "absolute_spec_paths",
     "InputSource",
+    "JobError",
     "ModelSource",
     "SpecError",
     "StrictModel",

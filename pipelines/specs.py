@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .errors import JobError
+
 T = TypeVar("T", bound=BaseModel)
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ class ModelSource(StrictModel):
     )
 
 
-class SpecError(ValueError):
+class SpecError(JobError, ValueError):
     """A spec failed validation; `problems` holds one 'key: message' line each."""
 
     headline = "invalid spec {source}"

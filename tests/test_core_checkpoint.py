@@ -19,18 +19,15 @@ from transformers import (
 
 import tests.tiny as tiny
 from combiner_core import (
-    MANIFEST_NAME,
     GenerationParams,
-    ManifestMismatchError,
-    NotACombinerError,
     generate_images,
     generate_texts,
     load_combiner,
     random_combiner,
-    read_manifest,
     save_combiner,
-    sha256_file,
 )
+from combiner_core.checkpoint import MANIFEST_NAME, read_manifest, sha256_file
+from combiner_core.errors import ManifestMismatchError, NotACombinerError
 from tests.test_core_generation import IMAGES, TEXTS
 
 PARAMS = [GenerationParams(max_new_tokens=8), GenerationParams(strategy="beam", num_beams=3, max_new_tokens=8)]

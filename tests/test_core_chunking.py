@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from combiner_core import Generated, build_word_tokenizer, split_windows, summarize_windows
+from combiner_core import Generated, split_windows, summarize_windows
 from combiner_core.chunking import sentences
+from combiner_core.vocab import build_word_tokenizer
 
 FILLER = "the cat sat on the mat and the dog sat in the sun"
 FACTS = [f"fact{i}" for i in range(40)]

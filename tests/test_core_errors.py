@@ -11,13 +11,6 @@ from transformers import LlamaConfig
 
 import tests.tiny as tiny
 from combiner_core import (
-    CROSS_ATTENTION_DECODERS,
-    CheckpointNotFoundError,
-    ImageDecodeError,
-    MissingTokenizerError,
-    TextInputError,
-    UnsafeCheckpointError,
-    UnsupportedDecoderError,
     decode_image,
     load_combiner,
     random_combiner,
@@ -25,6 +18,15 @@ from combiner_core import (
     tokenize_text,
     warm_start_combiner,
 )
+from combiner_core.errors import (
+    CheckpointNotFoundError,
+    ImageDecodeError,
+    MissingTokenizerError,
+    TextInputError,
+    UnsafeCheckpointError,
+    UnsupportedDecoderError,
+)
+from combiner_core.families import CROSS_ATTENTION_DECODERS
 
 
 @pytest.fixture(scope="module")

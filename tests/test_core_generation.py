@@ -12,13 +12,13 @@ import tests.tiny as tiny
 from combiner_core import (
     Combiner,
     GenerationParams,
-    collate_token_ids,
     decode_image,
     generate,
     image_to_pixel_values,
     random_combiner,
     tokenize_text,
 )
+from combiner_core.preprocess import collate_token_ids
 
 TEXTS = [
     "the red circle on the left",

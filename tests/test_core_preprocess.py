@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 import tests.tiny as tiny
-from combiner_core import ImageDecodeError, TextInputError, decode_image, tokenize_text
+from combiner_core import decode_image, tokenize_text
+from combiner_core.errors import ImageDecodeError, TextInputError
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -102,7 +103,8 @@ def test_the_pixel_limit_is_ours_and_can_be_raised_past_pils() -> None:
     import struct
     import zlib
 
-    from combiner_core import ImageDecodeError, decode_image
+    from combiner_core import decode_image
+    from combiner_core.errors import ImageDecodeError
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

@@ -11,8 +11,6 @@ from transformers import AutoModel, EncoderDecoderModel, VisionEncoderDecoderMod
 
 import tests.tiny as tiny
 from combiner_core import (
-    DecoderOptions,
-    EncoderOptions,
     GenerationParams,
     generate_images,
     generate_texts,
@@ -20,6 +18,7 @@ from combiner_core import (
     save_combiner,
     warm_start_combiner,
 )
+from combiner_core.build import DecoderOptions, EncoderOptions
 from tests.test_core_generation import IMAGES
 
 DOCS = [

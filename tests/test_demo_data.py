@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from combiner_core import build_word_tokenizer, load_preprocessor
+from combiner_core import load_preprocessor
+from combiner_core.vocab import build_word_tokenizer
 from jobs.demo_data import facts
 
 REPO = Path(__file__).resolve().parents[1]

@@ -31,21 +31,20 @@ from combiner_core import (
     Combiner,
     GenerationEngine,
     GenerationParams,
-    collate_token_ids,
     generate,
-    hf_generate,
     image_to_pixel_values,
     random_combiner,
     resolve_dtype,
-    set_special_tokens,
     tokenize_text,
     warm_start_combiner,
 )
+from combiner_core.combiner import set_special_tokens
 from combiner_core.describe import max_new_tokens_limit
-from combiner_core.engine import notices
+from combiner_core.engine import hf_generate, notices
 from combiner_core.engine.decoding import beam as beam_module
 from combiner_core.engine.model import DecoderRunner, extract_decoder, fast_act
 from combiner_core.engine.model import native as engine_native
+from combiner_core.preprocess import collate_token_ids
 
 TEXTS = [" ".join(tiny.WORDS[(i * 7 + k * 3) % len(tiny.WORDS)] for k in range(3 + i % 9)) for i in range(10)]
 IMAGES = [Image.new("RGB", (20 + i, 30), ((i * 40) % 255, (i * 90) % 255, (i * 20) % 255)) for i in range(10)]

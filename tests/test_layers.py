@@ -41,3 +41,79 @@ def test_help_and_validate_only_import_no_torch_transformers_or_ray() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("HEAVY="), out.stdout[-2000:]
+
+
+def _module_imports(package_dirs: list[str]) -> dict[str, set[str]]:
+    """Each module's imports of modules of these packages, wherever they are written
+    (inside functions too; not under TYPE_CHECKING, which never runs)."""
+    import ast
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    modules = {}
+    for package in package_dirs:
+        for path in (repo / package).rglob("*.py"):
+            rel = path.relative_to(repo).with_suffix("")
+            name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+            modules[name] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        base = name.split(".") if is_package else name.split(".")[:-1]
+        edges = set()
+        tree = ast.parse(path.read_text())
+        skipped = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and "TYPE_CHECKING" in ast.unparse(block.test) for n in ast.walk(block)}
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    target = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                for alias in node.names:  # `from . import x` names a submodule
+                    if f"{target}.{alias.name}" in modules:
+                        edges.add(f"{target}.{alias.name}")
+                if target in modules:
+                    edges.add(target)
+            elif isinstance(node, ast.Import):
+                edges.update(alias.name for alias in node.names if alias.name in modules)
+        graph[name] = edges - {name}
+    return graph
+
+
+def test_no_import_cycles() -> None:
+    """No module imports, through others, a module that imports it; an import inside a
+    function counts too (those are for start-up time, not to hide a cycle)."""
+    graph = _module_imports(["combiner_core", "pipelines"])
+    cycles = []
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, f"import cycles: {cycles[:3]}"
+
+
+def test_public_faces_are_declared() -> None:
+    """combiner_core's face is about 25 names a user calls; storage is public to pipelines."""
+    import combiner_core
+    import combiner_core.storage
+    import pipelines.generation
+    from combiner_core import engine
+    from combiner_core.engine import decoding, model
+
+    assert 20 <= len(combiner_core.__all__) <= 30
+    for module in (combiner_core.storage, engine, decoding, model, pipelines.generation):
+        missing = [name for name in module.__all__ if not hasattr(module, name)]
+        assert not missing, f"{module.__name__}.__all__ names missing attributes: {missing}"

@@ -273,7 +273,7 @@ def test_lease_refuses_a_live_owner_and_takes_over_a_dead_or_stale_one(tmp_path,
 def test_model_stage_failures_get_a_cause() -> None:
     import torch
 
-    from combiner_core import TextInputError
+    from combiner_core.errors import TextInputError
     from pipelines.generation.stages import model_error_cause
 
     assert model_error_cause(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")) == "out_of_memory"

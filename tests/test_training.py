@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 import tests.tiny as tiny
-from combiner_core import ImageDecodeError, SpecialTokenError, TextInputError, random_combiner
+from combiner_core import random_combiner
+from combiner_core.errors import ImageDecodeError, SpecialTokenError, TextInputError
 from combiner_core.training import (
     IGNORE_INDEX,
     check_special_tokens,

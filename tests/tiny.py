@@ -17,7 +17,7 @@ from transformers import (
 )
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
-from combiner_core import build_word_tokenizer
+from combiner_core.vocab import build_word_tokenizer
 
 WORDS = (
     "a the red green blue yellow small large circle square triangle on left right top "

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import fsspec
 
-from combiner_core import (
-    Combiner,
-    DecoderOptions,
-    build_word_tokenizer,
-    load_combiner,
-    random_combiner,
-    warm_start_combiner,
-)
+from combiner_core import Combiner, load_combiner, random_combiner, warm_start_combiner
+from combiner_core.build import DecoderOptions
+from combiner_core.vocab import build_word_tokenizer
 
 from .spec import ModelSpec, RandomSource
 
@@ -68,7 +63,7 @@ def build_start_model(spec: ModelSpec, *, seed: int) -> Combiner:
         )
     if spec.warm_start is not None:
         ws = spec.warm_start
-        from combiner_core import EncoderOptions
+        from combiner_core.build import EncoderOptions
 
         return warm_start_combiner(
             encoder_uri=ws.encoder_uri,

@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from .. import faults
+from ..errors import JobError
 from .lease import LEASE_FILE
 
 COMMITS_DIR = "_commits"
@@ -161,7 +162,7 @@ RECORD_SCHEMA = pa.schema(
 )
 
 
-class OutputExistsError(RuntimeError):
+class OutputExistsError(JobError, RuntimeError):
     """output.mode=error_if_exists and the output already holds files."""
 
 

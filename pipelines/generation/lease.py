@@ -30,6 +30,8 @@ from typing import Any
 
 import fsspec
 
+from ..errors import JobError
+
 log = logging.getLogger(__name__)
 
 LEASE_FILE = "_lease.json"
@@ -39,11 +41,11 @@ DEFAULT_TTL_S = 60.0
 _TTL_ENV = "COMBINER_LEASE_TTL_S"
 
 
-class OutputLeasedError(RuntimeError):
+class OutputLeasedError(JobError, RuntimeError):
     """Another driver is writing this output."""
 
 
-class LeaseLostError(RuntimeError):
+class LeaseLostError(JobError, RuntimeError):
     """This driver's lease was taken over (it stalled past the TTL); it must stop."""
 
 

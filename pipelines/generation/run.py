@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from combiner_core.storage import storage_access
 
 from .. import faults
+from ..errors import JobError
 from ..readers import InputListing, find_duplicates, ids_can_repeat, plan_shards, read_shard_ids
 from ..session import init_ray
 from .commit import ERRORS_DIR, SUMMARY_FILE, OutputStore, ShardManifest, StagedShard
@@ -253,10 +254,12 @@ class _JobRun:
         return rows_now, commits, stats
 
 
-class JobStoppedError(RuntimeError):
+class JobStoppedError(JobError, RuntimeError):
     """The pipeline stopped before every shard was done (a model that would not load on
     the actors, a failure Ray gave up on). What was committed stays; a rerun with
     output.mode=resume continues."""
+
+    exit_code = 1
 
 
 def _batches(ds: Any) -> Any:
