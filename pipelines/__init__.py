@@ -7,7 +7,7 @@ every problem with its key); `pipelines.generation` runs generation jobs,
 
 from .cli import job_arg_parser
 from .errors import JobError
-from .inputs import InputSource
+from .reading import InputSource
 from .session import init_ray
 from .specs import (
     ModelSource,

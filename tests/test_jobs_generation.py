@@ -306,7 +306,7 @@ def test_wrong_model_fails_on_the_driver_before_ray(models, tmp_path):
     with pytest.raises(PreflightError, match=r"is a text combiner \(encoder-decoder\), but caption needs an image combiner"):
         run_job(validate_spec(CaptionJobSpec, spec, source="test"), ray_init=lambda: started.append(1))
     # overwrite mode: an earlier output survives a run that fails on its model.
-    from pipelines.generation.commit import OutputStore
+    from pipelines.generation.output import OutputStore
 
     OutputStore(str(tmp_path / "out2")).prepare(mode="overwrite", fingerprint="earlier")  # its _job.json
     (tmp_path / "out2" / f"part-{'0' * 20}.parquet").write_bytes(b"previous results")
@@ -326,7 +326,7 @@ def test_cpu_stage_stays_apart_from_model_actors(ray_cluster, models, tmp_path):
 
     from pipelines.generation import build_plan
     from pipelines.generation.stages import build_dataset
-    from pipelines.readers import Shard
+    from pipelines.reading import Shard
 
     spec = gs.caption_spec(str(tmp_path), str(tmp_path / "out"), models["captioner"])
     spec["resources"].update(preprocess_cpus=1, worker_cpus=1)
@@ -347,7 +347,7 @@ def test_read_task_yields_whole_batches_across_small_shards(models, tmp_path):
 
     from pipelines.generation import build_plan
     from pipelines.generation.stages import read_and_preprocess, read_groups
-    from pipelines.readers import list_inputs, plan_shards
+    from pipelines.reading import list_inputs, plan_shards
 
     for f in range(3):
         rows = [{"image": gs.image_bytes(5 * f + r), "id": f"f{f}r{r}"} for r in range(5)]
@@ -376,8 +376,7 @@ def test_resume_after_out_of_order_commits_keeps_the_first_row(models, tmp_path)
     """Shards commit in any order: a committed later file whose row went to _errors as a
     duplicate of a row in a file not committed yet must not claim the id on resume."""
     from pipelines.generation import build_plan
-    from pipelines.generation.run import _duplicate_ids
-    from pipelines.readers import plan_shards
+    from pipelines.reading import duplicate_rows, plan_shards
 
     src = tmp_path / "docs"
     gs.write_jsonl(str(src / "a.jsonl"), [{"id": "d1", "text": "x"}, {"id": "d2", "text": "y"},
@@ -388,10 +387,10 @@ def test_resume_after_out_of_order_commits_keeps_the_first_row(models, tmp_path)
     plan = build_plan(validate_spec(SummarizeJobSpec, spec, source="test"))
     a, b = plan_shards([str(src / "a.jsonl"), str(src / "b.jsonl")], format="jsonl")
     # b.jsonl was committed first, its row 0 (d2) in _errors as a duplicate of a.jsonl row 1
-    found = _duplicate_ids(plan, [b], [a], lambda: {(str(src / "b.jsonl"), 0)})
+    found = duplicate_rows(plan.reader, done=[b], todo=[a], committed_duplicates=lambda: {(str(src / "b.jsonl"), 0)})
     assert [(row, why.split(" first")[0]) for _, row, why in found[a.key]] == [(2, "id 'd1'")]
     # had the committed duplicate claimed d2, a.jsonl's first d2 would be lost
-    found = _duplicate_ids(plan, [b], [a], lambda: set())
+    found = duplicate_rows(plan.reader, done=[b], todo=[a], committed_duplicates=lambda: set())
     assert sorted(row for _, row, _ in found[a.key]) == [1, 2]
 
 

@@ -11,9 +11,9 @@ import pytest
 import tests.generation_support as gs
 from combiner_core import GenerationParams
 from pipelines.generation import CommitError, OutputExistsError
-from pipelines.generation.commit import OutputStore, StagedShard, output_schema, stage_results
+from pipelines.generation.output import OutputStore, StagedShard, output_schema, stage_results
 from pipelines.generation.tasks import CaptionTask
-from pipelines.readers import ReaderOptions, Shard, list_input_files, plan_shards, read_shard
+from pipelines.reading import ReaderOptions, Shard, list_input_files, plan_shards, read_shard
 
 LINEAGE = {"model_uri": "m", "spec_hash": "s" * 64, "params_hash": "p" * 64}
 SCHEMA = output_schema(CaptionTask(params=GenerationParams()).output_fields())
@@ -23,7 +23,7 @@ def _store(out: str) -> OutputStore:
     return OutputStore(out, schema=SCHEMA)
 
 
-# Shard keys as readers.Shard makes them (20 hex digits): the output layout's names.
+# Shard keys as reading.Shard makes them (20 hex digits): the output layout's names.
 KEY = {label: f"{n:020x}" for n, label in enumerate(["k1", "k2", "k3", "k9"], start=1)}
 # Run ids as a run makes them (time and 8 hex digits).
 R1, R2 = "20260101T000000-0000000a", "20260101T000001-0000000b"
@@ -131,7 +131,7 @@ def test_listing_gives_sizes_and_read_tasks_group_small_shards(tmp_path):
     """Sizes come with the listing; small shards share a read task (up to 16 MiB or 16
     shards), a large one has a task of its own, and the order of shards is kept."""
     from pipelines.generation.stages import read_groups
-    from pipelines.readers import list_inputs
+    from pipelines.reading import list_inputs
 
     gs.write_bytes(str(tmp_path / "big.jsonl"), b"x" * (17 * 1024**2))
     for i in range(20):
@@ -195,7 +195,7 @@ def test_image_folder_references_come_from_its_captions_file(tmp_path):
     """Generation (references) and fine-tuning (targets) read an image folder the same way."""
     from pipelines.finetune.data import plan_pairs
     from pipelines.finetune.spec import DataSource
-    from pipelines.readers import count_rows
+    from pipelines.reading import count_rows
 
     for name in ("a.png", "sub/b.png", "c.png"):
         gs.write_bytes(str(tmp_path / name), gs.image_bytes(len(name)))
@@ -216,7 +216,7 @@ def test_image_folder_references_come_from_its_captions_file(tmp_path):
 
 
 def test_duplicate_ids_first_occurrence_wins_and_committed_rows_rank_first():
-    from pipelines.readers import find_duplicates
+    from pipelines.reading import find_duplicates
 
     def ids(uri: str, *pairs: tuple[str, int]) -> pa.Table:
         return pa.table({"id": [p[0] for p in pairs], "source_uri": [uri] * len(pairs),
@@ -236,7 +236,7 @@ def test_lease_refuses_a_live_owner_and_takes_over_a_dead_or_stale_one(tmp_path,
 
     from fsspec.implementations.local import LocalFileSystem
 
-    from pipelines.generation.lease import Lease, LeaseLostError, OutputLeasedError
+    from pipelines.generation.output import Lease, LeaseLostError, OutputLeasedError
 
     root = str(tmp_path)
     lease_path = tmp_path / "_lease.json"

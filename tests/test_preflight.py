@@ -20,9 +20,8 @@ import zstandard
 import tests.generation_support as gs
 from pipelines import SpecError, load_spec, validate_spec
 from pipelines.generation import CaptionJobSpec, PreflightError, SummarizeJobSpec, preflight
-from pipelines.generation.commit import OutputStore, is_own_path
-from pipelines.probe import sniff
-from pipelines.readers import ReaderOptions, Shard, list_inputs, read_shard
+from pipelines.generation.output import OutputStore, is_own_path
+from pipelines.reading import ReaderOptions, Shard, list_inputs, read_shard, sniff
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CAPTIONER = REPO / "models" / "demo-captioner"

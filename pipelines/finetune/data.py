@@ -1,6 +1,6 @@
 """Reading (input, target) pairs with Ray Data, lazily: rows stream into the workers.
 
-Pairs are read by the same reading layer as every generation job (pipelines.readers:
+Pairs are read by the same reading layer as every generation job (pipelines.reading:
 one shard per file or group of images, the same ids, formats and column keys); the
 reference text it reads is the target. Every dataset comes out with four columns:
 `id` (string), `source` (image bytes or text bytes), `target` (text) and `error`
@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from combiner_core.storage import absolute_uri
 
-from ..readers import (
+from ..reading import (
     CaptionsFileError,
     InputListingError,
     Shard,

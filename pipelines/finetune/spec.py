@@ -9,8 +9,7 @@ from pydantic import Field, model_validator
 
 from combiner_core import GenerationParams
 
-from ..inputs import InputSource
-from ..readers import ReaderOptions
+from ..reading import InputSource, ReaderOptions
 from ..specs import ModelSource, StrictModel, path_field
 
 
@@ -58,7 +57,7 @@ class ModelSpec(StrictModel):
 
 
 class DataSource(InputSource):
-    """One set of (input, target) pairs, read like every job's input (pipelines.inputs)."""
+    """One set of (input, target) pairs, read like every job's input (pipelines.reading.source)."""
 
     format: Literal["parquet", "jsonl", "images"] = Field(
         "parquet",

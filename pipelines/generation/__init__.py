@@ -8,8 +8,7 @@
 A task kind is one adapter (tasks/) plus its spec (specs.py).
 """
 
-from .commit import CommitError, OutputExistsError
-from .lease import LeaseLostError, OutputLeasedError
+from .output import CommitError, LeaseLostError, OutputExistsError, OutputLeasedError
 from .plan import JobPlan, PreflightError, build_plan
 from .preflight import Preflight, preflight
 from .report import format_summary

@@ -21,8 +21,8 @@ import pyarrow.dataset as pads
 from fsspec.core import url_to_fs
 
 from ..metrics import normalize_for_match
-from ..readers import Shard, read_shard
-from .commit import GALLERY_FILE
+from ..reading import Shard, read_shard
+from .output import GALLERY_FILE
 from .plan import JobPlan
 from .summary import JobSummary
 

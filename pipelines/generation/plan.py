@@ -18,9 +18,9 @@ from combiner_core.describe import CheckpointInfo, describe_checkpoint
 from combiner_core.errors import CombinerError
 from combiner_core.storage import StorageAccessError, absolute_uri, storage_access
 
-from ..readers import CaptionsFileError, ReaderOptions, read_captions_file
+from ..reading import CaptionsFileError, ReaderOptions, read_captions_file
 from ..specs import SpecError, canonical_sha256, spec_hash
-from .commit import output_schema
+from .output import output_schema
 from .specs import JobSpec, ResourcesSpec
 from .tasks import TaskAdapter
 

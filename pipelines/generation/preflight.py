@@ -22,19 +22,21 @@ from typing import Any
 
 from combiner_core.storage import StorageAccessError, absolute_uri, is_remote, storage_access
 
-from ..probe import check_input_files, read_head, sniff, with_article
-from ..readers import (
+from ..reading import (
     InputListing,
     InputListingError,
     ReaderOptions,
+    check_input_files,
     glob_base,
     input_extensions,
     list_inputs,
     read_captions_file,
+    read_head,
     relative_id,
+    sniff,
+    with_article,
 )
-from .commit import OutputStore
-from .lease import Lease
+from .output import Lease, OutputStore
 from .plan import JobPlan, PreflightError, reader_of, resolve_plan
 from .specs import JobSpec
 

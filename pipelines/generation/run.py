@@ -13,18 +13,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from combiner_core.storage import storage_access
 
-from .. import faults
 from ..errors import JobError
-from ..readers import InputListing, find_duplicates, ids_can_repeat, plan_shards, read_shard_ids
+from ..reading import InputListing, Shard, duplicate_rows, ids_can_repeat, plan_shards
 from ..session import init_ray
-from .commit import ERRORS_DIR, SUMMARY_FILE, OutputStore, ShardManifest, StagedShard
 from .gallery import write_gallery
-from .lease import Lease
+from .output import ERRORS_DIR, SUMMARY_FILE, Committer, Lease, OutputStore, ShardManifest
 from .plan import JobPlan, PreflightError
 from .preflight import check_input, preflight
 from .specs import JobSpec
@@ -123,8 +118,7 @@ class _JobRun:
             plan.task.name, len(files), len(committed), len(shards), plan.output_uri,
         )
         timings["plan_s"] = time.time() - self.start
-        rows_now = new_commits = 0
-        stats: dict[str, float] = {}
+        committer = None
         if shards:
             t = time.time()
             if self.ray_init is not None:
@@ -132,15 +126,15 @@ class _JobRun:
             timings["ray_start_s"] = time.time() - t
             t = time.time()
             done_shards = plan_shards(sorted(done_inputs & set(files)), format=fmt, files_per_shard=1)
-            duplicates = _duplicate_ids(plan, done_shards, shards, lambda: store.duplicate_rows(committed))
+            duplicates = duplicate_rows(plan.reader, done=done_shards, todo=shards,
+                                        committed_duplicates=lambda: store.duplicate_rows(committed))
             if ids_can_repeat(plan.reader):
                 timings["duplicate_ids_s"] = time.time() - t
-            rows_now, new_commits, stats = self._process(shards, duplicates)
-        return self._summarize(committed, rows_now, new_commits, stats, files=files, files_ignored=len(ignored))
+            committer = self._process(shards, duplicates)
+        return self._summarize(committed, committer, files=files, files_ignored=len(ignored))
 
     def _summarize(
-        self, committed: dict[str, ShardManifest], rows_now: int, new_commits: int, stats: dict[str, float],
-        *, files: list[str], files_ignored: int,
+        self, committed: dict[str, ShardManifest], committer: Committer | None, *, files: list[str], files_ignored: int,
     ) -> JobSummary:
         """Write _summary.json (and _gallery.html), then _SUCCESS when every input is committed."""
         plan, store = self.plan, self.store
@@ -155,6 +149,7 @@ class _JobRun:
                 entry = causes.setdefault(cause, {"rows": 0, "example": example})
                 entry["rows"] += rows
         seconds = time.time() - self.start
+        rows_now = committer.rows if committer else 0
         summary = JobSummary(
             task=plan.task.name,
             rows_in=sum(m.rows_in for m in manifests.values()),
@@ -167,12 +162,12 @@ class _JobRun:
             summary_uri=store.uri_of(SUMMARY_FILE),
             shards_total=len(manifests),
             shards_committed_before=len(committed),
-            shards_committed_now=new_commits,
+            shards_committed_now=committer.commits if committer else 0,
             rows_processed_now=rows_now,
             files_ignored=files_ignored,
             run_id=self.run_id,
             metrics=plan.task.metrics(sums),
-            stats=_efficiencies(stats),
+            stats=committer.counters.as_stats() if committer else {},
             error_causes=dict(sorted(causes.items(), key=lambda kv: -kv[1]["rows"])),
             max_error_rate=plan.max_error_rate,
             files_in=sum(len(m.inputs) for m in manifests.values()),
@@ -197,61 +192,26 @@ class _JobRun:
             store.mark_success()  # last of all
         return summary
 
-    def _process(self, shards: list, duplicates: dict[str, list]) -> tuple[int, int, dict[str, float]]:
-        """Stream the Ray Data pipeline's records, committing each shard when it is complete."""
+    def _process(self, shards: list[Shard], duplicates: dict[str, list]) -> Committer:
+        """Stream the Ray Data pipeline's records into the committer."""
         from .stages import build_dataset, quiet_progress
 
-        plan, store, lease, run_id, timings = self.plan, self.store, self.lease, self.run_id, self.timings
+        plan, timings = self.plan, self.timings
         t0 = time.time()
         quiet_progress(self.verbose)
-        by_key = {s.key: s for s in shards}
-        ds = build_dataset(plan, shards, run_id=run_id, duplicates=duplicates)
-        pending: dict[str, StagedShard] = {}
-        rows_now = commits = 0
-        stats: dict[str, float] = {}
-        commit_seconds = 0.0
+        committer = Committer(self.store, self.lease, shards, run_id=self.run_id,
+                              metric_sums=plan.task.metric_sums, on_commit=self.on_commit)
+        ds = build_dataset(plan, shards, run_id=self.run_id, duplicates=duplicates)
         for batch in _batches(ds):
             if "first_batch_s" not in timings:
                 timings["first_batch_s"] = time.time() - t0
                 # Rows in the first block of records: the steady state is what comes after.
                 timings["first_batch_rows"] = float(sum(batch.column("rows").to_pylist()))
-            for rec in batch.to_pylist():
-                key = rec["shard_key"]
-                staged = pending.get(key)
-                if staged is None:
-                    staged = pending[key] = StagedShard(key, list(by_key[key].files), rec["shard_rows"])
-                staged.add(rec)
-                if not staged.complete:
-                    continue
-                tc = time.time()
-                lease.check()
-                commits += 1
-                manifest = store.commit_shard(
-                    staged, run_id=run_id, commit_number=commits, metric_sums=plan.task.metric_sums
-                )
-                commit_seconds += time.time() - tc
-                rows_now += manifest.rows_in
-                for k, v in staged.stats.items():
-                    stats[k] = stats.get(k, 0.0) + v
-                del pending[key]
-                by_key.pop(key)
-                faults.maybe_kill("driver_after_commit", commits)
-                if self.on_commit is not None:
-                    self.on_commit(manifest)
-        if pending:
-            raise RuntimeError(
-                f"Ray Data finished but {len(pending)} shard(s) got only part of their rows "
-                f"({sorted(pending)[:3]}...); nothing of them was committed. Rerun with output.mode=resume"
-            )
-        # Shards whose files hold no rows (an empty JSONL file) yield no blocks: commit them
-        # empty so a resume does not list them again.
-        for key, shard in list(by_key.items()):
-            lease.check()
-            commits += 1
-            store.commit_shard(StagedShard(key, list(shard.files), 0), run_id=run_id, commit_number=commits)
+            committer.take(batch.to_pylist())
+        committer.finish()
         timings["process_s"] = time.time() - t0
-        timings["commit_s"] = commit_seconds
-        return rows_now, commits, stats
+        timings["commit_s"] = committer.seconds
+        return committer
 
 
 class JobStoppedError(JobError, RuntimeError):
@@ -302,71 +262,3 @@ def _root_cause(exc: BaseException) -> str:
             if m and not m.group(1).startswith("ray."):
                 return f"{m.group(2)}: {m.group(3)}"
     return fallback
-
-# Ray Data reads them in parallel (a task costs more than reading a few id columns).
-_DRIVER_ID_PASS_FILES = 64
-
-
-def _duplicate_ids(
-    plan: JobPlan, done: list, todo: list, committed_duplicates: Callable[[], set[tuple[str, int]]]
-) -> dict[str, list]:
-    """Per shard key, the rows of `todo` whose id appeared before: [[uri, row, why], ...].
-
-    Only when ids come from a column (ids_can_repeat). Committed shards rank first, so
-    a row already in the output stays the first occurrence when a resumed job finds
-    new files with the same id; otherwise the first in (file, row) order is kept.
-    Committed rows that were themselves duplicates (`committed_duplicates`) claim
-    nothing: shards commit in any order, so the row they deferred to may be in `todo`.
-    Cost: every input row's id is read again and held on the driver once.
-    """
-    if not todo or not ids_can_repeat(plan.reader):
-        return {}
-    ranked = [(0, s) for s in done] + [(1, s) for s in todo]
-    if sum(len(s.files) for _, s in ranked) <= _DRIVER_ID_PASS_FILES:
-        tables = ((rank, read_shard_ids(s, plan.reader)) for rank, s in ranked)
-    else:
-        tables = _ids_on_ray(plan, ranked)
-    skip = committed_duplicates() if done else set()
-    found = find_duplicates(
-        (rank, _without(table, skip) if rank == 0 and skip else table) for rank, table in tables
-    )
-    out: dict[str, list] = {}
-    by_file = {f: s.key for s in todo for f in s.files}
-    for (uri, row), why in found.items():
-        if uri in by_file:
-            out.setdefault(by_file[uri], []).append([uri, row, why])
-    if found:
-        log.warning("[%s] %d row(s) repeat an earlier id; they go to _errors (cause duplicate_id)",
-                    plan.task.name, len(found))
-    return out
-
-
-def _without(ids: pa.Table, rows: set[tuple[str, int]]) -> pa.Table:
-    """`ids` (read_shard_ids) less the rows at the given (source_uri, source_row)."""
-    keep = [(u, r) not in rows for u, r in zip(ids.column("source_uri").to_pylist(),
-                                                ids.column("source_row").to_pylist(), strict=True)]
-    return ids.filter(pa.array(keep, pa.bool_()))
-
-
-def _ids_on_ray(plan: JobPlan, ranked: list) -> Any:
-    import ray.data
-
-    from .stages import read_ids
-
-    items = [{"rank": rank, "shard_key": s.key, "files": list(s.files)} for rank, s in ranked]
-    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        read_ids, batch_size=1, batch_format="numpy", fn_kwargs={"plan": plan}
-    )
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for rank in sorted(set(batch.column("rank").to_pylist())):
-            yield rank, batch.filter(pc.equal(batch.column("rank"), rank))
-
-
-def _efficiencies(stats: dict[str, float]) -> dict[str, float]:
-    """Counters plus the ratios a reader wants (decoder / encoder efficiency)."""
-    out = {k: round(v, 3) for k, v in stats.items()}
-    for name in ("decoder", "encoder"):
-        total, useful = stats.get(f"{name}_positions"), stats.get(f"{name}_useful_positions")
-        if total:
-            out[f"{name}_efficiency"] = round(useful / total, 4)
-    return out

@@ -3,7 +3,7 @@
 The YAML keys are a contract (tools and tests script against them):
 
     input:      uri, format, input_column, id_column, reference_column, captions_file,
-                extensions, files_per_shard (see pipelines.inputs)
+                extensions, files_per_shard (see pipelines.reading.source)
     output:     uri, mode (error_if_exists | resume | overwrite)
     model:      uri, dtype, allow_pickle, trust_remote_code
     generation: combiner_core.GenerationParams (strategy, max_new_tokens, num_beams, ...)
@@ -27,8 +27,7 @@ from combiner_core import GenerationParams
 from combiner_core.describe import CheckpointInfo
 from combiner_core.storage import normal_uri
 
-from ..inputs import InputSource
-from ..readers import InputFormat, ReaderOptions
+from ..reading import InputFormat, InputSource, ReaderOptions
 from ..specs import ModelSource, StrictModel, canonical_sha256, path_field
 from .tasks import CaptionTask, LabelTask, SummarizeTask, TaskAdapter
 
@@ -92,7 +91,7 @@ class GenerationModel(ModelSource):
 
 
 class JobInput(InputSource):
-    """The rows a job reads (pipelines.inputs), plus references and shard size."""
+    """The rows a job reads (pipelines.reading.source), plus references and shard size."""
 
     reference_column: str | None = Field(
         None,

@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 
 from .. import faults
-from ..readers import Shard, read_shard, read_shard_ids
-from .commit import stage_results
+from ..reading import Shard, read_shard
+from .output import stage_results
 from .tasks.base import cached_preprocessor, error_columns, object_array
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class ModelWorker:
 
     Returns a pyarrow table: the pass-through columns, the task's output columns
     (null for rows an earlier stage rejected), `model_sha256`, and `model_stats`
-    (JSON of the task's counters for this batch, on its first row only).
+    (the batch's ModelCounters as JSON, on its first row only).
     """
 
     def __init__(self, *, plan: JobPlan) -> None:
@@ -156,7 +156,7 @@ class ModelWorker:
         self.runner = plan.task.setup(self.combiner)
         self.fields = plan.task.output_fields()
         self.model_sha256 = self.combiner.weights_sha256 or ""
-        self.stats = plan.task.run_stats(self.runner)
+        self.counters = plan.task.counters(self.runner)
         self.batches = 0
         self._logged_failure = False  # the first failed model call's traceback is logged once
 
@@ -194,10 +194,10 @@ class ModelWorker:
         for f in self.fields:
             columns[f.name] = pa.array(values[f.name], type=f.type)
         columns["model_sha256"] = pa.array([self.model_sha256] * n, pa.string())
-        now = self.plan.task.run_stats(self.runner)
-        delta = {k: v - self.stats.get(k, 0.0) for k, v in now.items()}
-        self.stats = now
-        columns["model_stats"] = pa.array([json.dumps(delta) if delta else ""] + [""] * (n - 1), pa.string())
+        now = self.plan.task.counters(self.runner)
+        delta, self.counters = now - self.counters, now
+        # The batch's counters ride on its first row (Ray Data moves rows, nothing beside them).
+        columns["model_stats"] = pa.array([delta.to_json()] + [""] * (n - 1), pa.string())
         return pa.table({k: (v if isinstance(v, pa.Array) else _arrow(v)) for k, v in columns.items()})
 
     def _run_isolating(
@@ -296,15 +296,6 @@ def quiet_progress(verbose: bool) -> None:
         for handler in logging.getLogger("ray.data").handlers:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 handler.setLevel(logging.WARNING)
-
-
-def read_ids(batch: dict[str, np.ndarray], *, plan: JobPlan) -> pa.Table:
-    """CPU stage of the duplicate-id pass: a shard's ids and where they are."""
-    tables = []
-    for rank, files, key in zip(batch["rank"], batch["files"], batch["shard_key"], strict=True):
-        ids = read_shard_ids(Shard(files=tuple(str(f) for f in files), key=str(key)), plan.reader)
-        tables.append(ids.append_column("rank", pa.array([int(rank)] * ids.num_rows, pa.int64())))
-    return pa.concat_tables(tables)
 
 
 def build_dataset(

@@ -4,7 +4,7 @@ output columns and metrics. The stage builder (stages.py) and the commit protoco
 its spec only (examples to follow: Ray's `ray.data.llm` processor stages).
 
 Rows flow through Ray Data as numpy batches with these columns, from the reader
-(pipelines.readers.ROW_SCHEMA): id, shard_key, shard_rows, row_index, source_uri,
+(pipelines.reading.ROW_SCHEMA): id, shard_key, shard_rows, row_index, source_uri,
 source_row, payload, reference, error_stage, error_cause, error_message. A row with a
 non-empty error_stage was rejected by an earlier stage; every later stage passes it
 through untouched, so it reaches the errors table (nothing is dropped).
@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+
+from ..counters import ModelCounters
 
 if TYPE_CHECKING:
     from combiner_core import Combiner, Preprocessor
@@ -168,9 +170,9 @@ class TaskAdapter(ABC):
     def run(self, runner: Any, batch: dict[str, np.ndarray], rows: list[int]) -> dict[str, list]:
         """On the model actor: outputs for the good `rows` of `batch`, one list per output field."""
 
-    def run_stats(self, runner: Any) -> dict[str, float]:
-        """Counters of the model stage worth reporting (e.g. decoder efficiency); additive."""
-        return {}
+    def counters(self, runner: Any) -> ModelCounters:
+        """The runner's cumulative work counters (the actor sends their change per batch)."""
+        return ModelCounters()
 
     def metric_sums(self, table: pa.Table) -> dict[str, float]:
         """Additive sums over a committed shard's ok rows (with their `reference`)."""

@@ -17,6 +17,7 @@ import pyarrow as pa
 from combiner_core import GenerationParams
 
 from ...metrics import ROUGE_KEYS, exact_match_count, rouge_f1
+from ..counters import ModelCounters
 from .base import Modality, TaskAdapter, error_columns, object_array, preprocess_texts
 
 if TYPE_CHECKING:
@@ -75,17 +76,8 @@ class _GenerateTask(TaskAdapter):
             "truncated": truncated,
         }
 
-    def run_stats(self, runner: Any) -> dict[str, float]:
-        s = runner.stats
-        # Additive counters only (ratios are computed from the job's totals).
-        return {
-            "generated_tokens": float(s.generated_tokens),
-            "decoder_positions": float(s.decoder_positions),
-            "decoder_useful_positions": float(s.active_positions),
-            "encoder_positions": float(s.encoder_positions),
-            "encoder_useful_positions": float(s.encoder_tokens),
-            "refills": float(s.refills),
-        }
+    def counters(self, runner: Any) -> ModelCounters:
+        return ModelCounters.of_engine(runner.stats)
 
     def metric_sums(self, table: pa.Table) -> dict[str, float]:
         refs = table.column("reference").to_pylist()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
+from ..counters import ModelCounters
 from .base import Modality, TaskAdapter, cached_preprocessor, preprocess_images, preprocess_texts
 
 if TYPE_CHECKING:
@@ -133,10 +134,8 @@ class LabelTask(TaskAdapter):
             out["label_tokens"].append(int(s.tokens[best]))
         return out
 
-    def run_stats(self, runner: Any) -> dict[str, float]:
-        s = runner.stats
-        return {"scored_rows": float(s.rows), "encoder_runs": float(s.encoder_runs),
-                "label_decoder_positions": float(s.decoder_positions)}
+    def counters(self, runner: Any) -> ModelCounters:
+        return ModelCounters.of_scorer(runner.stats)
 
     def metric_sums(self, table: pa.Table) -> dict[str, float]:
         refs = table.column("reference").to_pylist()

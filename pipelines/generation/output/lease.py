@@ -30,7 +30,7 @@ from typing import Any
 
 import fsspec
 
-from ..errors import JobError
+from ...errors import JobError
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from .readers import InputFormat, ReaderOptions
-from .specs import StrictModel, path_field
+from ..specs import StrictModel, path_field
+from .options import InputFormat, ReaderOptions
 
 log = logging.getLogger(__name__)
 

@@ -1,19 +1,5 @@
-"""The commit protocol: how results become output, exactly once.
-
-Layout under output.uri:
-
-    part-<shard_key>.parquet          ok rows of one committed shard (plain-directory readable)
-    _errors/part-<shard_key>.parquet  rejected rows of that shard
-    _commits/<shard_key>.json         the shard's manifest: written last, it makes the shard committed
-    _staging/<run_id>/...             staged block files of running jobs (ignored by readers: '_')
-    _job.json                         fingerprint of the job that owns this output
-    _summary.json                     rows_in / rows_ok / rows_errored ... of the whole output
-    _gallery.html, _SUCCESS, _lease.json (lease.py)
-
-Nothing else is ours. A job deletes only files of this layout (output.mode=overwrite,
-resume's cleanup), recognised by exact names (a shard key is 20 hex digits) in a folder
-whose _job.json we wrote; a folder holding anything else is refused before any write
-(`OutputStore.survey`), so a user's own files are never touched.
+"""The driver's store of the output: committing a staged shard exactly once, resume's
+cleanup, the summary and _SUCCESS.
 
 Protocol (per shard; the shard's rows may be spread over many blocks and workers):
 1. workers write each block's rows as staged files under _staging/<run_id>/<shard_key>/
@@ -36,131 +22,37 @@ from __future__ import annotations
 
 import json
 import posixpath
-import re
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
-from .. import faults
-from ..errors import JobError
+from ... import faults
+from ...errors import JobError
+from .layout import (
+    COMMITS_DIR,
+    ERROR_SCHEMA,
+    ERRORS_DIR,
+    JOB_FILE,
+    PART_NAME,
+    STAGING_DIR,
+    SUCCESS_FILE,
+    SUMMARY_FILE,
+    OutputSurvey,
+    is_own_path,
+    output_fs,
+    write_json,
+    write_parquet,
+)
 from .lease import LEASE_FILE
 
-COMMITS_DIR = "_commits"
-ERRORS_DIR = "_errors"
-STAGING_DIR = "_staging"
-JOB_FILE = "_job.json"
-SUMMARY_FILE = "_summary.json"
-# Hadoop / Spark's marker that a job committed everything (schedulers' sensors wait on it).
-SUCCESS_FILE = "_SUCCESS"
-# "_" first: plain-directory Parquet readers (pyarrow, pandas, Spark, DuckDB) skip names
-# that start with "_" or ".", so the page never breaks `pd.read_parquet(output_uri)`.
-GALLERY_FILE = "_gallery.html"
-
-# Our file names, exactly: a shard key is sha256(...)[:20] in hex (readers.Shard), a run
-# id the time and 8 hex digits (run._JobRun), a staged block file a uuid4 in hex.
-_PART = re.compile(r"^part-([0-9a-f]{20}|empty)\.parquet$")
-_MANIFEST = re.compile(r"^[0-9a-f]{20}\.json$")
-_STAGED = re.compile(
-    r"^_staging/\d{8}T\d{6}-[0-9a-f]{8}/"
-    r"([0-9a-f]{20}/[0-9a-f]{32}-(ok|err)\.parquet|commit/((_errors-)?part-[0-9a-f]{20}\.parquet|[0-9a-f]{20}\.json))$"
-)
-_TOP_FILES = {JOB_FILE, SUMMARY_FILE, SUCCESS_FILE, GALLERY_FILE, LEASE_FILE}
-
-
-def is_own_path(rel: str) -> bool:
-    """Whether `rel` (a path relative to output.uri) is a file of the output layout."""
-    parts = rel.split("/")
-    if parts[0] == STAGING_DIR:
-        return bool(_STAGED.fullmatch(rel))
-    if len(parts) == 1:
-        return rel in _TOP_FILES or bool(_PART.fullmatch(rel))
-    if len(parts) == 2 and parts[0] == ERRORS_DIR:
-        return bool(_PART.fullmatch(parts[1]))
-    return len(parts) == 2 and parts[0] == COMMITS_DIR and bool(_MANIFEST.fullmatch(parts[1]))
-
-
-@dataclass(frozen=True)
-class OutputSurvey:
-    """What output.uri holds now: files of our layout, and anything else (foreign).
-
-    Without our _job.json only our lease counts as ours: a Spark output's
-    part-*.parquet and _SUCCESS are somebody else's, whatever their names.
-    """
-
-    own: list[str]
-    foreign: list[str]
-    is_file: bool = False
-
-    @property
-    def results(self) -> list[str]:
-        """An earlier run's results: our files but the lease, _job.json and staged leftovers
-        (a run that stopped before its first commit left no results)."""
-        return [p for p in self.own if p not in (LEASE_FILE, JOB_FILE) and not p.startswith(STAGING_DIR + "/")]
-
-    def foreign_problem(self, uri: str) -> str | None:
-        """The refusal for an output that holds files that are not ours (None: none)."""
-        if self.is_file:
-            return f"output.uri: {uri} is a file; name a folder (or prefix) for the output"
-        if not self.foreign:
-            return None
-        shown = ", ".join(self.foreign[:5]) + (f" and {len(self.foreign) - 5} more" if len(self.foreign) > 5 else "")
-        return (
-            f"output.uri: {uri} holds {len(self.foreign)} file(s) this job did not write ({shown}). A job "
-            "writes only into a new or empty folder or its own earlier output, and never deletes what it "
-            "did not write, in any output.mode: choose another output.uri, or move those files away"
-        )
-
-_INTERNAL = [("row_index", pa.int64()), ("shard_key", pa.string())]
-# Every output table: where the row came from, the task's own columns, then reference
-# and lineage. `output_schema` puts a task's fields in the middle.
-_SOURCE_FIELDS = [pa.field("id", pa.string()), pa.field("source_uri", pa.string()), pa.field("source_row", pa.int64())]
-_LINEAGE_FIELDS = [
-    pa.field("reference", pa.string()),
-    pa.field("model_uri", pa.string()),
-    pa.field("model_sha256", pa.string()),
-    pa.field("spec_hash", pa.string()),
-    pa.field("params_hash", pa.string()),
-    pa.field("produced_at", pa.timestamp("us", tz="UTC")),
-]
-
-
-def output_schema(task_fields: list[pa.Field]) -> pa.Schema:
-    """The output table's schema for a task whose own columns are `task_fields`."""
-    return pa.schema(_SOURCE_FIELDS + list(task_fields) + _LINEAGE_FIELDS)
-
-
-ERROR_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("source_uri", pa.string()),
-        ("source_row", pa.int64()),
-        ("stage", pa.string()),
-        ("cause", pa.string()),
-        ("message", pa.string()),
-        ("spec_hash", pa.string()),
-        ("produced_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-RECORD_SCHEMA = pa.schema(
-    [
-        ("shard_key", pa.string()),
-        ("shard_rows", pa.int64()),
-        ("rows", pa.int64()),
-        ("ok_path", pa.string()),
-        ("error_path", pa.string()),
-        # JSON of additive counters from the model stage (e.g. decoder positions), "" if none
-        ("stats", pa.string()),
-    ]
-)
-
+if TYPE_CHECKING:
+    from .committer import StagedShard
 
 class OutputExistsError(JobError, RuntimeError):
     """output.mode=error_if_exists and the output already holds files."""
@@ -169,143 +61,6 @@ class OutputExistsError(JobError, RuntimeError):
 class CommitError(RuntimeError):
     """Staged results of a shard do not add up to its rows (a bug, never committed)."""
 
-
-def _fs(uri: str, storage_options: Mapping[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, root = url_to_fs(uri, **dict(storage_options or {}))
-    return fs, root.rstrip("/")
-
-
-def _write_parquet(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> None:
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    with fs.open(path, "wb") as f:
-        pq.write_table(table, f)
-
-
-def _write_json(fs: fsspec.AbstractFileSystem, path: str, data: Any) -> None:
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    with fs.open(path, "w") as f:
-        f.write(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _str_column(table: pa.Table, name: str) -> pa.Array:
-    """A string column, or nulls when Ray Data turned an all-None column into floats."""
-    column = table.column(name)
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        return column.cast(pa.string())
-    return pa.nulls(table.num_rows, pa.string())
-
-
-def stage_results(
-    block: pa.Table,
-    *,
-    output_uri: str,
-    run_id: str,
-    schema: pa.Schema,
-    lineage: Mapping[str, str],
-    produced_at: datetime,
-    storage_options: Mapping[str, Any] | None = None,
-) -> pa.Table:
-    """Split a block of processed rows into ok/error tables per shard and stage them.
-
-    `block` holds the reader's columns, the task's output columns (named in `schema`,
-    the output schema) and `model_sha256`; `lineage` gives model_uri, spec_hash and
-    params_hash. Returns RECORD_SCHEMA rows, one per shard present in the block.
-    """
-    fs, root = _fs(output_uri, storage_options)
-    records: dict[str, list] = {name: [] for name in RECORD_SCHEMA.names}
-    stats_column = block.column("model_stats").to_pylist() if "model_stats" in block.column_names else None
-    keys = block.column("shard_key").to_pylist()
-    ok_schema = pa.schema(list(schema) + [pa.field(*f) for f in _INTERNAL])
-    err_schema = pa.schema(list(ERROR_SCHEMA) + [pa.field(*f) for f in _INTERNAL])
-    for key in sorted(set(keys)):
-        mask = pc.equal(block.column("shard_key"), key)
-        part = block.filter(mask)
-        failed = pc.not_equal(part.column("error_stage"), "")
-        ok, bad = part.filter(pc.invert(failed)), part.filter(failed)
-        n_ok, n_bad = ok.num_rows, bad.num_rows
-        name = f"{uuid.uuid4().hex}"
-        base = f"{root}/{STAGING_DIR}/{run_id}/{key}"
-        ok_path = err_path = ""
-        if n_ok:
-            constants = {
-                "reference": _str_column(ok, "reference"),
-                "model_uri": pa.array([lineage["model_uri"]] * n_ok, pa.string()),
-                "spec_hash": pa.array([lineage["spec_hash"]] * n_ok, pa.string()),
-                "params_hash": pa.array([lineage["params_hash"]] * n_ok, pa.string()),
-                "produced_at": pa.array([produced_at] * n_ok, pa.timestamp("us", tz="UTC")),
-            }
-            table = pa.table(
-                {f.name: constants[f.name] if f.name in constants else ok.column(f.name) for f in ok_schema},
-            ).cast(ok_schema)
-            ok_path = f"{base}/{name}-ok.parquet"
-            _write_parquet(fs, ok_path, table)
-        if n_bad:
-            table = pa.table(
-                {
-                    "id": bad.column("id"),
-                    "source_uri": bad.column("source_uri"),
-                    "source_row": bad.column("source_row"),
-                    "stage": bad.column("error_stage"),
-                    "cause": bad.column("error_cause"),
-                    "message": bad.column("error_message"),
-                    "spec_hash": pa.array([lineage["spec_hash"]] * n_bad, pa.string()),
-                    "produced_at": pa.array([produced_at] * n_bad, pa.timestamp("us", tz="UTC")),
-                    "row_index": bad.column("row_index"),
-                    "shard_key": bad.column("shard_key"),
-                }
-            ).cast(err_schema)
-            err_path = f"{base}/{name}-err.parquet"
-            _write_parquet(fs, err_path, table)
-        stats = ""
-        if stats_column is not None:
-            # A batch's counters ride on its first row; a block may hold several batches.
-            picked = [v for v, m in zip(stats_column, mask.to_pylist(), strict=True) if m and v]
-            stats = json.dumps(_add_counters(json.loads(v) for v in picked)) if picked else ""
-        records["shard_key"].append(key)
-        records["shard_rows"].append(part.column("shard_rows")[0].as_py())
-        records["rows"].append(n_ok + n_bad)
-        records["ok_path"].append(ok_path)
-        records["error_path"].append(err_path)
-        records["stats"].append(stats)
-    return pa.table(records, schema=RECORD_SCHEMA)
-
-
-def _add_counters(items: Any) -> dict[str, float]:
-    total: dict[str, float] = {}
-    for item in items:
-        for k, v in item.items():
-            total[k] = total.get(k, 0.0) + float(v)
-    return total
-
-
-@dataclass
-class StagedShard:
-    """A shard's staged results as the driver gathers them from the staging records.
-
-    Complete when `rows` reaches `shard_rows`; then commit_shard makes it output.
-    """
-
-    key: str
-    inputs: list[str]
-    shard_rows: int
-    rows: int = 0
-    ok_paths: list[str] = field(default_factory=list)
-    error_paths: list[str] = field(default_factory=list)
-    stats: dict[str, float] = field(default_factory=dict)
-
-    def add(self, record: Mapping[str, Any]) -> None:
-        """Take one RECORD_SCHEMA record (a block's part of this shard)."""
-        self.rows += record["rows"]
-        if record["ok_path"]:
-            self.ok_paths.append(record["ok_path"])
-        if record["error_path"]:
-            self.error_paths.append(record["error_path"])
-        for k, v in (json.loads(record["stats"]) if record.get("stats") else {}).items():
-            self.stats[k] = self.stats.get(k, 0.0) + v
-
-    @property
-    def complete(self) -> bool:
-        return self.rows >= self.shard_rows
 
 
 @dataclass
@@ -354,7 +109,7 @@ class OutputStore:
         self.uri = uri.rstrip("/")
         self.schema = schema
         self.storage_options = dict(storage_options or {})
-        self.fs, self.root = _fs(uri, storage_options)
+        self.fs, self.root = output_fs(uri, storage_options)
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -447,7 +202,7 @@ class OutputStore:
             self.fs.rm(success)
         # The same when resuming. model_weights: which weights wrote the rows (a resume
         # refuses others at the same model.uri).
-        _write_json(self.fs, self._path(JOB_FILE), {"fingerprint": fingerprint, "model_weights": weights_id})
+        write_json(self.fs, self._path(JOB_FILE), {"fingerprint": fingerprint, "model_weights": weights_id})
         manifests = self.committed()
         self._cleanup(manifests)
         return manifests
@@ -476,7 +231,7 @@ class OutputStore:
             for path in self.fs.ls(folder, detail=False):
                 rel = path[len(self.root) + 1 :] if path.startswith(self.root + "/") else path
                 name = posixpath.basename(path)
-                if _PART.fullmatch(name) and rel not in keep:
+                if PART_NAME.fullmatch(name) and rel not in keep:
                     self.fs.rm(path)
 
     def _remove_staging(self) -> None:
@@ -551,7 +306,7 @@ class OutputStore:
             # Staged under '_' first, then moved: a local rename is atomic, and on an
             # object store the final object is created whole by one copy.
             tmp = self._path(STAGING_DIR, run_id, "commit", rel.replace("/", "-"))
-            _write_parquet(self.fs, tmp, table)
+            write_parquet(self.fs, tmp, table)
             final = self._path(rel)
             self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
             self.fs.mv(tmp, final)
@@ -570,13 +325,13 @@ class OutputStore:
             run_id=run_id,
             committed_at=datetime.now(UTC).isoformat(timespec="seconds"),
             metric_sums=sums,
-            stats=dict(shard.stats),
+            stats=shard.counters.as_dict(),
             error_causes=_error_causes(bad),
             files_failed=0 if bad is None else len(set(bad.filter(pc.less(bad.column("source_row"), 0))
                                                        .column("source_uri").to_pylist())),
         )
         tmp = self._path(STAGING_DIR, run_id, "commit", f"{shard_key}.json")
-        _write_json(self.fs, tmp, manifest.__dict__)
+        write_json(self.fs, tmp, manifest.__dict__)
         final = self._path(COMMITS_DIR, f"{shard_key}.json")
         self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
         self.fs.mv(tmp, final)
@@ -597,12 +352,12 @@ class OutputStore:
             base = self._path(folder) if folder else self.root
             if not self.fs.glob(f"{base}/*.parquet"):
                 self.fs.makedirs(base, exist_ok=True)
-                _write_parquet(self.fs, f"{base}/part-empty.parquet", schema.empty_table())
+                write_parquet(self.fs, f"{base}/part-empty.parquet", schema.empty_table())
         self.write_summary(summary)
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         """(Re)write _summary.json."""
-        _write_json(self.fs, self._path(SUMMARY_FILE), dict(summary))
+        write_json(self.fs, self._path(SUMMARY_FILE), dict(summary))
 
     def mark_success(self) -> None:
         """Write the empty _SUCCESS file: last, once every input of the job is committed."""

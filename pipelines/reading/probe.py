@@ -17,7 +17,7 @@ from fsspec.core import url_to_fs
 
 from .compression import MissingCodecError, compression_of
 from .compression import decompress as decompress_bytes
-from .readers import InputFormat, ReaderOptions
+from .options import InputFormat, ReaderOptions
 
 # Bytes read from the start of a file to tell what it is (a tar header ends at 512).
 _HEAD_BYTES = 4096

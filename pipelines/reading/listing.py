@@ -1,0 +1,142 @@
+"""Listing input files (fsspec: local, file://, s3://...): a file, a folder/prefix or a glob."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from .options import InputFormat, format_extensions
+
+
+class InputListingError(ValueError):
+    """input.uri names nothing readable."""
+
+
+
+def _protocol_prefix(uri: str, fs: fsspec.AbstractFileSystem) -> str:
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    return "" if protocol in ("file", "local") else f"{protocol}://"
+
+
+
+class InputListing(NamedTuple):
+    """What listing an input URI found: input files (sorted full URIs), the files skipped
+    because their name does not fit the format, and each input file's size in bytes."""
+
+    files: list[str]
+    ignored: list[str]
+    sizes: dict[str, int]
+
+
+def list_inputs(
+    uri: str,
+    *,
+    format: InputFormat,
+    extensions: Sequence[str] = (),
+    storage_options: dict[str, Any] | None = None,
+) -> InputListing:
+    """Files under `uri` (a file, a folder/prefix, or a glob) that hold inputs, with sizes.
+
+    The files of job outputs (_SUCCESS, _errors/, _commits/, Spark's _temporary/...) are
+    not inputs and are passed over; hidden files (.DS_Store, .crc) and names without an
+    input ending are skipped and reported in `ignored`. A local folder's symlinked
+    folders are followed. A path that exists as written is a path even when it holds
+    glob characters ("photos [2024]"). Sizes come with the listing (no request per file).
+    """
+    fs, path = url_to_fs(uri, **(storage_options or {}))
+    prefix = _protocol_prefix(uri, fs)
+    wanted = format_extensions(format, extensions)
+    if any(ch in path for ch in "*?[") and not fs.exists(path):
+        found = {p: info for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file"}
+        base = glob_base(path)
+    elif fs.isdir(path):
+        found = _walk_local(path) if _protocol_prefix(uri, fs) == "" else fs.find(path, detail=True)
+        base = path.rstrip("/")
+    elif fs.isfile(path):
+        return InputListing([prefix + path], [], {prefix + path: int(fs.size(path) or 0)})
+    else:
+        raise InputListingError(
+            f"input.uri {uri!r}: no such file, folder or prefix; check the path (and, for s3://, "
+            "the bucket and credentials)"
+        )
+    files, ignored, sizes = [], [], {}
+    for p in sorted(found):
+        if p.endswith("/"):
+            continue  # an object store's folder marker ("folder/", size 0), no file
+        rel = posixpath.relpath(p, base) if base else p
+        parts = rel.split("/")
+        if any(_is_job_file(part) for part in parts):
+            continue
+        if any(part.startswith(".") for part in parts) or (wanted and not p.lower().endswith(wanted)):
+            ignored.append(prefix + p)
+            continue
+        files.append(prefix + p)
+        sizes[prefix + p] = int(found[p].get("size") or 0)
+    return InputListing(files, ignored, sizes)
+
+
+# Names in job outputs (ours, Spark's, Hadoop's, Parquet summary files): never inputs.
+_JOB_FILES = {"_SUCCESS", "_errors", "_commits", "_staging", "_temporary", "_job.json", "_summary.json",
+              "_gallery.html", "_lease.json", "_metadata", "_common_metadata"}
+
+
+def _is_job_file(name: str) -> bool:
+    return name in _JOB_FILES or name.startswith(("_committed_", "_started_"))
+
+
+def glob_base(path: str) -> str:
+    """The folder a glob searches: its path up to the folder before the first * ? [."""
+    return path[: min(path.index(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
+
+
+def _walk_local(root: str) -> dict[str, dict[str, Any]]:
+    """A local folder's files ({path: {size, type}}, as fsspec's find gives them), following
+    symlinked folders once each (a link back up the tree is not walked again)."""
+    found: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in names:
+            full = os.path.join(folder, name)
+            try:
+                found[full] = {"size": os.path.getsize(full), "type": "file"}
+            except OSError:  # a dangling link: listed, so its read error says so
+                found[full] = {"size": 0, "type": "file"}
+    return found
+
+
+def list_input_files(
+    uri: str,
+    *,
+    format: InputFormat,
+    extensions: Sequence[str] = (),
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[list[str], list[str]]:
+    """(files, ignored) of `list_inputs`: the input files and the skipped ones."""
+    listing = list_inputs(uri, format=format, extensions=extensions, storage_options=storage_options)
+    return listing.files, listing.ignored
+
+
+
+def relative_id(file_uri: str, root: str) -> str:
+    """A file's id: its path relative to the input root (a glob's fixed folder)."""
+    def bare(u: str) -> str:
+        return u.split("://", 1)[1] if "://" in u else u
+
+    file_path, root_path = bare(file_uri), bare(root).rstrip("/")
+    if file_path == root_path:
+        return posixpath.basename(file_path)
+    if any(ch in root_path for ch in "*?[") and not os.path.exists(root_path):
+        root_path = glob_base(root_path)
+    if file_path.startswith(root_path + "/"):
+        return file_path[len(root_path) + 1 :]
+    return file_path

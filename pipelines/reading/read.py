@@ -1,0 +1,113 @@
+"""Reading one shard into rows: the dispatcher over the formats.
+
+A *shard* is the unit of work and of commit: one Parquet / JSONL / text file, or a
+group of image files. Every row a shard yields has a stable id, its source (file
+URI and row number), an optional reference text (a reference column, or the captions
+file of an image folder), and either a payload (image bytes or text bytes) or a read
+error, so a bad row is reported, never dropped. Generation jobs and fine-tuning read
+through these same functions (fine-tuning takes the reference as its target).
+"""
+
+
+from __future__ import annotations
+
+import fsspec
+import pyarrow as pa
+from fsspec.core import url_to_fs
+
+from .captions import captions_for
+from .compression import MissingCodecError, compression_of, decompress
+from .listing import relative_id
+from .options import ReaderOptions
+from .rows import Duplicates, RowBuilder
+from .shards import Shard
+from .tables import BadLine, jsonl_records, read_parquet, read_records
+
+
+def read_shard(shard: Shard, opts: ReaderOptions, *, duplicates: Duplicates | None = None) -> pa.Table:
+    """All rows of `shard` as a ROW_SCHEMA table.
+
+    A file that cannot be read at all (missing, not Parquet...) becomes one error
+    row with id '<file>#file', so the failure is counted and visible in _errors.
+    Rows named in `duplicates` become error rows with cause duplicate_id.
+    """
+    rows = RowBuilder(shard, duplicates or {})
+    for uri in shard.files:
+        fs, path = url_to_fs(uri, **opts.storage_options)
+        try:
+            _read_file(rows, fs, path, uri, opts)
+        except _FileError as exc:
+            rows.add(id=f"{relative_id(uri, opts.root)}#file", source_uri=uri, source_row=-1,
+                     error=("read", exc.cause, f"file-level error: {uri}: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - any failure to read a file is reported as a row
+            cause = "missing_codec" if isinstance(exc, MissingCodecError) else "unreadable_file"
+            rows.add(
+                id=f"{relative_id(uri, opts.root)}#file",
+                source_uri=uri,
+                source_row=-1,
+                error=("read", cause, f"file-level error: cannot read the file {uri} "
+                       f"({type(exc).__name__}: {exc}); how many rows it holds is unknown"),
+            )
+    return rows.table()
+
+
+def _read_file(rows: RowBuilder, fs: fsspec.AbstractFileSystem, path: str, uri: str, opts: ReaderOptions) -> None:
+    if opts.format == "images" or opts.format == "text_files":
+        rid = relative_id(uri, opts.root)
+        reference = captions_for(opts.captions_file, opts.storage_options).get(rid) if opts.captions_file else None
+        if opts.format == "images":
+            with fs.open(path, "rb") as f:
+                payload, broken = f.read(), None
+        else:
+            payload, broken = _read_text(fs, path, uri)
+        if broken:  # one document per file: a part of it is not the document
+            rows.add(id=rid, source_uri=uri, source_row=0, reference=reference,
+                     error=("read", "truncated_file", f"file-level error: {uri}: {broken}"))
+        else:
+            rows.add(id=rid, source_uri=uri, source_row=0, payload=payload, reference=reference)
+        return
+    if opts.format == "parquet":
+        read_parquet(rows, fs, path, uri, opts)
+        return
+    data, broken = _read_text(fs, path, uri)
+    base = relative_id(uri, opts.root)
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise _FileError("not_utf8", "the file is UTF-16 text; convert it to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+    if broken:
+        data = data[: data.rfind(b"\n") + 1]  # the last line read may be cut short
+    if opts.format == "text_lines":
+        # Ids are line numbers; blank lines (paragraph breaks) hold no text and are skipped.
+        for i, line in enumerate(data.splitlines()):
+            if line.strip():
+                rows.add(id=f"{base}#{i}", source_uri=uri, source_row=i, payload=line)
+    else:
+        # jsonl: parse errors are per line, so one bad line does not lose the file
+        for i, record in enumerate(jsonl_records(data, uri)):
+            if isinstance(record, BadLine):
+                rows.add(id=f"{base}#{i}", source_uri=uri, source_row=i, error=("read", record.cause, record.message))
+            else:
+                read_records(rows, uri, [record], opts, first_row=i)
+    if broken:
+        raise _FileError("truncated_file", f"{broken}; the rows above the break were read, the rest are lost")
+
+
+def _read_text(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> tuple[bytes, str | None]:
+    """A text file's bytes, decompressed by its name's codec, and where it broke (or None).
+
+    Nothing decoded at all is no break but a file that is not what its name says.
+    """
+    codec = compression_of(uri)
+    with fs.open(path, "rb") as f:
+        raw = f.read()
+    data, broken = decompress(raw, codec)
+    if broken and not data and raw:
+        raise _FileError("unreadable_file", f"the file is not {codec} data, as its name says ({broken})")
+    return data, broken
+
+
+class _FileError(Exception):
+    """A file-level failure with its cause (read_shard adds the file's error row)."""
+
+    def __init__(self, cause: str, message: str) -> None:
+        super().__init__(message)
+        self.cause = cause
