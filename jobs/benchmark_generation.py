@@ -60,7 +60,7 @@ def small_model():
 
     if not (SMALL_MODEL / "config.json").exists():
         raise SystemExit(
-            f"{SMALL_MODEL} is missing: python -m jobs.demo_data.multishape && "
+            f"{SMALL_MODEL} is missing: python -m pipelines.demo_data.multishape && "
             "python jobs/finetune.py --spec jobs/specs/finetune_multishape_captioner.yaml"
         )
     combiner = load_combiner(str(SMALL_MODEL))
@@ -68,7 +68,7 @@ def small_model():
 
     from PIL import Image
 
-    from jobs.demo_data.multishape import iter_examples
+    from pipelines.demo_data.multishape import iter_examples
 
     def inputs(n: int):
         images = [Image.open(BytesIO(row["image"])).convert("RGB") for row in iter_examples("heldout", n)]

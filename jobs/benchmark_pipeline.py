@@ -44,8 +44,8 @@ def _write_inputs(kind: str, folder: Path, count: int) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from jobs.demo_data.reverse_words import iter_reverse_examples
-    from jobs.demo_data.shapes import iter_examples
+    from pipelines.demo_data.reverse_words import iter_reverse_examples
+    from pipelines.demo_data.shapes import iter_examples
 
     rows = list((iter_examples if kind == "images" else iter_reverse_examples)("heldout", count))
     folder.mkdir(parents=True, exist_ok=True)
@@ -58,7 +58,7 @@ def _text_model(folder: Path) -> Path:
     """A small random BERT -> GPT-2 combiner over the sentences' words, saved to `folder`."""
     from combiner_core import random_combiner, save_combiner
     from combiner_core.vocab import build_word_tokenizer
-    from jobs.demo_data.reverse_words import WORDS
+    from pipelines.demo_data.reverse_words import WORDS
 
     tokenizer = build_word_tokenizer(WORDS, model_max_length=64)
     size = {"vocab_size": len(tokenizer), "max_position_embeddings": 64}

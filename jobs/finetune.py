@@ -20,7 +20,7 @@ if str(REPO) not in sys.path:  # `python jobs/x.py` from a checkout that is not 
     sys.path.insert(0, str(REPO))
 
 from pipelines import SpecError, absolute_spec_paths, job_arg_parser, load_spec, spec_yaml  # noqa: E402
-from pipelines.finetune import FinetuneSpec, preflight, run_finetune  # noqa: E402
+from pipelines.finetune import FinetuneSpec, preflight, run_finetune_plan  # noqa: E402
 
 DEFAULT_SPEC = Path(__file__).resolve().parent / "specs" / "finetune_demo_captioner.yaml"
 
@@ -35,15 +35,16 @@ def main(argv: list[str] | None = None) -> int:
                             "save it, edit it, run it with --spec FILE. Relative paths in it are relative to the "
                             "file's folder."), end="")
             return 0
-        preflight(spec, source=args.spec or str(DEFAULT_SPEC))
+        checked = preflight(spec, source=args.spec or str(DEFAULT_SPEC))
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return 2
     if args.validate_only:
-        print(json.dumps(spec.model_dump(mode="json"), indent=2))
+        for line in checked.checked:
+            print(f"checked: {line}")
         return 0
     started = time.time()
-    result = run_finetune(spec)
+    result = run_finetune_plan(checked.plan)
     m = result.metrics
     print(f"\n== finetune {spec.run.name}: done in {time.time() - started:.0f} s ==")
     if result.resumed_from_step is not None:

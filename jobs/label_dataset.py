@@ -20,7 +20,7 @@ if str(REPO) not in sys.path:  # `python jobs/x.py` from a checkout that is not 
     sys.path.insert(0, str(REPO))
 
 from jobs._generation_main import generation_main  # noqa: E402
-from jobs.demo_data.shapes import SHAPES, captions_of  # noqa: E402
+from pipelines.demo_data.shapes import SHAPES, captions_of  # noqa: E402
 from pipelines.generation import LabelJobSpec  # noqa: E402
 
 # Paths into this checkout are absolute, so the default runs from any folder; the

@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python jobs/x.py` from a checkout that is not pip-installed
     sys.path.insert(0, str(REPO))
 
-from jobs.demo_data import facts  # noqa: E402
-from jobs.demo_data.reverse_words import write_reverse_split  # noqa: E402
-from jobs.demo_data.shapes import write_sample, write_split, write_vocabulary  # noqa: E402
+from pipelines.demo_data import facts  # noqa: E402
+from pipelines.demo_data.reverse_words import write_reverse_split  # noqa: E402
+from pipelines.demo_data.shapes import write_sample, write_split, write_vocabulary  # noqa: E402
 
 
 def minilm_folder() -> Path:

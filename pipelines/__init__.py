@@ -7,6 +7,7 @@ every problem with its key); `pipelines.generation` runs generation jobs,
 
 from .cli import job_arg_parser
 from .errors import JobError
+from .preflight import Preflight, PreflightError
 from .reading import InputSource
 from .session import init_ray
 from .specs import (
@@ -28,6 +29,8 @@ __all__ = [
     "InputSource",
     "JobError",
     "ModelSource",
+    "Preflight",
+    "PreflightError",
     "SpecError",
     "StrictModel",
     "init_ray",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import tests.generation_support as gs
+import tests.support.generation as gs
 
 # Nothing in the suite may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

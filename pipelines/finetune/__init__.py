@@ -1,7 +1,15 @@
 """Fine-tuning combiners on Ray Train (TorchTrainer, DDP), with checkpoints, resume and export."""
 
 from .data import read_pairs
-from .run import FinetuneResult, export_checkpoint, plot_loss_curve, preflight, run_finetune
+from .plan import FinetunePlan, PairsPlan
+from .run import (
+    FinetuneResult,
+    export_checkpoint,
+    plot_loss_curve,
+    preflight,
+    run_finetune,
+    run_finetune_plan,
+)
 from .spec import (
     DataSource,
     DataSpec,
@@ -22,8 +30,10 @@ __all__ = [
     "EvaluationSpec",
     "ExportSpec",
     "FinetuneResult",
+    "FinetunePlan",
     "FinetuneSpec",
     "ModelSpec",
+    "PairsPlan",
     "RandomSource",
     "RunSpec",
     "ScalingSpec",
@@ -34,4 +44,5 @@ __all__ = [
     "preflight",
     "read_pairs",
     "run_finetune",
+    "run_finetune_plan",
 ]

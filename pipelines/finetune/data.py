@@ -28,6 +28,7 @@ from ..reading import (
     read_captions_file,
     read_shard,
 )
+from .plan import PairsPlan
 from .spec import DataSource
 
 # Image files per shard (one read task): enough to amortize a task, small enough to
@@ -55,8 +56,8 @@ def _read(batch: dict[str, np.ndarray], *, options: Any) -> pa.Table:
     )
 
 
-def plan_pairs(source: DataSource, *, key: str) -> tuple[list[Shard], Any, int | None]:
-    """(shards, reader options, row count if known without reading) for one data source.
+def plan_pairs(source: DataSource, *, key: str) -> PairsPlan:
+    """One data source's pairs, resolved: shards, reader options, rows if known without reading.
 
     Raises DataSourceError naming `key` (data.train...) when nothing can be read.
     """
@@ -70,7 +71,9 @@ def plan_pairs(source: DataSource, *, key: str) -> tuple[list[Shard], Any, int |
         files, _ = list_input_files(options.root, format=options.format, extensions=options.extensions)
         if options.captions_file:
             read_captions_file(options.captions_file)
-    except (InputListingError, CaptionsFileError) as exc:
+    except InputListingError as exc:  # its message names the generation jobs' key, input.uri
+        raise DataSourceError(str(exc).replace("input.uri", f"{key}.uri", 1)) from None
+    except CaptionsFileError as exc:
         raise DataSourceError(f"{key}: {exc}") from None
     if not files:
         raise DataSourceError(f"{key}.uri: no {source.format} files under {source.uri}")
@@ -78,21 +81,17 @@ def plan_pairs(source: DataSource, *, key: str) -> tuple[list[Shard], Any, int |
     rows = count_rows(files, options)
     if rows is not None and source.max_rows is not None:
         rows = min(rows, source.max_rows)
-    return shards, options, rows
+    return PairsPlan(key=key, shards=tuple(shards), reader=options, rows=rows, max_rows=source.max_rows)
 
 
-def read_pairs(source: DataSource, *, key: str) -> Any:
-    """A lazy Ray Dataset of {id, source, target, error} for one DataSource.
-
-    `key` is the spec key (data.train...), named in errors.
-    """
+def read_pairs(pairs: PairsPlan) -> Any:
+    """A lazy Ray Dataset of {id, source, target, error} for one split's pairs."""
     import ray.data
 
-    shards, options, _ = plan_pairs(source, key=key)
-    items = [{"shard_key": s.key, "files": list(s.files)} for s in shards]
+    items = [{"shard_key": s.key, "files": list(s.files)} for s in pairs.shards]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _read, batch_size=1, batch_format="numpy", fn_kwargs={"options": options}
+        _read, batch_size=1, batch_format="numpy", fn_kwargs={"options": pairs.reader}
     )
-    if source.max_rows is not None:
-        ds = ds.limit(source.max_rows)
+    if pairs.max_rows is not None:
+        ds = ds.limit(pairs.max_rows)
     return ds

@@ -13,10 +13,12 @@ import fsspec
 
 from combiner_core.storage import get_filesystem, is_hub_id, is_remote, local_path
 
+from ..preflight import Preflight, PreflightError
 from ..session import init_ray
-from ..specs import SpecError, absolute_spec_paths, spec_hash
+from ..specs import absolute_spec_paths, spec_hash
 from .data import DataSourceError, plan_pairs, read_pairs
 from .layout import METRICS_FILE, MODEL_DIR, STATE_FILE
+from .plan import FinetunePlan, PairsPlan
 from .spec import FinetuneSpec, ModelSpec
 
 
@@ -91,19 +93,38 @@ def _export_problems(spec: FinetuneSpec) -> list[str]:
     ]
 
 
-def preflight(spec: FinetuneSpec, *, source: str = "spec") -> None:
-    """Checks that need the filesystem, run on the driver before Ray starts."""
+def preflight(spec: FinetuneSpec, *, source: str = "spec") -> Preflight[FinetunePlan]:
+    """Check the model source, every split's input and the export location on the driver,
+    before Ray starts; raise PreflightError listing every problem, or return the plan."""
+    spec = absolute_spec_paths(spec)
     problems = check_model_paths(spec.model) + _export_problems(spec)
+    splits: dict[str, PairsPlan] = {}
     for key in ("train", "eval", "test"):
         data = getattr(spec.data, key)
         if data is None:
             continue
         try:
-            plan_pairs(data, key=f"data.{key}")
+            splits[key] = plan_pairs(data, key=f"data.{key}")
         except DataSourceError as exc:
             problems.append(str(exc))
     if problems:
-        raise SpecError(source, problems)
+        raise PreflightError(source, problems)
+    checked = [f"model: {_model_source(spec)}"]
+    for key, pairs in splits.items():
+        rows = "rows counted when read" if pairs.rows is None else f"{pairs.rows} row(s)"
+        checked.append(f"data.{key}.uri {pairs.reader.root}: {sum(len(s.files) for s in pairs.shards)} "
+                       f"{pairs.reader.format} file(s), {rows}")
+    checked.append(f"export.uri {spec.export.uri}: {'replaced when done' if spec.export.overwrite else 'free'}")
+    return Preflight(plan=FinetunePlan(spec=spec, splits=splits), checked=checked)
+
+
+def _model_source(spec: FinetuneSpec) -> str:
+    m = spec.model
+    if m.checkpoint is not None:
+        return f"checkpoint {m.checkpoint.uri}"
+    if m.warm_start is not None:
+        return f"warm start from {m.warm_start.encoder_uri} + {m.warm_start.decoder_uri}"
+    return "random weights from configs"
 
 
 def _run_config(spec: FinetuneSpec) -> Any:
@@ -129,7 +150,12 @@ def _run_config(spec: FinetuneSpec) -> Any:
 
 
 def run_finetune(spec: FinetuneSpec) -> FinetuneResult:
-    """Train with TorchTrainer as the spec says, then export the final checkpoint.
+    """Preflight `spec` (raises PreflightError), then train and export (run_finetune_plan)."""
+    return run_finetune_plan(preflight(spec).plan)
+
+
+def run_finetune_plan(plan: FinetunePlan) -> FinetuneResult:
+    """Train with TorchTrainer as the plan says, then export the final checkpoint.
 
     Joins the cluster at RAY_ADDRESS (as under `ray job submit`), else starts a
     private local Ray. Started again with the same run.name and run.storage_path, a killed
@@ -142,14 +168,11 @@ def run_finetune(spec: FinetuneSpec) -> FinetuneResult:
 
     from .loop import train_loop  # torch and Ray Train: imported only when training runs
 
-    preflight(spec)
-    spec = absolute_spec_paths(spec)
+    spec = plan.spec
     init_ray()
     # Per-operator progress bars from every worker drown the training log.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets = {"train": read_pairs(spec.data.train, key="data.train"), "eval": read_pairs(spec.data.eval, key="data.eval")}
-    if spec.data.test is not None:
-        datasets["test"] = read_pairs(spec.data.test, key="data.test")
+    datasets = {key: read_pairs(pairs) for key, pairs in plan.splits.items()}
     # Eval and test sets are read once into the object store (not into the driver):
     # every evaluation then iterates stored blocks instead of listing and reading files again.
     for key in ("eval", "test"):
@@ -157,11 +180,11 @@ def run_finetune(spec: FinetuneSpec) -> FinetuneResult:
             datasets[key] = datasets[key].materialize()
     # Row count sets the learning-rate schedule's length; for Parquet it comes from
     # file footers, for image folders from the listing; JSONL needs a read.
-    _, _, train_rows = plan_pairs(spec.data.train, key="data.train")
+    train_rows = plan.splits["train"].rows
     if train_rows is None:
         train_rows = datasets["train"].count()
     if train_rows == 0:
-        raise SpecError("spec", [f"data.train.uri: no rows in {spec.data.train.uri}"])
+        raise PreflightError("spec", [f"data.train.uri: no rows in {spec.data.train.uri}"])
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec.model_dump(mode="json"), "train_rows": train_rows},

@@ -8,8 +8,9 @@
 A task kind is one adapter (tasks/) plus its spec (specs.py).
 """
 
+from ..preflight import PreflightError
 from .output import CommitError, LeaseLostError, OutputExistsError, OutputLeasedError
-from .plan import JobPlan, PreflightError, build_plan
+from .plan import JobPlan, build_plan
 from .preflight import Preflight, preflight
 from .report import format_summary
 from .run import JobStoppedError, run_job, run_plan

@@ -18,18 +18,12 @@ from combiner_core.describe import CheckpointInfo, describe_checkpoint
 from combiner_core.errors import CombinerError
 from combiner_core.storage import StorageAccessError, absolute_uri, storage_access
 
+from ..preflight import PreflightError
 from ..reading import CaptionsFileError, ReaderOptions, read_captions_file
-from ..specs import SpecError, canonical_sha256, spec_hash
+from ..specs import canonical_sha256, spec_hash
 from .output import output_schema
 from .specs import JobSpec, ResourcesSpec
 from .tasks import TaskAdapter
-
-
-class PreflightError(SpecError):
-    """The job cannot run as specified: every problem found before anything was written
-    (model, input, output), one 'key: message' line each. Jobs exit 2 on it."""
-
-    headline = "cannot run {source}; nothing was written"
 
 
 @dataclass(frozen=True)

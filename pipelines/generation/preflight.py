@@ -22,6 +22,7 @@ from typing import Any
 
 from combiner_core.storage import StorageAccessError, absolute_uri, is_remote, storage_access
 
+from ..preflight import Preflight, PreflightError
 from ..reading import (
     InputListing,
     InputListingError,
@@ -37,23 +38,21 @@ from ..reading import (
     with_article,
 )
 from .output import Lease, OutputStore
-from .plan import JobPlan, PreflightError, reader_of, resolve_plan
+from .plan import JobPlan, reader_of, resolve_plan
 from .specs import JobSpec
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Preflight:
-    """What the driver learned before writing anything: the plan, the input files, and
-    one line per check that passed (`--validate-only` prints them)."""
+class JobPreflight(Preflight[JobPlan]):
+    """Preflight's answer for a generation job: also the input files it listed (the run
+    does not list them again)."""
 
-    plan: JobPlan
     listing: InputListing
-    checked: list[str]
 
 
-def preflight(spec: JobSpec, *, storage_options: dict[str, Any] | None = None, source: str = "job") -> Preflight:
+def preflight(spec: JobSpec, *, storage_options: dict[str, Any] | None = None, source: str = "job") -> JobPreflight:
     """Check model, input and output of `spec` (validated); raise PreflightError listing
     every problem, each naming its YAML key."""
     spec = spec.resolved()
@@ -72,7 +71,7 @@ def preflight(spec: JobSpec, *, storage_options: dict[str, Any] | None = None, s
         "input.format and has the columns named",
         f"output.uri {store.uri}: ready for output.mode={plan.output_mode}",
     ]
-    return Preflight(plan=plan, listing=listing, checked=checked)
+    return JobPreflight(plan=plan, checked=checked, listing=listing)
 
 
 def check_input(reader: ReaderOptions) -> tuple[InputListing | None, list[str]]:

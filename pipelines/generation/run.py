@@ -16,11 +16,12 @@ from typing import Any
 from combiner_core.storage import storage_access
 
 from ..errors import JobError
+from ..preflight import PreflightError
 from ..reading import InputListing, Shard, duplicate_rows, ids_can_repeat, plan_shards
 from ..session import init_ray
 from .gallery import write_gallery
 from .output import ERRORS_DIR, SUMMARY_FILE, Committer, Lease, OutputStore, ShardManifest
-from .plan import JobPlan, PreflightError
+from .plan import JobPlan
 from .preflight import check_input, preflight
 from .specs import JobSpec
 from .summary import JobSummary

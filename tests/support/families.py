@@ -1,0 +1,153 @@
+"""One tiny combiner per decoder family of the engine's fast path (BERT, RoBERTa, GPT-2,
+TrOCR decoders; BART, mBART, Marian; T5 for the fallback), EOS biases that make rows end
+at different steps, inputs, and the comparison against transformers' generate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    BartConfig,
+    MarianConfig,
+    MBartConfig,
+    RobertaConfig,
+    T5Config,
+)
+
+import tests.support.tiny as tiny
+from combiner_core import (
+    Combiner,
+    GenerationEngine,
+    image_to_pixel_values,
+    random_combiner,
+    tokenize_text,
+)
+from combiner_core.combiner import set_special_tokens
+from combiner_core.preprocess import collate_token_ids
+
+TEXTS = [" ".join(tiny.WORDS[(i * 7 + k * 3) % len(tiny.WORDS)] for k in range(3 + i % 9)) for i in range(10)]
+IMAGES = [Image.new("RGB", (20 + i, 30), ((i * 40) % 255, (i * 90) % 255, (i * 20) % 255)) for i in range(10)]
+
+
+def _roberta_config(tok) -> RobertaConfig:
+    return RobertaConfig(
+        vocab_size=len(tok), pad_token_id=tok.pad_token_id, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64, max_position_embeddings=80, initializer_range=tiny.INIT,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+
+
+def _native(kind: str) -> Combiner:
+    """A tiny native seq2seq combiner (BART, mBART, Marian, or T5 for the fallback)."""
+    tok = tiny.bert_tokenizer()
+    common = dict(
+        vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+        init_std=tiny.INIT, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )
+    if kind == "bart":
+        config = BartConfig(decoder_start_token_id=tok.eos_token_id, **common)
+    elif kind == "mbart":
+        config = MBartConfig(decoder_start_token_id=tok.bos_token_id, scale_embedding=True, **common)
+    elif kind == "marian":  # sinusoidal positions, swish, pad as decoder start, forced eos at max length
+        config = MarianConfig(
+            decoder_start_token_id=tok.pad_token_id, decoder_vocab_size=len(tok), scale_embedding=True, **common
+        )
+    else:
+        config = T5Config(
+            vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, initializer_factor=1.0,
+            dropout_rate=0.0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+            decoder_start_token_id=tok.pad_token_id,
+        )
+    torch.manual_seed(0)
+    model = AutoModelForSeq2SeqLM.from_config(config).eval()
+    set_special_tokens(
+        model, decoder_start_token_id=config.decoder_start_token_id, pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    return Combiner(model=model, decoder_tokenizer=tok, tokenizer=tok, layout="seq2seq")
+
+
+def build(name: str) -> Combiner:
+    bt, gt = tiny.bert_tokenizer(), tiny.gpt2_style_tokenizer()
+    if name in ("bart", "mbart", "marian", "t5"):
+        return _native(name)
+    if name == "bert2bert":
+        return random_combiner(encoder_config=tiny.bert_config(bt), decoder_config=tiny.bert_config(bt), decoder_tokenizer=bt)
+    if name == "bert2roberta":
+        return random_combiner(encoder_config=tiny.bert_config(bt), decoder_config=_roberta_config(bt), decoder_tokenizer=bt)
+    if name == "bert2gpt2":  # gpt2's 48 wide vs bert's 32: enc_to_dec_proj
+        return random_combiner(
+            encoder_config=tiny.bert_config(bt), decoder_config=tiny.gpt2_config(gt), tokenizer=bt, decoder_tokenizer=gt
+        )
+    if name == "vit2trocr":
+        return random_combiner(
+            encoder_config=tiny.vit_config(), decoder_config=tiny.trocr_config(bt), decoder_tokenizer=bt,
+            image_processor=tiny.vit_image_processor(),
+        )
+    raise ValueError(name)
+
+
+def bias_eos(combiner: Combiner, bias: float) -> None:
+    """Add `bias` to the EOS logit (an LM-head bias; a biased head replaces a bias-free one,
+    sharing its weight), so a tiny random model stops at input-dependent steps."""
+    model = combiner.model
+    owner = model.decoder if hasattr(model, "enc_to_dec_proj") or "EncoderDecoder" in type(model).__name__ else model
+    head = owner.get_output_embeddings()
+    if head.bias is None:
+        new = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+        new.weight = head.weight
+        torch.nn.init.zeros_(new.bias)
+        owner.set_output_embeddings(new)
+        head = new
+    with torch.no_grad():
+        head.bias[combiner.special_token_ids()["eos_token_id"]] += bias
+
+
+# EOS biases that make each tiny model stop anywhere between the first and the last step.
+EOS_BIAS = {"bert2bert": 12, "bert2roberta": 10, "bert2gpt2": 16, "vit2trocr": 8, "bart": 20, "mbart": 4, "marian": 10}
+FAMILIES = list(EOS_BIAS)
+
+
+def inputs_of(c: Combiner, count: int = len(TEXTS)) -> dict[str, torch.Tensor]:
+    if c.modality == "image":
+        return {"pixel_values": image_to_pixel_values(c.image_processor, IMAGES[:count])}
+    ids = [tokenize_text(c.tokenizer, t, max_tokens=64).input_ids for t in TEXTS[:count]]
+    return collate_token_ids(ids, pad_token_id=c.tokenizer.pad_token_id)
+
+
+def rows_of(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    n = next(iter(batch.values())).shape[0]
+    out = []
+    for i in range(n):
+        row = {k: v[i : i + 1] for k, v in batch.items()}
+        if "attention_mask" in row:  # unpadded, as a batch of one would be
+            keep = row["attention_mask"][0].bool()
+            row = {k: v[:, keep] for k, v in row.items()}
+        out.append(row)
+    return out
+
+
+def engine_run(engine: GenerationEngine, batch: dict[str, torch.Tensor], keys=None):
+    if "pixel_values" in batch:
+        return engine.generate_pixels(batch["pixel_values"], keys)
+    rows = [batch["input_ids"][i][batch["attention_mask"][i].bool()] for i in range(batch["input_ids"].shape[0])]
+    return engine.generate_token_ids(rows, keys)
+
+
+# Score tolerance on the tiny init_std=1 models: their large weights amplify float32
+# rounding, so that HF's own scores for a row differ by up to 2.6e-4 (Marian, greedy)
+# between a batch of ten and a batch of one. Real weights (MiniLM) are held to 1e-4.
+TINY_TOL = 5e-4
+
+
+def assert_same(ours, ref, *, tol: float = TINY_TOL) -> None:
+    assert [[c.token_ids for c in r] for r in ours] == [[c.token_ids for c in r] for r in ref]
+    assert [[c.text for c in r] for r in ours] == [[c.text for c in r] for r in ref]
+    for r_ours, r_ref in zip(ours, ref, strict=True):
+        for a, b in zip(r_ours, r_ref, strict=True):
+            assert a.score == pytest.approx(b.score, abs=tol)
+            assert a.num_tokens == b.num_tokens
