@@ -30,8 +30,8 @@ from .checkpoint import (
     resolve_checkpoint,
 )
 from .combiner import Combiner, set_special_tokens, special_tokens_from_tokenizer
+from .compatibility import decoder_class, encoder_class, is_vision_encoder
 from .errors import MissingImageProcessorError, MissingTokenizerError
-from .families import decoder_class, encoder_class, is_vision_encoder
 
 log = logging.getLogger(__name__)
 

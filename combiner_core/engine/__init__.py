@@ -5,18 +5,18 @@
     outputs = engine.generate_token_ids([ids_1d, ...], row_keys=[...])
     print(engine.stats.decoder_efficiency, engine.fast_path, engine.fallback_reason)
 
-See core.py for how a call runs and decoder.py for the uniform decoder description.
+See core.py for how a call runs and model/description.py for the uniform decoder description.
 """
 
 from .core import DEFAULT_ROWS, GenerationEngine, default_slots, resolve_dtype
-from .model import FAST_FAMILIES, DecoderSpec, decoder_family, extract_decoder
+from .model import FAST_FAMILIES, DecoderDescription, decoder_family, extract_decoder
 from .outputs import EngineStats, Generated
 from .reference import hf_generate
 
 __all__ = [
     "DEFAULT_ROWS",
     "FAST_FAMILIES",
-    "DecoderSpec",
+    "DecoderDescription",
     "EngineStats",
     "Generated",
     "GenerationEngine",

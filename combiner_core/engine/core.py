@@ -9,7 +9,7 @@ How a call runs (this module is only the loop; each step lives in a room of its 
    all of its beams or samples) steps together; a finished input's slot is refilled
    at once with the next encoded input, and at the tail the active slots are
    compacted to a prefix, so no finished row is computed.
-3. Step (model/runner.py over a DecoderSpec, then decoding/): greedy, sampling and
+3. Step (model/runner.py over a DecoderDescription, then decoding/): greedy, sampling and
    beam search are vectorized over slots at different lengths, with HF's logits
    processors re-done per row and HF's beam bookkeeping per slot.
 4. Collect (decoding/results.py): finished slots become Generated candidates.
@@ -31,14 +31,14 @@ from ..params import GenerationParams
 from .decoding import (
     DecodeState,
     Decoding,
+    DecodingPlan,
     GumbelSampler,
-    Plan,
     Unsupported,
     beam_step,
     collect,
     fit_positions,
     processors_to,
-    resolve_plan,
+    resolve_decoding_plan,
     token_step,
 )
 from .encoder import Encoded, SourceEncoder
@@ -147,12 +147,12 @@ class GenerationEngine:
         self.ids = combiner.special_token_ids()  # raises SpecialTokenError when ids are missing
         self.hf_config = self.params.to_generation_config(model.generation_config)
         self.fallback_reason: str | None = None
-        self.plan: Plan | None = None
+        self.plan: DecodingPlan | None = None
         try:
             if model.training:
                 raise Unsupported("the model is in training mode (dropout would differ)")
-            self.spec = extract_decoder(model)
-            self.plan = resolve_plan(model, self.hf_config, seed=self.params.seed, vocab=self.spec.vocab_size)
+            self.desc = extract_decoder(model)
+            self.plan = resolve_decoding_plan(model, self.hf_config, seed=self.params.seed, vocab=self.desc.vocab_size)
             processors_to(self.plan.processors, self.device)
         except (UnsupportedFamily, Unsupported) as exc:
             self.fallback_reason = str(exc)
@@ -166,8 +166,8 @@ class GenerationEngine:
         self._decoding: Decoding | None = None
         if self.fast_path:
             self._encoder = SourceEncoder(model, combiner.preprocessor.input_pad_token_id)
-            pad, start = self.spec.pos_padding_idx, self.plan.start_id
-            self._start_position = self.spec.pos_offset if pad is None else (pad if start == pad else pad + 1)
+            pad, start = self.desc.pos_padding_idx, self.plan.start_id
+            self._start_position = self.desc.pos_offset if pad is None else (pad if start == pad else pad + 1)
 
     @property
     def fast_path(self) -> bool:
@@ -266,7 +266,7 @@ class GenerationEngine:
         plan, d = self.plan, self._decoding
         if d is None or d.runner.slots < slots:
             runner = DecoderRunner(
-                self.spec, slots=slots, group=plan.group, max_new_tokens=plan.max_new_tokens, src_cap=src,
+                self.desc, slots=slots, group=plan.group, max_new_tokens=plan.max_new_tokens, src_cap=src,
                 device=self.device, dtype=self.dtype, cuda_graphs=self.cuda_graphs,
                 static_shapes=self.static_shapes, native=self.native,
             )
@@ -283,7 +283,7 @@ class GenerationEngine:
                 # float32(len ** length_penalty), the divisor HF applies as a Python float
                 denom=torch.tensor([float(max(i, 1)) ** plan.length_penalty for i in range(plan.max_new_tokens + 2)],
                                    dtype=torch.float32, device=self.device),
-                sampler=GumbelSampler(self.spec.vocab_size, self.device) if plan.mode == "sample" else None,
+                sampler=GumbelSampler(self.desc.vocab_size, self.device) if plan.mode == "sample" else None,
                 pick=load_native().greedy_pick if plain and runner._native is not None else None,
                 top_mask=top_mask,
             )

@@ -17,7 +17,7 @@ verbalizations. Here instead:
   one (node, token) pair per trie edge. A verbalization's log-probability is the sum
   over the edges of its path, as a product with a 0/1 edge-by-sequence matrix.
 
-The decoder is the generation engine's own description (decoder.py's DecoderSpec:
+The decoder is the generation engine's own description (model/description.py's DecoderDescription:
 the model's weights, fused q|k|v with the attention scale folded in), so every family
 with a generation fast path has a label-scoring fast path too.
 
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .model import DecoderSpec
+from .model import DecoderDescription
 
 # Elements of one chunk's logits ([inputs, nodes, vocab]) and of one chunk's
 # self-attention scores ([inputs, heads, nodes, nodes]): bounds the memory of a call.
@@ -132,13 +132,13 @@ class SequenceTrie:
                 inc[e, k] += 1.0
         return inc
 
-    def positions(self, spec: DecoderSpec) -> torch.Tensor:
+    def positions(self, desc: DecoderDescription) -> torch.Tensor:
         """[M] positional-table rows, as transformers numbers a sequence fed whole:
         depth + offset; RoBERTa / fairseq style (pos_padding_idx): padding_idx plus
         the count of non-pad tokens up to the node, padding_idx for a pad token."""
-        if spec.pos_padding_idx is None:
-            return self.depth + spec.pos_offset
-        pad = spec.pos_padding_idx
+        if desc.pos_padding_idx is None:
+            return self.depth + desc.pos_offset
+        pad = desc.pos_padding_idx
         count = [0] * self.nodes
         out = [0] * self.nodes
         for i in range(self.nodes):
@@ -153,18 +153,18 @@ class TreeScorer:
     """Log-probabilities of a trie's sequences for batches of encoded inputs.
 
     Built once per (decoder, trie, device, dtype); `sequence_logprobs` is called per
-    batch of encoder states. The spec's weights are the model's (views), so build a
+    batch of encoder states. The description's weights are the model's (views), so build a
     new TreeScorer after loading other weights or changing the model's dtype.
     """
 
-    def __init__(self, spec: DecoderSpec, trie: SequenceTrie, *, device: torch.device, dtype: torch.dtype) -> None:
-        self.spec, self.trie = spec, trie
+    def __init__(self, desc: DecoderDescription, trie: SequenceTrie, *, device: torch.device, dtype: torch.dtype) -> None:
+        self.desc, self.trie = desc, trie
         self.device, self.dtype = device, dtype
-        positions = trie.positions(spec)
-        if int(positions.max()) >= spec.pos_emb.shape[0]:
+        positions = trie.positions(desc)
+        if int(positions.max()) >= desc.pos_emb.shape[0]:
             raise ValueError(
                 f"a verbalization reaches decoder position {int(positions.max())}; the decoder has "
-                f"{spec.pos_emb.shape[0]} positions"
+                f"{desc.pos_emb.shape[0]} positions"
             )
         self.min_value = torch.finfo(dtype).min
         allowed = trie.ancestors().to(device)
@@ -181,24 +181,24 @@ class TreeScorer:
 
     def _first_block(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Embeddings and the first layer's self-attention block over the trie: [M, hidden]."""
-        spec = self.spec
-        x = F.embedding(tokens, spec.word_emb)
-        if spec.emb_scale != 1.0:
-            x = x * spec.emb_scale
-        if spec.type_emb is not None:
-            x = x + spec.type_emb
-        x = x + F.embedding(positions, spec.pos_emb)
-        if spec.emb_norm is not None:
-            x = spec.emb_norm(x)
-        return self._self_attention(spec.layers[0], x[None], 1)[0]
+        desc = self.desc
+        x = F.embedding(tokens, desc.word_emb)
+        if desc.emb_scale != 1.0:
+            x = x * desc.emb_scale
+        if desc.type_emb is not None:
+            x = x + desc.type_emb
+        x = x + F.embedding(positions, desc.pos_emb)
+        if desc.emb_norm is not None:
+            x = desc.emb_norm(x)
+        return self._self_attention(desc.layers[0], x[None], 1)[0]
 
     def _self_attention(self, layer, x: torch.Tensor, n: int) -> torch.Tensor:
-        spec = self.spec
-        H, d, D, M = spec.heads, spec.head_dim, spec.hidden, self.M
-        pre = spec.pre_ln
+        desc = self.desc
+        H, d, D, M = desc.heads, desc.head_dim, desc.hidden, self.M
+        pre = desc.pre_ln
         h = layer.self_norm(x) if pre else x
         qkv = layer.qkv(h).view(n, M, 3, H, d).permute(2, 0, 3, 1, 4)  # [3, n, H, M, d]
-        # the query scale is folded into the q weights (decoder.py): scale=1
+        # the query scale is folded into the q weights by the family files (model/bert.py...): scale=1
         a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=self.tree_bias, scale=1.0)
         a = layer.self_out(a.transpose(1, 2).reshape(n, M, D))
         return x + a if pre else layer.self_norm(x + a)
@@ -208,20 +208,20 @@ class TreeScorer:
     def project_source(self, states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Cross-attention K, V of every layer, each [b, heads, src, head_dim]: once per input."""
         b, src, _ = states.shape
-        H, d = self.spec.heads, self.spec.head_dim
+        H, d = self.desc.heads, self.desc.head_dim
         return [
             (
                 layer.cross_k(states).view(b, src, H, d).transpose(1, 2),
                 layer.cross_v(states).view(b, src, H, d).transpose(1, 2),
             )
-            for layer in self.spec.layers
+            for layer in self.desc.layers
         ]
 
     def sequence_logprobs(self, states: torch.Tensor, key_bias: torch.Tensor | None) -> torch.Tensor:
         """log P(sequence | input) [b, K] float64 for encoder states [b, src, cross_dim]
         (after any enc_to_dec_proj) and an additive key bias [b, src] (None: no padding)."""
         b = states.shape[0]
-        chunk = max(1, SCORES_CHUNK_ELEMENTS // (self.spec.heads * self.M * self.M))
+        chunk = max(1, SCORES_CHUNK_ELEMENTS // (self.desc.heads * self.M * self.M))
         out = [
             self._chunk(states[s : s + chunk], None if key_bias is None else key_bias[s : s + chunk])
             for s in range(0, b, chunk)
@@ -229,14 +229,14 @@ class TreeScorer:
         return torch.cat(out) if len(out) > 1 else out[0]
 
     def _chunk(self, states: torch.Tensor, key_bias: torch.Tensor | None) -> torch.Tensor:
-        spec = self.spec
+        desc = self.desc
         n = states.shape[0]
-        H, d, D, M = spec.heads, spec.head_dim, spec.hidden, self.M
-        pre = spec.pre_ln
+        H, d, D, M = desc.heads, desc.head_dim, desc.hidden, self.M
+        pre = desc.pre_ln
         cross_bias = None if key_bias is None else key_bias.view(n, 1, 1, -1)
         kv = self.project_source(states)
         x = self.first.expand(n, M, D)
-        for i, layer in enumerate(spec.layers):
+        for i, layer in enumerate(desc.layers):
             if i:
                 x = self._self_attention(layer, x, n)
             # cross-attention: every node of an input reads that input's K|V
@@ -250,21 +250,21 @@ class TreeScorer:
             h = layer.ffn_norm(x) if pre else x
             a = layer.fc2(layer.act(layer.fc1(h)))
             x = x + a if pre else layer.ffn_norm(x + a)
-        if spec.final_norm is not None:
-            x = spec.final_norm(x)
-        if spec.head_dense is not None:
-            x = spec.head_norm(spec.head_act(spec.head_dense(x)))
-        step = max(1, LOGITS_CHUNK_ELEMENTS // (M * spec.vocab_size))
+        if desc.final_norm is not None:
+            x = desc.final_norm(x)
+        if desc.head_dense is not None:
+            x = desc.head_norm(desc.head_act(desc.head_dense(x)))
+        step = max(1, LOGITS_CHUNK_ELEMENTS // (M * desc.vocab_size))
         edge_logp = [self._edge_logprobs(x[s : s + step]) for s in range(0, n, step)]
         edge_logp = torch.cat(edge_logp) if len(edge_logp) > 1 else edge_logp[0]
         return edge_logp @ self.incidence  # [n, K]: the sum along each sequence's path
 
     def _edge_logprobs(self, x: torch.Tensor) -> torch.Tensor:
         """[n, E] float64 log-probability of every trie edge from final hidden states [n, M, hidden]."""
-        spec = self.spec
-        logits = spec.lm_head(x)  # [n, M, V]
-        if spec.logits_bias is not None:
-            logits = logits + spec.logits_bias
+        desc = self.desc
+        logits = desc.lm_head(x)  # [n, M, V]
+        if desc.logits_bias is not None:
+            logits = logits + desc.logits_bias
         # log-softmax only where needed: the normalizer of every node, the logit of every edge
         norm = torch.logsumexp(logits, dim=-1)  # [n, M]
         picked = logits[:, self.edge_node, self.edge_token]  # [n, E]

@@ -153,10 +153,10 @@ class ModelWorker:
             model.uri, allow_pickle=model.allow_pickle, trust_remote_code=model.trust_remote_code,
             device=device, dtype=resolve_dtype(model.dtype, device),
         )
-        self.runner = plan.task.setup(self.combiner)
+        self.engine = plan.task.setup(self.combiner)
         self.fields = plan.task.output_fields()
         self.model_sha256 = self.combiner.weights_sha256 or ""
-        self.counters = plan.task.counters(self.runner)
+        self.counters = plan.task.counters(self.engine)
         self.batches = 0
         self._logged_failure = False  # the first failed model call's traceback is logged once
 
@@ -194,7 +194,7 @@ class ModelWorker:
         for f in self.fields:
             columns[f.name] = pa.array(values[f.name], type=f.type)
         columns["model_sha256"] = pa.array([self.model_sha256] * n, pa.string())
-        now = self.plan.task.counters(self.runner)
+        now = self.plan.task.counters(self.engine)
         delta, self.counters = now - self.counters, now
         # The batch's counters ride on its first row (Ray Data moves rows, nothing beside them).
         columns["model_stats"] = pa.array([delta.to_json()] + [""] * (n - 1), pa.string())
@@ -216,7 +216,7 @@ class ModelWorker:
         try:
             if faults.active():
                 faults.maybe_fail_rows("model_rows", [str(batch["id"][i]) for i in rows])
-            return [(rows, self.plan.task.run(self.runner, batch, rows))]
+            return [(rows, self.plan.task.run(self.engine, batch, rows))]
         except Exception as exc:  # noqa: BLE001 - isolated below; a row's failure is reported, not raised
             cause, message = model_error_cause(exc), f"{type(exc).__name__}: {exc}"[:2000]
             if not self._logged_failure:
@@ -260,7 +260,7 @@ def _arrow(values: np.ndarray) -> pa.Array:
 
 
 class Stager:
-    """Ray Data actor: writes each block's ok and error rows as staged Parquet (commit.py)."""
+    """Ray Data actor: writes each block's ok and error rows as staged Parquet (output/staging.py)."""
 
     def __init__(self, *, plan: JobPlan, run_id: str) -> None:
         self.plan, self.run_id = plan, run_id

@@ -18,6 +18,7 @@ from combiner_core import (
     tokenize_text,
     warm_start_combiner,
 )
+from combiner_core.compatibility import CROSS_ATTENTION_DECODERS
 from combiner_core.errors import (
     CheckpointNotFoundError,
     ImageDecodeError,
@@ -26,7 +27,6 @@ from combiner_core.errors import (
     UnsafeCheckpointError,
     UnsupportedDecoderError,
 )
-from combiner_core.families import CROSS_ATTENTION_DECODERS
 
 
 @pytest.fixture(scope="module")

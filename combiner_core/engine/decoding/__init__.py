@@ -6,7 +6,7 @@ search with its cache reorder (beam.py), and finished slots as candidates (resul
 
 from .beam import beam_step
 from .greedy import token_step
-from .plan import Plan, fit_positions, resolve_plan
+from .plan import DecodingPlan, fit_positions, resolve_decoding_plan
 from .processors import Unsupported, processors_to
 from .results import collect
 from .sampling import GumbelSampler, row_stream_key
@@ -16,13 +16,13 @@ __all__ = [
     "DecodeState",
     "Decoding",
     "GumbelSampler",
-    "Plan",
+    "DecodingPlan",
     "Unsupported",
     "beam_step",
     "collect",
     "fit_positions",
     "processors_to",
-    "resolve_plan",
+    "resolve_decoding_plan",
     "row_stream_key",
     "token_step",
 ]

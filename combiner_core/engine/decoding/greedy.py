@@ -13,7 +13,7 @@ def token_step(d: Decoding, logits: torch.Tensor, n: int) -> torch.Tensor:
     log-prob and history, and return which of the n slots are done."""
     plan, st, runner = d.plan, d.state, d.runner
     if d.pick is not None:
-        pad = runner.spec.pos_padding_idx
+        pad = runner.desc.pos_padding_idx
         return d.pick(
             logits, st.step_logp, st.hist, st.age, runner.tok_in, runner.pos_in, plan.eos_ids[0],
             plan.max_length - 1, -1 if pad is None else pad,

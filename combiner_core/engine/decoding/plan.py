@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Plan:
+class DecodingPlan:
     """Resolved generation settings (HF's view of them after all defaults applied).
 
     group: decoder rows per input (num_beams for beam search, num_return_sequences
@@ -65,8 +65,8 @@ _UNSUPPORTED_SETTINGS = (
 )
 
 
-def resolve_plan(model: torch.nn.Module, config: GenerationConfig, *, seed: int | None, vocab: int) -> Plan:
-    """HF's resolution of `config` for `model` (as `generate` does it), as a Plan.
+def resolve_decoding_plan(model: torch.nn.Module, config: GenerationConfig, *, seed: int | None, vocab: int) -> DecodingPlan:
+    """HF's resolution of `config` for `model` (as `generate` does it), as a DecodingPlan.
 
     Raises Unsupported when HF would run something the engine does not implement.
     """
@@ -120,7 +120,7 @@ def resolve_plan(model: torch.nn.Module, config: GenerationConfig, *, seed: int 
         raise Unsupported("num_return_sequences > num_beams")
     if mode == "greedy" and num_return > 1:
         raise Unsupported("greedy with num_return_sequences > 1")
-    return Plan(
+    return DecodingPlan(
         mode=mode,
         group=num_beams if mode == "beam" else num_return,
         num_return=num_return,

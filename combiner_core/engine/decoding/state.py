@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..model import DecoderRunner
-from .plan import Plan
+from .plan import DecodingPlan
 from .sampling import GumbelSampler
 
 
@@ -75,7 +75,7 @@ class Decoding:
             move columns within them).
     """
 
-    plan: Plan
+    plan: DecodingPlan
     state: DecodeState
     runner: DecoderRunner
     eos: torch.Tensor

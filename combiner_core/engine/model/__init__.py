@@ -1,10 +1,11 @@
 """The decoder side of the engine: a uniform description of a cross-attending decoder
-(spec.py), filled per family (bert.py, gpt2.py, bart.py, trocr.py; extract.py picks),
+(description.py), filled per family (bert.py, gpt2.py, bart.py, trocr.py; extract.py picks),
 and one generic decode step over it (runner.py; on CPU in float32 the native step,
 native.py and native_step.cpp).
 """
 
 from .activations import fast_act, gelu_tanh
+from .description import DecoderDescription, LayerWeights, Linear, Norm, UnsupportedFamily
 from .extract import (
     BART_LIKE,
     FAST_FAMILIES,
@@ -15,15 +16,14 @@ from .extract import (
 )
 from .native import load_native, native_error
 from .runner import DecoderRunner
-from .spec import DecoderSpec, LayerSpec, Linear, Norm, UnsupportedFamily
 
 __all__ = [
     "BART_LIKE",
     "FAST_FAMILIES",
     "ROBERTA_LIKE",
     "DecoderRunner",
-    "DecoderSpec",
-    "LayerSpec",
+    "DecoderDescription",
+    "LayerWeights",
     "Linear",
     "Norm",
     "UnsupportedFamily",

@@ -6,18 +6,18 @@ from __future__ import annotations
 import torch
 
 from .activations import fast_act
-from .spec import DecoderSpec, LayerSpec, Linear
+from .description import DecoderDescription, LayerWeights, Linear
 from .weights import fused_qkv, read_linear, read_norm, scaled_linear
 
 
-def bart_layers(decoder_layers, heads: int, head_dim: int) -> list[LayerSpec]:
+def bart_layers(decoder_layers, heads: int, head_dim: int) -> list[LayerWeights]:
     """BART / mBART / Marian / TrOCR decoder layers (identical structure, norms named alike)."""
     scale = head_dim**-0.5
     layers = []
     for layer in decoder_layers:
         sa, ca = layer.self_attn, layer.encoder_attn
         layers.append(
-            LayerSpec(
+            LayerWeights(
                 qkv=fused_qkv(read_linear(sa.q_proj), read_linear(sa.k_proj), read_linear(sa.v_proj), scale),
                 self_out=read_linear(sa.out_proj),
                 self_norm=read_norm(layer.self_attn_layer_norm),
@@ -38,7 +38,7 @@ def bart_layers(decoder_layers, heads: int, head_dim: int) -> list[LayerSpec]:
 
 def bart_family(
     stack: torch.nn.Module, lm_head: torch.nn.Module, logits_bias: torch.Tensor | None, family: str
-) -> DecoderSpec:
+) -> DecoderDescription:
     """The decoder stack of BART, mBART or Marian (native seq2seq or *ForCausalLM)."""
     config = stack.config
     heads = config.decoder_attention_heads
@@ -50,7 +50,7 @@ def bart_family(
     else:
         emb_scale = float(getattr(stack.embed_tokens, "embed_scale", 1.0))
         pos_emb, pos_offset = stack.embed_positions.weight, int(stack.embed_positions.offset)
-    return DecoderSpec(
+    return DecoderDescription(
         family=family,
         hidden=d_model,
         heads=heads,

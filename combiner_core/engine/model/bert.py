@@ -7,11 +7,11 @@ import sys
 import torch
 
 from .activations import fast_act
-from .spec import DecoderSpec, LayerSpec, Linear, UnsupportedFamily
+from .description import DecoderDescription, LayerWeights, Linear, UnsupportedFamily
 from .weights import fused_qkv, read_linear, read_norm, scaled_linear
 
 
-def bert_like(decoder: torch.nn.Module, family: str) -> DecoderSpec:
+def bert_like(decoder: torch.nn.Module, family: str) -> DecoderDescription:
     """BertLMHeadModel, RobertaForCausalLM (and its clones xlm-roberta, camembert)."""
     config = decoder.config
     base = decoder.bert if family == "bert" else decoder.roberta
@@ -25,7 +25,7 @@ def bert_like(decoder: torch.nn.Module, family: str) -> DecoderSpec:
     for layer in base.encoder.layer:
         sa, ca = layer.attention, layer.crossattention
         layers.append(
-            LayerSpec(
+            LayerWeights(
                 qkv=fused_qkv(read_linear(sa.self.query), read_linear(sa.self.key), read_linear(sa.self.value), scale),
                 self_out=read_linear(sa.output.dense),
                 self_norm=read_norm(sa.output.LayerNorm),
@@ -53,7 +53,7 @@ def bert_like(decoder: torch.nn.Module, family: str) -> DecoderSpec:
         act = sys.modules[type(head).__module__].gelu
         lm_bias = out.bias if out.bias is not None else head.bias
     pos_padding = None if family == "bert" else emb.padding_idx
-    return DecoderSpec(
+    return DecoderDescription(
         family=family,
         hidden=config.hidden_size,
         heads=heads,

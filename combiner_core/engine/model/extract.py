@@ -6,8 +6,8 @@ import torch
 
 from .bart import bart_family
 from .bert import bert_like
+from .description import DecoderDescription, UnsupportedFamily
 from .gpt2 import gpt2
-from .spec import DecoderSpec, UnsupportedFamily
 from .trocr import trocr
 
 ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")
@@ -27,8 +27,8 @@ def is_composite(model: torch.nn.Module) -> bool:
     return type(model).__name__ in ("EncoderDecoderModel", "VisionEncoderDecoderModel")
 
 
-def extract_decoder(model: torch.nn.Module) -> DecoderSpec:
-    """Fill a DecoderSpec from a combiner's model, or raise UnsupportedFamily saying why."""
+def extract_decoder(model: torch.nn.Module) -> DecoderDescription:
+    """Fill a DecoderDescription from a combiner's model, or raise UnsupportedFamily saying why."""
     family = decoder_family(model)
     if family not in FAST_FAMILIES:
         raise UnsupportedFamily(f"decoder family '{family}' has no fast path (fast: {', '.join(FAST_FAMILIES)})")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from .activations import fast_act
-from .spec import DecoderSpec, LayerSpec, Linear
+from .description import DecoderDescription, LayerWeights, Linear
 from .weights import read_conv1d, read_norm, scaled_linear
 
 
-def gpt2(decoder: torch.nn.Module) -> DecoderSpec:
+def gpt2(decoder: torch.nn.Module) -> DecoderDescription:
     config = decoder.config
     tr = decoder.transformer
     heads = config.n_head
@@ -26,7 +26,7 @@ def gpt2(decoder: torch.nn.Module) -> DecoderSpec:
         )
         kv = read_conv1d(cross.c_attn)
         layers.append(
-            LayerSpec(
+            LayerWeights(
                 qkv=qkv,
                 self_out=read_conv1d(attn.c_proj),
                 self_norm=read_norm(block.ln_1),
@@ -42,7 +42,7 @@ def gpt2(decoder: torch.nn.Module) -> DecoderSpec:
                 scale=scale,
             )
         )
-    return DecoderSpec(
+    return DecoderDescription(
         family="gpt2",
         hidden=config.n_embd,
         heads=heads,

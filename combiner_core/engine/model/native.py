@@ -88,9 +88,9 @@ def _import_built(name: str) -> Any | None:
     if not path.exists():
         return None
     try:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        desc = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(desc)
+        desc.loader.exec_module(module)
         return module
     except ImportError:  # a half-written library from an interrupted build: rebuild it
         return None
@@ -113,7 +113,7 @@ def native_error() -> str | None:
 
 
 def act_code(act: Any) -> int | None:
-    """native_step.cpp's code for a LayerSpec activation, or None when it has none."""
+    """native_step.cpp's code for a LayerWeights activation, or None when it has none."""
     if act is gelu_tanh:
         return _GELU_TANH
     if act is F.gelu:

@@ -1,5 +1,5 @@
 """DecoderRunner: static buffers for a set of decoder slots and ONE generic decode step
-over a DecoderSpec (torch ops, or the native CPU step: native.py).
+over a DecoderDescription (torch ops, or the native CPU step: native.py).
 
 Why a description instead of calling the HF decoder: HF's decoder forward costs tens
 of Python-level module calls, cache objects, mask builders and a torch.cat per layer
@@ -18,14 +18,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .description import DecoderDescription
 from .native import act_code, load_native, native_error
-from .spec import DecoderSpec
 
 log = logging.getLogger(__name__)
 
 
 class DecoderRunner:
-    """Static buffers for a fixed set of slots and ONE decode step over a DecoderSpec.
+    """Static buffers for a fixed set of slots and ONE decode step over a DecoderDescription.
 
     Rows are slot-major: row = slot * group + g, where group is the number of
     hypotheses per input (beams, or samples per input). Buffers:
@@ -55,7 +55,7 @@ class DecoderRunner:
 
     def __init__(
         self,
-        spec: DecoderSpec,
+        desc: DecoderDescription,
         *,
         slots: int,
         group: int,
@@ -67,13 +67,13 @@ class DecoderRunner:
         static_shapes: bool | None = None,
         native: bool = True,
     ) -> None:
-        self.spec = spec
+        self.desc = desc
         self.slots, self.group = slots, group
         self.rows = slots * group
         self.T = max_new_tokens
         self.device, self.dtype = device, dtype
         self.min_value = torch.finfo(dtype).min
-        H, d, L = spec.heads, spec.head_dim, len(spec.layers)
+        H, d, L = desc.heads, desc.head_dim, len(desc.layers)
         z = dict(device=device, dtype=dtype)
         self.kv_cache = [torch.zeros(self.rows, self.T, 2, H, d, **z) for _ in range(L)]
         self.use_graphs = cuda_graphs and device.type == "cuda"
@@ -100,7 +100,7 @@ class DecoderRunner:
                 lay.fc1.weight, lay.fc1.bias, lay.act, lay.fc2.weight, lay.fc2.bias,
                 lay.ffn_norm.weight, lay.ffn_norm.bias, lay.ffn_norm.eps,
             )
-            for lay in spec.layers
+            for lay in desc.layers
         ]
         self.native_reason: str | None = None  # why the native layer step is off, if it is
         self._native = self._native_layers() if native else None
@@ -108,28 +108,28 @@ class DecoderRunner:
             self.native_reason = "native=False"
 
     def _native_layers(self) -> Any | None:
-        """native_step.cpp's Layers over this spec's weights, when this runner can use it:
+        """native_step.cpp's Layers over this description's weights, when this runner can use it:
         CPU, float32, exact shapes (static shapes mirror what a CUDA graph runs), and an
         activation it knows."""
-        spec = self.spec
+        desc = self.desc
         if self.device.type != "cpu" or self.dtype != torch.float32 or self.static:
             self.native_reason = "CPU float32 exact-shape steps only"
             return None
-        acts = {act_code(lay.act) for lay in spec.layers}
+        acts = {act_code(lay.act) for lay in desc.layers}
         if len(acts) != 1 or None in acts:
-            self.native_reason = f"activation {type(spec.layers[0].act).__name__} has no native form"
+            self.native_reason = f"activation {type(desc.layers[0].act).__name__} has no native form"
             return None
         module = load_native()
         if module is None:
             self.native_reason = native_error()
             return None
         weights, eps = [], []
-        for lay in spec.layers:
+        for lay in desc.layers:
             for part in (lay.self_norm, lay.qkv, lay.self_out, lay.cross_norm, lay.cross_q, lay.cross_out, lay.ffn_norm, lay.fc1, lay.fc2):
                 bias = part.bias if part.bias is not None else torch.zeros(part.weight.shape[0], dtype=self.dtype)
                 weights += [part.weight, bias.contiguous()]
             eps += [lay.self_norm.eps, lay.cross_norm.eps, lay.ffn_norm.eps]
-        return module.Layers(weights, eps, spec.heads, acts.pop(), spec.pre_ln)
+        return module.Layers(weights, eps, desc.heads, acts.pop(), desc.pre_ln)
 
     # -- buffers
 
@@ -139,11 +139,11 @@ class DecoderRunner:
             return
         quantum = 64 if self.device.type == "cuda" else 8
         cap = max(quantum, -(-needed // quantum) * quantum)
-        H, d = self.spec.heads, self.spec.head_dim
+        H, d = self.desc.heads, self.desc.head_dim
         z = dict(device=self.device, dtype=self.dtype)
         old = self.src_cap
         grown = []
-        for i in range(len(self.spec.layers)):
+        for i in range(len(self.desc.layers)):
             new = torch.zeros(self.slots, cap, 2, H, d, **z)
             if old:
                 new[:, :old] = self.cross_kv[i]
@@ -161,7 +161,7 @@ class DecoderRunner:
         their new tokens). RoBERTa / fairseq positions: a pad token sits at padding_idx."""
         N = n_rows
         self.age_in[:N] += 1
-        pad = self.spec.pos_padding_idx
+        pad = self.desc.pos_padding_idx
         if pad is None:
             self.pos_in[:N] += 1
         else:
@@ -170,9 +170,9 @@ class DecoderRunner:
     def project_source(self, states: torch.Tensor) -> list[torch.Tensor]:
         """Cross-attention K|V of every layer for encoder states [b, src, cross_dim] -> [b, src, 2, H, d]."""
         b, src, _ = states.shape
-        H, d = self.spec.heads, self.spec.head_dim
+        H, d = self.desc.heads, self.desc.head_dim
         out = []
-        for layer in self.spec.layers:
+        for layer in self.desc.layers:
             k = layer.cross_k(states).view(b, src, H, d)
             v = layer.cross_v(states).view(b, src, H, d)
             out.append(torch.stack((k, v), dim=2))
@@ -195,13 +195,13 @@ class DecoderRunner:
         Written flat (weights unpacked into locals, torch functions called directly)
         because for small models Python overhead per op is what a step costs.
         """
-        spec = self.spec
-        G, H, d = self.group, spec.heads, spec.head_dim
+        desc = self.desc
+        G, H, d = self.group, desc.heads, desc.head_dim
         N = n * G
-        D = spec.hidden
+        D = desc.hidden
         shape = (D,)
         linear, layer_norm, sdpa = F.linear, F.layer_norm, F.scaled_dot_product_attention
-        x = F.embedding(self.tok_in[:N], spec.word_emb)
+        x = F.embedding(self.tok_in[:N], desc.word_emb)
         if self._native is not None:
             return self._native_forward(x, n, src_w, self_w)
         x = self._embed(x, N)
@@ -212,7 +212,7 @@ class DecoderRunner:
         if self.static:  # rows past n in a bucket may be finished ones, at age T
             age = age.clamp(max=self.T - 1)
         write_at = self.row_base[:N] + age
-        pre = spec.pre_ln
+        pre = desc.pre_ln
         for cache, cross, p in zip(self.kv_cache, self.cross_kv, self._flat, strict=True):
             (qkv_w, qkv_b, so_w, so_b, n1_w, n1_b, e1, cq_w, cq_b, co_w, co_b, n2_w, n2_b, e2,
              f1_w, f1_b, act, f2_w, f2_b, n3_w, n3_b, e3) = p
@@ -240,25 +240,25 @@ class DecoderRunner:
 
     def _embed(self, x: torch.Tensor, N: int) -> torch.Tensor:
         """Input embeddings [N, hidden] from the word embeddings x of the staged tokens."""
-        spec = self.spec
-        if spec.emb_scale != 1.0:
-            x = x * spec.emb_scale
-        if spec.type_emb is not None:
-            x = x + spec.type_emb
-        x = x + F.embedding(self.pos_in[:N], spec.pos_emb)
-        if spec.emb_norm is not None:
-            x = spec.emb_norm(x)
+        desc = self.desc
+        if desc.emb_scale != 1.0:
+            x = x * desc.emb_scale
+        if desc.type_emb is not None:
+            x = x + desc.type_emb
+        x = x + F.embedding(self.pos_in[:N], desc.pos_emb)
+        if desc.emb_norm is not None:
+            x = desc.emb_norm(x)
         return x
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
-        spec = self.spec
-        if spec.final_norm is not None:
-            x = spec.final_norm(x)
-        if spec.head_dense is not None:
-            x = spec.head_norm(spec.head_act(spec.head_dense(x)))
-        logits = spec.lm_head(x)
-        if spec.logits_bias is not None:
-            logits = logits + spec.logits_bias
+        desc = self.desc
+        if desc.final_norm is not None:
+            x = desc.final_norm(x)
+        if desc.head_dense is not None:
+            x = desc.head_norm(desc.head_act(desc.head_dense(x)))
+        logits = desc.lm_head(x)
+        if desc.logits_bias is not None:
+            logits = logits + desc.logits_bias
         return logits
 
     def chunks(self) -> int:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from .bart import bart_layers
-from .spec import DecoderSpec, Linear
+from .description import DecoderDescription, Linear
 from .weights import read_norm
 
 
-def trocr(decoder: torch.nn.Module) -> DecoderSpec:
+def trocr(decoder: torch.nn.Module) -> DecoderDescription:
     config = decoder.config
     stack = decoder.model.decoder
     heads = config.decoder_attention_heads
@@ -23,7 +23,7 @@ def trocr(decoder: torch.nn.Module) -> DecoderSpec:
         module = stack.embed_positions
         pos_emb = module.weights.to(device=stack.embed_tokens.weight.device, dtype=stack.embed_tokens.weight.dtype)
         pos_offset, pos_padding = 0, module.padding_idx
-    return DecoderSpec(
+    return DecoderDescription(
         family="trocr",
         hidden=config.hidden_size,
         heads=heads,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .spec import Linear, Norm
+from .description import Linear, Norm
 
 
 def read_linear(module: torch.nn.Module) -> Linear:

@@ -13,7 +13,7 @@ killed here does not block the `resume` that follows.
 Object stores have no locks and no rename, so taking a lease is write-then-read: two
 drivers that start together both write, the last write wins, and the loser sees
 another run id when it reads back (or, at the latest, before its first commit) and
-stops. Nothing is committed twice: shard commits are idempotent (see commit.py).
+stops. Nothing is committed twice: shard commits are idempotent (see store.py).
 """
 
 from __future__ import annotations

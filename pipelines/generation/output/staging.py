@@ -58,58 +58,63 @@ def stage_results(
     """
     fs, root = output_fs(output_uri, storage_options)
     records: dict[str, list] = {name: [] for name in RECORD_SCHEMA.names}
-    stats_column = block.column("model_stats").to_pylist() if "model_stats" in block.column_names else None
-    keys = block.column("shard_key").to_pylist()
+    counters = block.column("model_stats").to_pylist() if "model_stats" in block.column_names else None
     ok_schema = pa.schema(list(schema) + [pa.field(*f) for f in INTERNAL_FIELDS])
-    err_schema = pa.schema(list(ERROR_SCHEMA) + [pa.field(*f) for f in INTERNAL_FIELDS])
-    for key in sorted(set(keys)):
+    for key in sorted(set(block.column("shard_key").to_pylist())):
         mask = pc.equal(block.column("shard_key"), key)
         part = block.filter(mask)
         failed = pc.not_equal(part.column("error_stage"), "")
         ok, bad = part.filter(pc.invert(failed)), part.filter(failed)
-        n_ok, n_bad = ok.num_rows, bad.num_rows
-        name = f"{uuid.uuid4().hex}"
-        base = f"{root}/{STAGING_DIR}/{run_id}/{key}"
+        base = f"{root}/{STAGING_DIR}/{run_id}/{key}/{uuid.uuid4().hex}"
         ok_path = err_path = ""
-        if n_ok:
-            constants = {
-                "reference": _str_column(ok, "reference"),
-                "model_uri": pa.array([lineage["model_uri"]] * n_ok, pa.string()),
-                "spec_hash": pa.array([lineage["spec_hash"]] * n_ok, pa.string()),
-                "params_hash": pa.array([lineage["params_hash"]] * n_ok, pa.string()),
-                "produced_at": pa.array([produced_at] * n_ok, pa.timestamp("us", tz="UTC")),
-            }
-            table = pa.table(
-                {f.name: constants[f.name] if f.name in constants else ok.column(f.name) for f in ok_schema},
-            ).cast(ok_schema)
-            ok_path = f"{base}/{name}-ok.parquet"
-            write_parquet(fs, ok_path, table)
-        if n_bad:
-            table = pa.table(
-                {
-                    "id": bad.column("id"),
-                    "source_uri": bad.column("source_uri"),
-                    "source_row": bad.column("source_row"),
-                    "stage": bad.column("error_stage"),
-                    "cause": bad.column("error_cause"),
-                    "message": bad.column("error_message"),
-                    "spec_hash": pa.array([lineage["spec_hash"]] * n_bad, pa.string()),
-                    "produced_at": pa.array([produced_at] * n_bad, pa.timestamp("us", tz="UTC")),
-                    "row_index": bad.column("row_index"),
-                    "shard_key": bad.column("shard_key"),
-                }
-            ).cast(err_schema)
-            err_path = f"{base}/{name}-err.parquet"
-            write_parquet(fs, err_path, table)
+        if ok.num_rows:
+            ok_path = f"{base}-ok.parquet"
+            write_parquet(fs, ok_path, _ok_table(ok, ok_schema, lineage, produced_at))
+        if bad.num_rows:
+            err_path = f"{base}-err.parquet"
+            write_parquet(fs, err_path, _error_table(bad, lineage, produced_at))
         stats = ""
-        if stats_column is not None:
+        if counters is not None:
             # A batch's counters ride on its first row; a block may hold several batches.
-            picked = [v for v, m in zip(stats_column, mask.to_pylist(), strict=True) if m and v]
+            picked = [v for v, m in zip(counters, mask.to_pylist(), strict=True) if m and v]
             stats = ModelCounters.total(ModelCounters.from_json(v) for v in picked).to_json()
         records["shard_key"].append(key)
         records["shard_rows"].append(part.column("shard_rows")[0].as_py())
-        records["rows"].append(n_ok + n_bad)
+        records["rows"].append(part.num_rows)
         records["ok_path"].append(ok_path)
         records["error_path"].append(err_path)
         records["stats"].append(stats)
     return pa.table(records, schema=RECORD_SCHEMA)
+
+
+def _ok_table(ok: pa.Table, schema: pa.Schema, lineage: Mapping[str, str], produced_at: datetime) -> pa.Table:
+    """Output rows: the task's columns, the reference, lineage, and the internal columns."""
+    n = ok.num_rows
+    constants = {
+        "reference": _str_column(ok, "reference"),
+        "model_uri": pa.array([lineage["model_uri"]] * n, pa.string()),
+        "spec_hash": pa.array([lineage["spec_hash"]] * n, pa.string()),
+        "params_hash": pa.array([lineage["params_hash"]] * n, pa.string()),
+        "produced_at": pa.array([produced_at] * n, pa.timestamp("us", tz="UTC")),
+    }
+    return pa.table({f.name: constants[f.name] if f.name in constants else ok.column(f.name) for f in schema}).cast(schema)
+
+
+def _error_table(bad: pa.Table, lineage: Mapping[str, str], produced_at: datetime) -> pa.Table:
+    """Errors-table rows (ERROR_SCHEMA) and the internal columns."""
+    n = bad.num_rows
+    schema = pa.schema(list(ERROR_SCHEMA) + [pa.field(*f) for f in INTERNAL_FIELDS])
+    return pa.table(
+        {
+            "id": bad.column("id"),
+            "source_uri": bad.column("source_uri"),
+            "source_row": bad.column("source_row"),
+            "stage": bad.column("error_stage"),
+            "cause": bad.column("error_cause"),
+            "message": bad.column("error_message"),
+            "spec_hash": pa.array([lineage["spec_hash"]] * n, pa.string()),
+            "produced_at": pa.array([produced_at] * n, pa.timestamp("us", tz="UTC")),
+            "row_index": bad.column("row_index"),
+            "shard_key": bad.column("shard_key"),
+        }
+    ).cast(schema)

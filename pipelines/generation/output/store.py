@@ -281,38 +281,18 @@ class OutputStore:
         is kept in the manifest, as are the model stage's counters for the shard.
         """
         shard_key, inputs, shard_rows = shard.key, shard.inputs, shard.shard_rows
-        ok = self._read(shard.ok_paths)
-        bad = self._read(shard.error_paths)
-        ok = _dedupe(ok)
-        bad = _dedupe(bad)
+        ok, bad = self._merged(shard)
         seen_ok = set(ok.column("row_index").to_pylist()) if ok is not None else set()
         seen_bad = set(bad.column("row_index").to_pylist()) if bad is not None else set()
-        if seen_ok & seen_bad or (seen_ok | seen_bad) != set(range(shard_rows)):
-            raise CommitError(
-                f"shard {shard_key} ({inputs[:3]}...): staged rows do not match its {shard_rows} "
-                f"input rows (ok {len(seen_ok)}, errored {len(seen_bad)}, overlap "
-                f"{len(seen_ok & seen_bad)}); not committed. This is a bug; rerun with "
-                "output.mode=resume to redo the shard"
-            )
         data_files, error_files = [], []
         sums: dict[str, float] = {}
-        for table, schema, rel in (
-            (ok, self.schema, f"part-{shard_key}.parquet"),
-            (bad, ERROR_SCHEMA, f"{ERRORS_DIR}/part-{shard_key}.parquet"),
-        ):
-            if table is None or table.num_rows == 0:
-                continue
-            table = table.sort_by("row_index").select(schema.names)
-            # Staged under '_' first, then moved: a local rename is atomic, and on an
-            # object store the final object is created whole by one copy.
-            tmp = self._path(STAGING_DIR, run_id, "commit", rel.replace("/", "-"))
-            write_parquet(self.fs, tmp, table)
-            final = self._path(rel)
-            self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
-            self.fs.mv(tmp, final)
-            (data_files if schema is self.schema else error_files).append(rel)
-            if schema is self.schema and metric_sums is not None:
-                sums = metric_sums(table)
+        if ok is not None and ok.num_rows:
+            ok = ok.sort_by("row_index").select(self.schema.names)
+            data_files.append(self._place(ok, f"part-{shard_key}.parquet", run_id))
+            sums = metric_sums(ok) if metric_sums is not None else {}
+        if bad is not None and bad.num_rows:
+            bad = bad.sort_by("row_index").select(ERROR_SCHEMA.names)
+            error_files.append(self._place(bad, f"{ERRORS_DIR}/part-{shard_key}.parquet", run_id))
         faults.maybe_kill("driver_before_manifest", commit_number)
         manifest = ShardManifest(
             shard_key=shard_key,
@@ -339,6 +319,31 @@ class OutputStore:
         if self.fs.exists(staged):
             self.fs.rm(staged, recursive=True)
         return manifest
+
+    def _merged(self, shard: StagedShard) -> tuple[pa.Table | None, pa.Table | None]:
+        """A shard's staged ok and error rows, each row once; raises CommitError unless every
+        row index 0..n-1 is in exactly one of them."""
+        ok, bad = _dedupe(self._read(shard.ok_paths)), _dedupe(self._read(shard.error_paths))
+        seen_ok = set(ok.column("row_index").to_pylist()) if ok is not None else set()
+        seen_bad = set(bad.column("row_index").to_pylist()) if bad is not None else set()
+        if seen_ok & seen_bad or (seen_ok | seen_bad) != set(range(shard.shard_rows)):
+            raise CommitError(
+                f"shard {shard.key} ({shard.inputs[:3]}...): staged rows do not match its {shard.shard_rows} "
+                f"input rows (ok {len(seen_ok)}, errored {len(seen_bad)}, overlap "
+                f"{len(seen_ok & seen_bad)}); not committed. This is a bug; rerun with "
+                "output.mode=resume to redo the shard"
+            )
+        return ok, bad
+
+    def _place(self, table: pa.Table, rel: str, run_id: str) -> str:
+        """Write `table` as the final file `rel`: staged under '_' first, then moved (a local
+        rename is atomic, and on an object store the final object is created whole by one copy)."""
+        tmp = self._path(STAGING_DIR, run_id, "commit", rel.replace("/", "-"))
+        write_parquet(self.fs, tmp, table)
+        final = self._path(rel)
+        self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
+        self.fs.mv(tmp, final)
+        return rel
 
     def finish(self, summary: Mapping[str, Any]) -> None:
         """Write _summary.json and drop this run's empty staging folder.

@@ -1,6 +1,6 @@
 """What a task kind is: one adapter that owns its modality, CPU preprocessing, model call,
 output columns and metrics. The stage builder (stages.py) and the commit protocol
-(commit.py) are the same for every task; adding a task kind touches its adapter and
+(output/) are the same for every task; adding a task kind touches its adapter and
 its spec only (examples to follow: Ray's `ray.data.llm` processor stages).
 
 Rows flow through Ray Data as numpy batches with these columns, from the reader
@@ -164,14 +164,14 @@ class TaskAdapter(ABC):
 
     @abstractmethod
     def setup(self, combiner: Combiner) -> Any:
-        """On the model actor, once: whatever `run` needs besides the batch (an engine)."""
+        """On the model actor, once: the engine `run` uses (a GenerationEngine, a LabelScorer)."""
 
     @abstractmethod
-    def run(self, runner: Any, batch: dict[str, np.ndarray], rows: list[int]) -> dict[str, list]:
+    def run(self, engine: Any, batch: dict[str, np.ndarray], rows: list[int]) -> dict[str, list]:
         """On the model actor: outputs for the good `rows` of `batch`, one list per output field."""
 
-    def counters(self, runner: Any) -> ModelCounters:
-        """The runner's cumulative work counters (the actor sends their change per batch)."""
+    def counters(self, engine: Any) -> ModelCounters:
+        """The engine's (or scorer's) cumulative work counters (the actor sends their change per batch)."""
         return ModelCounters()
 
     def metric_sums(self, table: pa.Table) -> dict[str, float]:

@@ -52,18 +52,18 @@ class _GenerateTask(TaskAdapter):
         # dtype=None: the actor loaded the model in the spec's dtype already.
         return GenerationEngine(combiner, self.params, dtype=None)
 
-    def run(self, runner: Any, batch: dict[str, np.ndarray], rows: list[int]) -> dict[str, list]:
+    def run(self, engine: Any, batch: dict[str, np.ndarray], rows: list[int]) -> dict[str, list]:
         import torch
 
         keys = [str(batch["id"][i]) for i in rows]
         if self.modality == "image":
             pixels = torch.from_numpy(np.stack([batch["pixel_values"][i] for i in rows]))
-            results = runner.generate_pixels(pixels, row_keys=keys)
+            results = engine.generate_pixels(pixels, row_keys=keys)
             in_tokens: list[int | None] = [None] * len(rows)
             truncated: list[bool | None] = [None] * len(rows)
         else:
             ids = [torch.from_numpy(np.asarray(batch["input_ids"][i], dtype=np.int64)) for i in rows]
-            results = runner.generate_token_ids(ids, row_keys=keys)
+            results = engine.generate_token_ids(ids, row_keys=keys)
             in_tokens = [int(batch["input_tokens"][i]) for i in rows]
             truncated = [bool(batch["truncated"][i]) for i in rows]
         return {
@@ -76,8 +76,8 @@ class _GenerateTask(TaskAdapter):
             "truncated": truncated,
         }
 
-    def counters(self, runner: Any) -> ModelCounters:
-        return ModelCounters.of_engine(runner.stats)
+    def counters(self, engine: Any) -> ModelCounters:
+        return ModelCounters.of_engine(engine.stats)
 
     def metric_sums(self, table: pa.Table) -> dict[str, float]:
         refs = table.column("reference").to_pylist()
@@ -128,7 +128,7 @@ class SummarizeTask(_GenerateTask):
             return out
         return _preprocess_windows(batch, pre)
 
-    def run(self, runner: Any, batch: dict[str, np.ndarray], rows: list[int]) -> dict[str, list]:
+    def run(self, engine: Any, batch: dict[str, np.ndarray], rows: list[int]) -> dict[str, list]:
         import torch
 
         from combiner_core import summarize_windows
@@ -138,10 +138,10 @@ class SummarizeTask(_GenerateTask):
             flat = np.asarray(batch["input_ids"][i], dtype=np.int64)
             bounds = np.cumsum(np.asarray(batch["window_lengths"][i], dtype=np.int64))[:-1]
             windows.append([w.tolist() for w in np.split(flat, bounds)])
-        combiner = runner.combiner
+        combiner = engine.combiner
 
         def generate(ids: list[list[int]], keys: list[str]) -> list:
-            return runner.generate_token_ids([torch.tensor(x, dtype=torch.long) for x in ids], row_keys=keys)
+            return engine.generate_token_ids([torch.tensor(x, dtype=torch.long) for x in ids], row_keys=keys)
 
         summaries = summarize_windows(
             generate, combiner.tokenizer, windows, [str(batch["id"][i]) for i in rows],

@@ -106,15 +106,15 @@ class LabelTask(TaskAdapter):
 
         return LabelScorer(combiner, LabelSet(names=self.names, verbalizations=self.verbalizations))
 
-    def run(self, runner: Any, batch: dict[str, np.ndarray], rows: list[int]) -> dict[str, list]:
+    def run(self, engine: Any, batch: dict[str, np.ndarray], rows: list[int]) -> dict[str, list]:
         import torch
 
-        if runner.combiner.modality == "image":
-            scores = runner.score_pixels(torch.from_numpy(np.stack([batch["pixel_values"][i] for i in rows])))
+        if engine.combiner.modality == "image":
+            scores = engine.score_pixels(torch.from_numpy(np.stack([batch["pixel_values"][i] for i in rows])))
             in_tokens: list[int | None] = [None] * len(rows)
         else:
             ids = [torch.from_numpy(np.asarray(batch["input_ids"][i], dtype=np.int64)) for i in rows]
-            scores = runner.score_token_ids(ids)
+            scores = engine.score_token_ids(ids)
             in_tokens = [int(batch["input_tokens"][i]) for i in rows]
         out: dict[str, list] = {f.name: [] for f in _FIELDS}
         for s, tokens in zip(scores, in_tokens, strict=True):
@@ -134,8 +134,8 @@ class LabelTask(TaskAdapter):
             out["label_tokens"].append(int(s.tokens[best]))
         return out
 
-    def counters(self, runner: Any) -> ModelCounters:
-        return ModelCounters.of_scorer(runner.stats)
+    def counters(self, engine: Any) -> ModelCounters:
+        return ModelCounters.of_scorer(engine.stats)
 
     def metric_sums(self, table: pa.Table) -> dict[str, float]:
         refs = table.column("reference").to_pylist()

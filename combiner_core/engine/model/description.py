@@ -48,13 +48,13 @@ class Norm:
 
 
 @dataclass
-class LayerSpec:
+class LayerWeights:
     """One decoder layer: self-attention, cross-attention, feed-forward.
 
     `qkv` is the fused self-attention projection (rows: q, then k, then v);
     `scale` multiplies the queries (1/sqrt(head_dim), and GPT-2's optional
     1/(layer+1)). The three norms sit before their block (pre_ln) or after the
-    residual add (post_ln) as DecoderSpec.pre_ln says.
+    residual add (post_ln) as DecoderDescription.pre_ln says.
     """
 
     qkv: Linear
@@ -73,7 +73,7 @@ class LayerSpec:
 
 
 @dataclass
-class DecoderSpec:
+class DecoderDescription:
     """Everything the generic step needs to run one decoder family.
 
     Attributes:
@@ -104,7 +104,7 @@ class DecoderSpec:
     emb_scale: float
     pos_emb: torch.Tensor
     pos_offset: int
-    layers: list[LayerSpec]
+    layers: list[LayerWeights]
     lm_head: Linear
     cross_dim: int
     pos_padding_idx: int | None = None

@@ -14,7 +14,7 @@ from .errors import UnsupportedDecoderError, UnsupportedEncoderError
 
 # Decoder families whose causal-LM class takes `encoder_hidden_states` and builds
 # cross-attention layers when `add_cross_attention=True`. Listed in error messages;
-# tests/test_families.py checks every entry against the installed transformers.
+# tests/core/test_errors.py checks every entry against the installed transformers.
 CROSS_ATTENTION_DECODERS: tuple[str, ...] = (
     "bert",
     "bert-generation",
