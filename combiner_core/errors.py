@@ -51,6 +51,17 @@ class SpecialTokenError(CombinerError, ValueError):
     """decoder_start_token_id / pad_token_id / eos_token_id cannot be determined."""
 
 
+# --- arguments -----------------------------------------------------------------------
+
+
+class ParameterError(CombinerError, ValueError):
+    """Generation parameters, a label set or a dtype that cannot work; names each problem."""
+
+
+class ModalityError(CombinerError, ValueError):
+    """Images given to a text combiner, or text to an image combiner."""
+
+
 # --- per-row input errors ----------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ import torch
 from .combiner import Combiner
 from .engine import GenerationEngine
 from .engine.outputs import Generated
+from .errors import ModalityError
 from .params import GenerationParams
 from .preprocess import decode_image, image_to_pixel_values, tokenize_batch
 
@@ -55,7 +56,7 @@ def generate_texts(
 ) -> list[list[Generated]]:
     """Tokenize, pad and generate for a list of texts (raises on a bad text)."""
     if combiner.tokenizer is None:
-        raise ValueError(f"this combiner takes images ({combiner.layout}); use generate_images")
+        raise ModalityError(f"this combiner takes images ({combiner.layout}); use generate_images")
     batch, _ = tokenize_batch(
         combiner.tokenizer, texts, max_tokens=combiner.max_input_tokens, truncation=truncation
     )
@@ -67,6 +68,6 @@ def generate_images(
 ) -> list[list[Generated]]:
     """Decode, preprocess and generate for a list of encoded images (raises on a bad image)."""
     if combiner.image_processor is None:
-        raise ValueError(f"this combiner takes text ({combiner.layout}); use generate_texts")
+        raise ModalityError(f"this combiner takes text ({combiner.layout}); use generate_texts")
     pixels = image_to_pixel_values(combiner.image_processor, [decode_image(b) for b in images])
     return generate(combiner, {"pixel_values": pixels}, params)

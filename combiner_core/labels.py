@@ -43,6 +43,7 @@ from .engine.encoder import SourceEncoder
 from .engine.model import UnsupportedFamily, decoder_family, extract_decoder
 from .engine.notices import warn_once
 from .engine.tree import SequenceTrie, TreeScorer
+from .errors import ParameterError
 from .preprocess import collate_token_ids
 from .training import IGNORE_INDEX, decoder_inputs_from_labels, pad_labels, target_token_ids
 
@@ -75,7 +76,7 @@ class LabelSet:
             if not texts or any(not t.strip() for t in texts):
                 problems.append(f"label {name!r}: every verbalization must be a non-empty text")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ParameterError("; ".join(problems))
 
     @classmethod
     def from_spec(cls, labels: Sequence[str] | Mapping[str, str | Sequence[str]]) -> LabelSet:
@@ -163,7 +164,7 @@ class LabelScorer:
                     combiner.decoder_tokenizer, text, eos_token_id=eos, max_tokens=limit
                 )
                 if cut:
-                    raise ValueError(f"label {labels.names[index]!r}: {text!r} is longer than "
+                    raise ParameterError(f"label {labels.names[index]!r}: {text!r} is longer than "
                                      f"{limit} tokens (eos included), the most this decoder scores; "
                                      "use a shorter verbalization")
                 self.sequences.append(seq)

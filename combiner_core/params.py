@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .errors import ParameterError
+
 if TYPE_CHECKING:
     from transformers import GenerationConfig
 
@@ -60,7 +62,7 @@ class GenerationParams(BaseModel):
                 f"min_new_tokens={self.min_new_tokens} > max_new_tokens={self.max_new_tokens}; lower it"
             )
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ParameterError("; ".join(problems))
         return self
 
     def to_generation_config(self, base: GenerationConfig) -> GenerationConfig:

@@ -235,9 +235,11 @@ def _unset_bound(data: Mapping[str, Any], given: Mapping[str, Any], unset_with: 
     """`data` less the keys bound to a key that --set changes without them (load_spec)."""
     out = json.loads(json.dumps(data))  # a deep copy of plain YAML data
     for key, bound in unset_with.items():
-        if _get(given, key) is None or any(_get(given, b) is not None for b in bound):
+        if _get(given, key) is None:
             continue
         for b in bound:
+            if _get(given, b) is not None:
+                continue  # given with --set too: the user's, for the new value
             *parents, leaf = b.split(".")
             node = _get(out, ".".join(parents)) if parents else out
             if isinstance(node, dict) and leaf in node:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from ..combiner import Combiner
+from ..errors import ModalityError, ParameterError
 from ..params import GenerationParams
 from .decoding import (
     DecodeState,
@@ -91,7 +92,7 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str) ->
     try:
         return _DTYPES[str(name).lower()]
     except KeyError:
-        raise ValueError(f"dtype {name!r}: expected one of auto, {', '.join(_DTYPES)}") from None
+        raise ParameterError(f"dtype {name!r}: expected one of auto, {', '.join(_DTYPES)}") from None
 
 
 class GenerationEngine:
@@ -196,7 +197,7 @@ class GenerationEngine:
         if any(len(r) == 0 for r in rows):
             raise ValueError("an input has no tokens; tokenize with special tokens or drop it")
         if self.combiner.modality != "text":
-            raise ValueError(f"this combiner takes images ({self.combiner.layout}); use generate_pixels")
+            raise ModalityError(f"this combiner takes images ({self.combiner.layout}); use generate_pixels")
         if not self.fast_path:
             return self._fallback_tokens(rows)
         lengths = [len(r) for r in rows]
@@ -209,7 +210,7 @@ class GenerationEngine:
     ) -> list[list[Generated]]:
         """Generate for a batch of preprocessed images [n, channels, height, width], in input order."""
         if self.combiner.modality != "image":
-            raise ValueError(f"this combiner takes text ({self.combiner.layout}); use generate_token_ids")
+            raise ModalityError(f"this combiner takes text ({self.combiner.layout}); use generate_token_ids")
         n = int(pixel_values.shape[0])
         if n == 0:
             return []

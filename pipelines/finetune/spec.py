@@ -59,10 +59,11 @@ class ModelSpec(StrictModel):
 class DataSource(InputSource):
     """One set of (input, target) pairs, read like every job's input (pipelines.reading.source)."""
 
-    format: Literal["parquet", "jsonl", "images"] = Field(
+    format: Literal["parquet", "jsonl", "images", "webdataset"] = Field(
         "parquet",
-        description="parquet or jsonl files (input_column, target_column), or a folder of images "
-        "with a captions file (captions_file) holding the targets",
+        description="parquet or jsonl files (input_column, target_column), a folder of images "
+        "with a captions file (captions_file) holding the targets, or WebDataset tar shards "
+        "(target_column: a text member such as txt, or json.<field>; default txt)",
     )
     input_column: str | None = Field(
         "image", description="parquet / jsonl: column with the input: image bytes or text"
@@ -79,10 +80,12 @@ class DataSource(InputSource):
     def _defaults_for_images(self) -> DataSource:
         # An image's id is its path and its input the file: the column defaults do not
         # apply (only columns the user set are reported as misplaced).
-        if self.format == "images":
+        if self.format in ("images", "webdataset"):
             for name in ("input_column", "id_column"):
                 if name not in self.model_fields_set:
                     object.__setattr__(self, name, None)
+        if self.format == "webdataset" and "target_column" not in self.model_fields_set:
+            object.__setattr__(self, "target_column", "txt")  # img2dataset's caption member
         return self
 
     def pairs_reader(self) -> ReaderOptions:

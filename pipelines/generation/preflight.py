@@ -136,9 +136,11 @@ def _gpu_problems(spec: JobSpec) -> list[str]:
 def _looks_like(uri: str, reader: ReaderOptions) -> str:
     """' (a tar archive)': what a skipped file is, so a wrong format says what was found."""
     try:
-        return f" ({with_article(sniff(read_head(uri, reader.storage_options, decompress=False)))})"
+        kind = sniff(read_head(uri, reader.storage_options, decompress=False))
     except Exception:  # noqa: BLE001 - a hint only; the message stands without it
         return ""
+    hint = "; tar shards (WebDataset) are read with input.format=webdataset" if kind == "tar archive" else ""
+    return f" ({with_article(kind)}{hint})"
 
 
 def _check_output(store: OutputStore, mode: str, plan: JobPlan | None, reader: ReaderOptions) -> list[str]:

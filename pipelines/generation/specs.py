@@ -96,7 +96,7 @@ class JobInput(InputSource):
     reference_column: str | None = Field(
         None,
         description="parquet / jsonl: column with a reference text, copied to the output as "
-        "'reference' and scored in the summary (images: use captions_file)",
+        "'reference' and scored in the summary (images: use captions_file; webdataset: a text member such as txt, or json.<field> for a field of the json member)",
     )
     files_per_shard: int = Field(
         256,
@@ -108,7 +108,7 @@ class JobInput(InputSource):
 
     def source_problems(self, *, key: str, modality: str | None = None) -> list[str]:
         problems = super().source_problems(key=key, modality=modality)
-        if self.reference_column and self.format not in ("parquet", "jsonl"):
+        if self.reference_column and self.format not in ("parquet", "jsonl", "webdataset"):
             problems.append(
                 f"{key}.reference_column: only used with format parquet or jsonl (format is "
                 f"{self.format}); images take references from {key}.captions_file"
@@ -406,6 +406,6 @@ class LabelJobSpec(JobSpec):
             except (KeyError, IndexError, ValueError) as exc:
                 problems.append(f"template: {self.template!r} has a placeholder other than {{text}} ({exc!r}); "
                                 "write literal braces as {{ and }}")
-        if self.template is not None and self.input.format == "images":
+        if self.template is not None and self.input.format in ("images", "webdataset"):
             problems.append("template: only for text inputs (input.format is images); remove it")
         return problems

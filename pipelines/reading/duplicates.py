@@ -26,14 +26,14 @@ log = logging.getLogger(__name__)
 def ids_can_repeat(opts: ReaderOptions) -> bool:
     """False when ids are unique by construction (file paths, '<file>#<row>'); True when
     they come from a column of the data (parquet / jsonl with an id column)."""
-    return opts.format in ("parquet", "jsonl") and bool(opts.id_column)
+    return (opts.format in ("parquet", "jsonl") and bool(opts.id_column)) or opts.format == "webdataset"
 
 
 
 def read_shard_ids(shard: Shard, opts: ReaderOptions) -> pa.Table:
     """The id, source_uri and source_row of every row `read_shard` yields for `shard`,
     reading only the id column where the format allows (the duplicate-id pass)."""
-    table = read_shard(shard, replace(opts, input_column=None, reference_column=None, captions_file=None))
+    table = read_shard(shard, replace(opts, input_column=None, reference_column=None, captions_file=None, payloads=False))
     return table.select(["id", "source_uri", "source_row"])
 
 

@@ -9,7 +9,9 @@ from typing import Any, Literal
 from .compression import CODECS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-InputFormat = Literal["images", "parquet", "jsonl", "text_lines", "text_files"]
+InputFormat = Literal["images", "parquet", "jsonl", "text_lines", "text_files", "webdataset"]
+# webdataset: the member extensions that hold a sample's image, in order of preference.
+WEBDATASET_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 def _with_codecs(*names: str) -> tuple[str, ...]:
     return tuple(name + codec for name in names for codec in ("", *CODECS))
@@ -22,6 +24,8 @@ _FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "jsonl": _with_codecs(".jsonl", ".json", ".ndjson"),
     "text_lines": _TEXT_EXTENSIONS,
     "text_files": _TEXT_EXTENSIONS,
+    # tarfile reads gzip / bz2 / xz tars itself (".tar.bz2", ".tar.xz" by input.extensions)
+    "webdataset": (".tar", ".tar.gz", ".tgz"),
 }
 
 
@@ -36,6 +40,8 @@ class ReaderOptions:
         id_column: parquet / jsonl: the field holding row ids.
         reference_column: parquet / jsonl: the field holding a reference (or target) text.
         captions_file: images: JSONL {file, caption}, file relative to root.
+        image_extensions: webdataset: member extensions that hold the image.
+        payloads: False reads ids and references only (the duplicate-id pass).
         extensions: file name endings that count as inputs (default per format).
         storage_options: fsspec options (credentials come from the environment).
     """
@@ -48,6 +54,8 @@ class ReaderOptions:
     captions_file: str | None = None
     extensions: tuple[str, ...] = ()
     storage_options: dict[str, Any] = field(default_factory=dict)
+    image_extensions: tuple[str, ...] = WEBDATASET_IMAGE_EXTENSIONS
+    payloads: bool = True
 
 
 

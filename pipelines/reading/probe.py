@@ -86,13 +86,13 @@ def format_problem(kind: str, format: InputFormat) -> str | None:
         "jsonl": kind in ("JSON text", "empty text", "an empty file", "non-UTF-8 text"),
         "text_lines": kind in ("text", "JSON text", "empty text", "an empty file", "non-UTF-8 text"),
         "text_files": kind in ("text", "JSON text", "empty text", "an empty file", "non-UTF-8 text"),
+        "webdataset": kind in ("tar archive", "gzip-compressed file", "bzip2-compressed file", "xz-compressed file"),
     }[format]
     if fits:
         return None
     hint = {
         "UTF-16 text": "convert it to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)",
-        "tar archive": "tar shards (WebDataset) are not read yet; extract the images, or convert "
-        "the shards to Parquet with an image column",
+        "tar archive": "tar shards (WebDataset, img2dataset) are read with input.format=webdataset",
         "Parquet file": "use input.format=parquet",
         "JSON text": "use input.format=jsonl",
         "text": "use input.format=text_lines or text_files",
@@ -131,7 +131,7 @@ def check_input_files(files: Sequence[str], opts: ReaderOptions) -> list[str]:
     the spec names. Empty when it fits (or none of them could be read or holds rows)."""
     for uri in files[:_FILES_CHECKED]:
         try:
-            head = read_head(uri, opts.storage_options, decompress=opts.format not in ("images", "parquet"))
+            head = read_head(uri, opts.storage_options, decompress=opts.format not in ("images", "parquet", "webdataset"))
         except MissingCodecError as exc:
             return [f"input.uri: {exc}"]  # every such file is the same
         except (OSError, EOFError, ValueError):

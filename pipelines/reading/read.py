@@ -22,6 +22,7 @@ from .options import ReaderOptions
 from .rows import Duplicates, RowBuilder
 from .shards import Shard
 from .tables import BadLine, jsonl_records, read_parquet, read_records
+from .webdataset import ShardCutError, read_webdataset
 
 
 def read_shard(shard: Shard, opts: ReaderOptions, *, duplicates: Duplicates | None = None) -> pa.Table:
@@ -36,6 +37,10 @@ def read_shard(shard: Shard, opts: ReaderOptions, *, duplicates: Duplicates | No
         fs, path = url_to_fs(uri, **opts.storage_options)
         try:
             _read_file(rows, fs, path, uri, opts)
+        except ShardCutError as exc:
+            rows.add(id=f"{relative_id(uri, opts.root)}#file", source_uri=uri, source_row=-1,
+                     error=("read", "truncated_file", f"file-level error: {uri}: {exc}; the samples before "
+                            "the break were read, the rest are lost"))
         except _FileError as exc:
             rows.add(id=f"{relative_id(uri, opts.root)}#file", source_uri=uri, source_row=-1,
                      error=("read", exc.cause, f"file-level error: {uri}: {exc}"))
@@ -68,6 +73,9 @@ def _read_file(rows: RowBuilder, fs: fsspec.AbstractFileSystem, path: str, uri: 
         return
     if opts.format == "parquet":
         read_parquet(rows, fs, path, uri, opts)
+        return
+    if opts.format == "webdataset":
+        read_webdataset(rows, fs, path, uri, opts)
         return
     data, broken = _read_text(fs, path, uri)
     base = relative_id(uri, opts.root)

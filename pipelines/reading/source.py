@@ -1,7 +1,7 @@
 """One vocabulary for inputs, shared by every job spec (generation and fine-tuning).
 
     uri            a file, a folder/prefix, or a glob; local, file://, s3:// (any fsspec)
-    format         images | parquet | jsonl | text_lines | text_files
+    format         images | parquet | jsonl | text_lines | text_files | webdataset
     input_column   parquet / jsonl: the column holding the model input (image bytes or text)
     id_column      parquet / jsonl: the column holding row ids
     captions_file  images: JSONL of {file, caption}: the true text of each picture
@@ -64,7 +64,7 @@ class InputSource(StrictModel):
     format: InputFormat = Field(
         description="images: one picture per file (jpg, png, webp, bmp, gif, tiff); parquet / jsonl: "
         "one row per record, the input in input_column; text_lines: one text per line; "
-        "text_files: one text per file"
+        "text_files: one text per file; webdataset: tar shards of samples (img2dataset's layout: <key>.jpg, <key>.txt, <key>.json), one row per sample"
     )
     input_column: str | None = Field(
         None,
@@ -74,7 +74,13 @@ class InputSource(StrictModel):
     id_column: str | None = Field(
         None,
         description="parquet / jsonl: the column holding row ids; when unset an id is "
-        "'<file relative to uri>#<row>' (images, text_files: the file path relative to uri)",
+        "'<file relative to uri>#<row>' (images, text_files: the file path relative to uri); "
+        "webdataset: json.<field> names a field of the sample's json member (default: the sample key)",
+    )
+    image_extensions: list[str] | None = Field(
+        None,
+        description="webdataset: the member extensions that hold a sample's image, in order of "
+        "preference (default jpg, jpeg, png, webp)",
     )
     captions_file: str | None = path_field(
         None,
@@ -96,7 +102,13 @@ class InputSource(StrictModel):
         """Cross-field problems, each naming its YAML key under `key`."""
         problems = []
         table_like = self.format in ("parquet", "jsonl")
-        if not table_like and self.id_column:
+        if self.format == "webdataset" and self.id_column and not self.id_column.startswith("json."):
+            problems.append(f"{key}.id_column: {self.id_column!r}; with format webdataset an id is the sample key, "
+                            "or json.<field> for a field of its json member")
+        if self.image_extensions is not None and self.format != "webdataset":
+            problems.append(f"{key}.image_extensions: only used with format webdataset (format is {self.format}); "
+                            "remove it (input.extensions names the files that count as inputs)")
+        if not table_like and self.format != "webdataset" and self.id_column:
             problems.append(
                 f"{key}.id_column: only used with format parquet or jsonl (format is {self.format}; "
                 "a file's id is its path); remove it or change "
@@ -113,8 +125,9 @@ class InputSource(StrictModel):
         if modality == "image" and self.format in ("text_lines", "text_files"):
             problems.append(f"{key}.format: {self.format} holds texts, but this job reads images; "
                             "use images, parquet or jsonl")
-        if modality == "text" and self.format == "images":
-            problems.append(f"{key}.format: images, but this job reads texts; use jsonl, parquet, "
+        if modality == "text" and self.format in ("images", "webdataset"):
+            what = "images" if self.format == "images" else "webdataset (tar shards of images)"
+            problems.append(f"{key}.format: {what}, but this job reads texts; use jsonl, parquet, "
                             "text_lines or text_files")
         return problems
 
@@ -128,4 +141,6 @@ class InputSource(StrictModel):
             reference_column=reference_column,
             captions_file=self.captions_file,
             extensions=tuple(self.extensions or ()),
+            **({"image_extensions": tuple(e.lower().lstrip(".") for e in self.image_extensions)}
+               if self.image_extensions else {}),
         )

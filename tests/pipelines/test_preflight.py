@@ -148,6 +148,17 @@ def test_a_mode_set_for_one_output_is_not_carried_to_another(tmp_path) -> None:
     assert load(tmp_path / "job.yaml", ["output.uri=elsewhere"]).mode == "error_if_exists"
 
 
+def test_a_format_given_with_set_drops_the_defaults_columns_but_keeps_those_given() -> None:
+    """The sample's columns belong to its Parquet files: --set input.format drops those not
+    given with it; one given with it (input.reference_column=txt) is the user's."""
+    bound = {"input.format": ["input.input_column", "input.id_column", "input.reference_column"]}
+    default = {"input": {"uri": "x", "format": "parquet", "input_column": "image", "id_column": "id",
+                         "reference_column": "caption"}, "model": {"uri": "m"}, "output": {"uri": "o"}}
+    spec = load_spec(CaptionJobSpec, None, ["input.format=webdataset", "input.reference_column=txt"],
+                     default=default, unset_with=bound).input
+    assert (spec.format, spec.id_column, spec.reference_column) == ("webdataset", None, "txt")
+
+
 # --- the input: format and columns, from the first file ------------------------------
 
 
@@ -177,10 +188,12 @@ def test_tar_shards_passed_as_images_say_what_they_are(captioner, tmp_path) -> N
         image.write_bytes(gs.image_bytes(0, "JPEG"))
         tar.add(image, arcname="000000000.jpg")
     spec = gs.caption_spec(str(src), str(tmp_path / "out"), captioner)
-    with pytest.raises(PreflightError, match=r"1 other file\(s\) were skipped, e.g. .*00000.tar \(a tar archive\)"):
+    with pytest.raises(PreflightError, match=r"1 other file\(s\) were skipped, e.g. .*00000.tar \(a tar archive; "
+                       r"tar shards \(WebDataset\) are read with input.format=webdataset\)"):
         _caption(spec)
     spec["input"]["extensions"] = [".tar"]
-    with pytest.raises(PreflightError, match="looks like a tar archive, not images input; tar shards"):
+    with pytest.raises(PreflightError, match="looks like a tar archive, not images input; tar shards .* are read "
+                       "with input.format=webdataset"):
         _caption(spec)
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .description import DecoderDescription
+from .graphs import StepGraphs
 from .native import act_code, load_native, native_error
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,7 @@ class DecoderRunner:
         # Static shapes are what a CUDA graph captures; on CPU they run eagerly (tests
         # check the graph path's arithmetic there), else CPU runs the exact shapes.
         self.static = bool(static_shapes) or self.use_graphs
-        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self._pool = None
+        self._graphs = StepGraphs(device, self._forward) if self.use_graphs else None
         self.src_cap = 0
         self.cross_kv: list[torch.Tensor] = []
         self.cross_bias = torch.zeros(0, device=device, dtype=dtype)
@@ -154,7 +154,8 @@ class DecoderRunner:
             bias[:, :old] = self.cross_bias
         self.cross_bias = bias
         self.src_cap = cap
-        self._graphs.clear()  # captured graphs point at the old buffers
+        if self._graphs is not None:
+            self._graphs.clear()  # captured graphs point at the old buffers
 
     def advance(self, n_rows: int) -> None:
         """After a step: the first n_rows rows move one position on (tok_in already holds
@@ -289,30 +290,6 @@ class DecoderRunner:
         if not self.static:
             return self._forward(n, src_w, self_w)
         bucket = self.bucket(n)
-        if not self.use_graphs:
+        if self._graphs is None:
             return self._forward(bucket, self.src_cap, self.T)[: n * self.group]
-        key = (bucket, self.src_cap)
-        entry = self._graphs.get(key)
-        if entry is None:
-            entry = self._capture(bucket, self.src_cap)
-            self._graphs[key] = entry
-        graph, out = entry
-        graph.replay()
-        return out[: n * self.group]
-
-    def _capture(self, n: int, src_w: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """Capture the step for (n, src_w). Inputs are already staged for the real step, and
-        the step only writes K/V at the staged positions from staged inputs, so the warm-up
-        and capture runs write exactly what the replay will: capturing is side-effect free."""
-        stream = torch.cuda.Stream(device=self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._forward(n, src_w, self.T)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = self._forward(n, src_w, self.T)
-        return graph, out
+        return self._graphs.replay(bucket, self.src_cap, self.T)[: n * self.group]

@@ -1,0 +1,147 @@
+"""WebDataset tar shards: samples of an image and its text / json, streamed from a tar.
+
+The convention img2dataset, LAION, DataComp and CC12M ship in: a tar holds files whose
+names, up to the first dot of the base name, are a sample's key
+(`00000/000000012.jpg`, `00000/000000012.txt`, `00000/000000012.json`), and a sample's
+files are consecutive. A tar is read as a stream (tarfile's "r|*": never whole in
+memory, gzip / bz2 / xz detected), one sample at a time; the standard library does all
+of it, so the `webdataset` package would add a dependency and no capability here.
+
+Each sample becomes one row: the image member (the first of `image_extensions` it has)
+is the payload, its key the id (or a field of its json member), its reference the
+`txt` member or a json field. A sample without an image, and a sample cut by the end of
+a truncated tar, are error rows naming the tar and the key; the samples before a cut
+are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tarfile
+import zlib
+from typing import Any
+
+import fsspec
+
+from .options import ReaderOptions
+from .rows import RowBuilder
+
+
+class ShardCutError(Exception):
+    """The tar ended inside a member or a header: `samples` were read before the break."""
+
+    def __init__(self, message: str, samples: int) -> None:
+        super().__init__(message)
+        self.samples = samples
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(key, extension) of a member name: the key is the path up to the first dot of the
+    base name, the extension the rest, lower-cased (`a/b.seg.png` -> `a/b`, `seg.png`)."""
+    folder, base = posixpath.split(name)
+    stem, dot, ext = base.partition(".")
+    return (posixpath.join(folder, stem) if folder else stem), (ext.lower() if dot else "")
+
+
+def read_webdataset(rows: RowBuilder, fs: fsspec.AbstractFileSystem, path: str, uri: str, opts: ReaderOptions) -> None:
+    """Add one row per sample of the tar at `path`; raise ShardCutError after the rows read
+    before a break when the tar is cut short or corrupt part-way."""
+    wanted = _wanted_members(opts)
+    samples = 0
+    key: str | None = None
+    members: dict[str, bytes | None] = {}
+    with fs.open(path, "rb") as raw:
+        f = _Counting(raw)
+        try:
+            with tarfile.open(fileobj=f, mode="r|*") as tar:
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    name_key, ext = split_name(info.name)
+                    if name_key.rsplit("/", 1)[-1].startswith((".", "_")) and not ext:
+                        continue  # metadata files of other tools, no sample
+                    if key is not None and name_key != key:
+                        _add_sample(rows, uri, samples, key, members, opts)
+                        samples += 1
+                        members = {}
+                    key = name_key
+                    # Members no row needs are skipped unread (the stream seeks past them).
+                    members[ext] = tar.extractfile(info).read() if wanted(ext) else None
+                # tarfile ends a stream quietly where a header is missing or cut short (an
+                # uncompressed tar cut at a member boundary), having tried to read it; a whole
+                # tar ends with zero blocks. Checked once the loop is over: mid-stream the
+                # reader may not have read past a member's data yet.
+                if tar.fileobj.comptype == "tar" and f.bytes < tar.offset + tarfile.BLOCKSIZE:
+                    raise tarfile.ReadError("the tar ends without its end-of-archive blocks")
+        except (tarfile.ReadError, EOFError, zlib.error, OSError) as exc:
+            if samples == 0 and key is None:
+                raise
+            if key is not None:
+                rows.add(id=key, source_uri=uri, source_row=samples, error=(
+                    "read", "truncated_file", f"sample {key!r} of {uri} was cut short by the end of the tar ({exc})"))
+            raise ShardCutError(f"the tar breaks after {samples} whole sample(s) ({type(exc).__name__}: {exc})",
+                                samples) from None
+    if key is not None:
+        _add_sample(rows, uri, samples, key, members, opts)
+
+
+class _Counting:
+    """A file reader that counts the bytes it gave (to tell a cut tar from a whole one)."""
+
+    def __init__(self, f: Any) -> None:
+        self._f, self.bytes = f, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self.bytes += len(data)
+        return data
+
+
+def _wanted_members(opts: ReaderOptions) -> Any:
+    images = set(opts.image_extensions)
+    texts = {c.split(".", 1)[0] for c in (opts.reference_column, opts.id_column) if c}
+    return lambda ext: (opts.payloads and ext in images) or ext in texts
+
+
+def _add_sample(rows: RowBuilder, uri: str, index: int, key: str, members: dict[str, bytes | None],
+                opts: ReaderOptions) -> None:
+    rid, problem = _sample_id(key, members, opts)
+    reference = _field(members, opts.reference_column) if opts.reference_column else None
+    image_ext = next((e for e in opts.image_extensions if e in members), None)
+    if problem is None and image_ext is None:
+        have = ", ".join(sorted(members)) or "none"
+        problem = ("missing_image", f"sample {key!r} of {uri} has no image member (its members: {have}); "
+                   f"input.image_extensions is {list(opts.image_extensions)}: add the extension its image has")
+    if problem is not None:
+        rows.add(id=rid, source_uri=uri, source_row=index, reference=reference, error=("read", *problem))
+        return
+    rows.add(id=rid, source_uri=uri, source_row=index, payload=members[image_ext] or b"", reference=reference)
+
+
+def _sample_id(key: str, members: dict[str, bytes | None], opts: ReaderOptions) -> tuple[str, tuple[str, str] | None]:
+    """A sample's id: its key, or the json field input.id_column names."""
+    if not opts.id_column:
+        return key, None
+    value = _field(members, opts.id_column)
+    if value is None or not str(value).strip():
+        return key, ("missing_id", f"sample {key!r} has no {opts.id_column} value: ids are how output rows are "
+                     "joined back; unset input.id_column to use the sample key")
+    return str(value), None
+
+
+def _field(members: dict[str, bytes | None], name: str) -> str | None:
+    """`txt` (a member's text) or `json.caption` (a field of the json member), None when absent."""
+    ext, _, field = name.partition(".")
+    data = members.get(ext)
+    if data is None:
+        return None
+    if not field:
+        return data.decode("utf-8", errors="replace").strip()
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    for part in field.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return None if value is None else str(value)
