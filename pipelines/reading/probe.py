@@ -18,6 +18,7 @@ from fsspec.core import url_to_fs
 from .compression import MissingCodecError, compression_of
 from .compression import decompress as decompress_bytes
 from .options import InputFormat, ReaderOptions
+from .webdataset import sample_members
 
 # Bytes read from the start of a file to tell what it is (a tar header ends at 512).
 _HEAD_BYTES = 4096
@@ -157,6 +158,8 @@ def _check_file(uri: str, kind: str, opts: ReaderOptions) -> list[str]:
         except (OSError, ValueError):
             return []  # no footer: the file's error row says so
         return _missing(named, columns, uri, "its columns")
+    if opts.format == "webdataset":
+        return _check_first_sample(uri, opts)
     if opts.format == "jsonl":
         keys = _jsonl_keys(uri, opts.storage_options)
         if keys is None:
@@ -196,3 +199,35 @@ def _missing(named: Sequence[tuple[str, str]], columns: Sequence[str], uri: str,
         + ("" if key == "input_column" else " or to null")
         for key, col in named if col not in present
     ]
+
+
+# webdataset: the samples whose members stand for the shard's (a member missing from every
+# one of them is reported), read from the start of the first tar.
+_WEBDATASET_SAMPLES = 20
+
+
+def _check_first_sample(uri: str, opts: ReaderOptions) -> list[str]:
+    """The members and json fields the spec names, against the first samples of a tar."""
+    try:
+        members, fields = sample_members(uri, opts, samples=_WEBDATASET_SAMPLES)
+    except Exception:  # noqa: BLE001 - an unreadable tar is its own error row when the job runs
+        return []
+    if not members:
+        return []
+    problems = []
+    if not set(opts.image_extensions) & members:
+        problems.append(f"input.image_extensions: none of {list(opts.image_extensions)} is a member of the first "
+                        f"samples of {uri} (their members: {', '.join(sorted(members))}); set it to the image's "
+                        "extension")
+    for key, name in (("reference_column", opts.reference_column), ("id_column", opts.id_column)):
+        if not name:
+            continue
+        ext, _, field = name.partition(".")
+        if ext not in members:
+            problems.append(f"input.{key}: {name!r} names the member {ext!r}, which the first samples of {uri} do "
+                            f"not have (their members: {', '.join(sorted(members))}); set it to one of them")
+        elif field and field.split(".")[0] not in fields.get(ext, set()):
+            have = ", ".join(sorted(fields.get(ext, set()))) or "none"
+            problems.append(f"input.{key}: {name!r}: the {ext} members of the first samples of {uri} have no field "
+                            f"{field.split('.')[0]!r} (their fields: {have}); set it to one of them")
+    return problems

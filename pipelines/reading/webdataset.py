@@ -23,6 +23,7 @@ import zlib
 from typing import Any
 
 import fsspec
+from fsspec.core import url_to_fs
 
 from .options import ReaderOptions
 from .rows import RowBuilder
@@ -145,3 +146,29 @@ def _field(members: dict[str, bytes | None], name: str) -> str | None:
     for part in field.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return None if value is None else str(value)
+
+
+def sample_members(uri: str, opts: ReaderOptions, *, samples: int) -> tuple[set[str], dict[str, set[str]]]:
+    """The member extensions of a tar's first `samples` samples, and the top-level fields of
+    their JSON members (by extension): the driver's check of the keys a spec names."""
+    fs, path = url_to_fs(uri, **opts.storage_options)
+    members: set[str] = set()
+    fields: dict[str, set[str]] = {}
+    keys: set[str] = set()
+    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, ext = split_name(info.name)
+            keys.add(key)
+            if len(keys) > samples:
+                break
+            members.add(ext)
+            if ext == "json" or ext.endswith(".json"):
+                try:
+                    value = json.loads(tar.extractfile(info).read())
+                except ValueError:
+                    continue
+                if isinstance(value, dict):
+                    fields.setdefault(ext, set()).update(value)
+    return members, fields

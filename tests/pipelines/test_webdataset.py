@@ -160,3 +160,18 @@ def test_fine_tuning_reads_webdataset_pairs(tmp_path) -> None:
     assert [(r["id"], r["reference"]) for r in rows] == [(f"{i:09d}", f"caption {i}") for i in range(3)]
     by_json = plan_pairs(DataSource(uri=str(tmp_path), format="webdataset", target_column="json.caption"), key="d")
     assert read_shard(by_json.shards[0], by_json.reader).to_pylist()[2]["reference"] == "json caption 2"
+
+
+def test_preflight_checks_the_members_and_fields_a_spec_names(tmp_path) -> None:
+    """A wrong member or json field is found on the driver from the first samples, not as
+    a job whose references are all null."""
+    uri = str(tmp_path / "a.tar")
+    write_tar(uri, _samples(2))
+    ok = ReaderOptions(format="webdataset", root=str(tmp_path), reference_column="json.caption", id_column="json.uid")
+    assert check_input_files([uri], ok) == []
+    wrong = ReaderOptions(format="webdataset", root=str(tmp_path), reference_column="caption",
+                          id_column="json.key", image_extensions=("webp",))
+    problems = check_input_files([uri], wrong)
+    assert [p.split(":")[0] for p in problems] == ["input.image_extensions", "input.reference_column", "input.id_column"]
+    assert "(their members: jpg, json, txt)" in problems[0]
+    assert "(their fields: caption, uid, width)" in problems[2]
