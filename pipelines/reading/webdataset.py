@@ -107,8 +107,9 @@ def _wanted_members(opts: ReaderOptions) -> Any:
 
 def _add_sample(rows: RowBuilder, uri: str, index: int, key: str, members: dict[str, bytes | None],
                 opts: ReaderOptions) -> None:
-    rid, problem = _sample_id(key, members, opts)
-    reference = _field(members, opts.reference_column) if opts.reference_column else None
+    parsed: dict[str, Any] = {}  # json members, parsed once for the id and the reference
+    rid, problem = _sample_id(key, members, opts, parsed)
+    reference = _field(members, opts.reference_column, parsed) if opts.reference_column else None
     image_ext = next((e for e in opts.image_extensions if e in members), None)
     if problem is None and image_ext is None:
         have = ", ".join(sorted(members)) or "none"
@@ -120,18 +121,19 @@ def _add_sample(rows: RowBuilder, uri: str, index: int, key: str, members: dict[
     rows.add(id=rid, source_uri=uri, source_row=index, payload=members[image_ext] or b"", reference=reference)
 
 
-def _sample_id(key: str, members: dict[str, bytes | None], opts: ReaderOptions) -> tuple[str, tuple[str, str] | None]:
+def _sample_id(key: str, members: dict[str, bytes | None], opts: ReaderOptions,
+               parsed: dict[str, Any]) -> tuple[str, tuple[str, str] | None]:
     """A sample's id: its key, or the json field input.id_column names."""
     if not opts.id_column:
         return key, None
-    value = _field(members, opts.id_column)
+    value = _field(members, opts.id_column, parsed)
     if value is None or not str(value).strip():
         return key, ("missing_id", f"sample {key!r} has no {opts.id_column} value: ids are how output rows are "
                      "joined back; unset input.id_column to use the sample key")
     return str(value), None
 
 
-def _field(members: dict[str, bytes | None], name: str) -> str | None:
+def _field(members: dict[str, bytes | None], name: str, parsed: dict[str, Any]) -> str | None:
     """`txt` (a member's text) or `json.caption` (a field of the json member), None when absent."""
     ext, _, field = name.partition(".")
     data = members.get(ext)
@@ -139,10 +141,12 @@ def _field(members: dict[str, bytes | None], name: str) -> str | None:
         return None
     if not field:
         return data.decode("utf-8", errors="replace").strip()
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return None
+    if ext not in parsed:
+        try:
+            parsed[ext] = json.loads(data)
+        except ValueError:
+            parsed[ext] = None
+    value = parsed[ext]
     for part in field.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return None if value is None else str(value)

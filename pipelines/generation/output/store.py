@@ -281,9 +281,7 @@ class OutputStore:
         is kept in the manifest, as are the model stage's counters for the shard.
         """
         shard_key, inputs, shard_rows = shard.key, shard.inputs, shard.shard_rows
-        ok, bad = self._merged(shard)
-        seen_ok = set(ok.column("row_index").to_pylist()) if ok is not None else set()
-        seen_bad = set(bad.column("row_index").to_pylist()) if bad is not None else set()
+        ok, bad = self._merged(shard)  # each row index once, in exactly one of them
         data_files, error_files = [], []
         sums: dict[str, float] = {}
         if ok is not None and ok.num_rows:
@@ -298,8 +296,8 @@ class OutputStore:
             shard_key=shard_key,
             inputs=list(inputs),
             rows_in=shard_rows,
-            rows_ok=len(seen_ok),
-            rows_errored=len(seen_bad),
+            rows_ok=0 if ok is None else ok.num_rows,
+            rows_errored=0 if bad is None else bad.num_rows,
             data_files=data_files,
             error_files=error_files,
             run_id=run_id,
