@@ -10,7 +10,7 @@ This face holds the names a user calls; every error raised on purpose is a
 CombinerError (per-row input problems an InputError, with `stage` and `cause`). Public
 modules for more: `storage` (URIs, fsspec, credentials), `describe` (what a checkpoint
 is, from its JSON files), `errors`, `engine` (GenerationEngine and its rooms),
-`preprocess`, `checkpoint`, `build`, `training`.
+`preprocess`, `images` (image bytes to pixels, fast), `checkpoint`, `build`, `training`.
 
 Names are imported on first use (PEP 562): `from combiner_core import GenerationParams`
 costs only pydantic, so a job's driver, which validates specs and never runs a model,
@@ -49,6 +49,10 @@ _WHERE: dict[str, str] = {
     "score_labels": "labels",
     # inputs
     "decode_image": "preprocess",
+    "encode_images": "images",
+    "model_pixel_values": "images",
+    "fuse_image_processor": "images",
+    "FusedImageProcessor": "images",
     "image_to_pixel_values": "preprocess",
     "tokenize_text": "preprocess",
     "text_from_bytes": "preprocess",

@@ -17,8 +17,9 @@ from .combiner import Combiner
 from .engine import GenerationEngine
 from .engine.outputs import Generated
 from .errors import ModalityError
+from .images import encode_images, model_pixel_values
 from .params import GenerationParams
-from .preprocess import decode_image, image_to_pixel_values, tokenize_batch
+from .preprocess import tokenize_batch
 
 
 @torch.inference_mode()
@@ -66,8 +67,13 @@ def generate_texts(
 def generate_images(
     combiner: Combiner, images: Sequence[bytes], params: GenerationParams | None = None
 ) -> list[list[Generated]]:
-    """Decode, preprocess and generate for a list of encoded images (raises on a bad image)."""
+    """Decode, preprocess and generate for a list of encoded images (raises on a bad image).
+
+    Preprocessing is combiner_core.images' fused path where it covers the checkpoint's
+    image processor (JPEGs decoded at a reduced scale), else the processor itself.
+    """
     if combiner.image_processor is None:
         raise ModalityError(f"this combiner takes text ({combiner.layout}); use generate_texts")
-    pixels = image_to_pixel_values(combiner.image_processor, [decode_image(b) for b in images])
+    encoded = encode_images(combiner.image_processor, list(images))
+    pixels = model_pixel_values(combiner.image_processor, encoded, device=combiner.model.device)
     return generate(combiner, {"pixel_values": pixels}, params)

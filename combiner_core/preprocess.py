@@ -172,6 +172,14 @@ def decode_image(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXE
     `max_pixels` before decoding their pixels. Raises ImageDecodeError with cause
     "empty_image", "corrupt_image", "unknown_format" or "too_large".
     """
+    return finish_image(open_image(data, max_pixels=max_pixels))
+
+
+def open_image(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """The first half of `decode_image`: the header read and checked, no pixels decoded.
+
+    Between the two halves a caller may ask a JPEG for a reduced decode (`Image.draft`).
+    """
     if data is None or len(data) == 0:
         raise ImageDecodeError("image is zero bytes; the file is empty or was not uploaded", cause="empty_image")
     try:
@@ -201,6 +209,11 @@ def decode_image(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXE
             "raise max_pixels (a job's input.max_pixels) if such images are expected",
             cause="too_large",
         )
+    return image
+
+
+def finish_image(image: Image.Image) -> Image.Image:
+    """The second half of `decode_image`: pixels decoded, EXIF orientation applied, RGB."""
     try:
         image.seek(0)
         image.load()

@@ -59,36 +59,51 @@ def cached_preprocessor(model_uri: str, trust_remote_code: bool) -> Preprocessor
 def preprocess_images(
     batch: dict[str, np.ndarray], pre: Preprocessor, *, max_pixels: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Image bytes -> decoded RGB -> the combiner's image processor -> `pixel_values`.
+    """Image bytes -> `pixel_values` as they cross to the model actor.
 
-    A row that fails gets error_stage/cause/message from combiner_core's InputError
-    and zero pixels (no actor reads them). Images over `max_pixels` (None: combiner_core's
-    default) are refused before their pixels are decoded.
+    uint8 (3, H, W) at the model's input size through combiner_core.images' fused path
+    (JPEGs decoded at a reduced scale, one resize; the actor normalizes, see
+    `model_pixels`), or the processor's float32 values for a processor that path does
+    not cover (said once in the log). A row that fails gets error_stage/cause/message
+    from combiner_core's InputError and zero pixels (no actor reads them). Images over
+    `max_pixels` (None: combiner_core's default) are refused before their pixels are decoded.
     """
-    from combiner_core import InputError, decode_image, image_to_pixel_values
+    from combiner_core import InputError
+    from combiner_core.images import encode_images
+    from combiner_core.preprocess import DEFAULT_MAX_IMAGE_PIXELS
 
     stages, causes, messages = error_columns(batch)
     payloads = batch["payload"]
     n = len(payloads)
-    images = {}
+    limit = DEFAULT_MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    encoded = {}
     for i in range(n):
         if stages[i]:
             continue
         try:
-            images[i] = decode_image(payloads[i]) if max_pixels is None else decode_image(payloads[i], max_pixels=max_pixels)
+            encoded[i] = encode_images(pre.image_processor, [payloads[i]], max_pixels=limit)[0]
         except InputError as exc:
             stages[i], causes[i], messages[i] = exc.stage, exc.cause, str(exc)
-    if images:
-        values = image_to_pixel_values(pre.image_processor, list(images.values())).numpy()
-        pixels = np.zeros((n, *values.shape[1:]), dtype=np.float32)
-        pixels[list(images)] = values
+    if encoded:
+        first = next(iter(encoded.values()))
+        pixels = np.zeros((n, *first.shape), dtype=first.dtype)
+        pixels[list(encoded)] = np.stack(list(encoded.values()))
     else:
         # An all-error batch: no actor reads these pixels.
-        pixels = np.zeros((n, 0), dtype=np.float32)
+        pixels = np.zeros((n, 0), dtype=np.uint8)
     out = {k: v for k, v in batch.items() if k != "payload"}
     out["pixel_values"] = pixels
     out.update(error_stage=object_array(stages), error_cause=object_array(causes), error_message=object_array(messages))
     return out
+
+
+def model_pixels(combiner: Combiner, batch: dict[str, np.ndarray], rows: list[int]) -> Any:
+    """On the model actor: the good `rows`' pixel_values as the encoder reads them, on the
+    model's device (uint8 from the fused path is normalized there, on the GPU if any)."""
+    from combiner_core.images import model_pixel_values
+
+    stacked = np.stack([batch["pixel_values"][i] for i in rows])
+    return model_pixel_values(combiner.image_processor, stacked, device=combiner.model.device)
 
 
 def preprocess_texts(

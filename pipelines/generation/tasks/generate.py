@@ -18,7 +18,7 @@ from combiner_core import GenerationParams
 
 from ...metrics import ROUGE_KEYS, exact_match_count, rouge_f1
 from ..counters import ModelCounters
-from .base import Modality, TaskAdapter, error_columns, object_array, preprocess_texts
+from .base import Modality, TaskAdapter, error_columns, model_pixels, object_array, preprocess_texts
 
 if TYPE_CHECKING:
     from combiner_core import Combiner, Preprocessor
@@ -57,8 +57,7 @@ class _GenerateTask(TaskAdapter):
 
         keys = [str(batch["id"][i]) for i in rows]
         if self.modality == "image":
-            pixels = torch.from_numpy(np.stack([batch["pixel_values"][i] for i in rows]))
-            results = engine.generate_pixels(pixels, row_keys=keys)
+            results = engine.generate_pixels(model_pixels(engine.combiner, batch, rows), row_keys=keys)
             in_tokens: list[int | None] = [None] * len(rows)
             truncated: list[bool | None] = [None] * len(rows)
         else:

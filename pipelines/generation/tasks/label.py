@@ -20,7 +20,14 @@ import numpy as np
 import pyarrow as pa
 
 from ..counters import ModelCounters
-from .base import Modality, TaskAdapter, cached_preprocessor, preprocess_images, preprocess_texts
+from .base import (
+    Modality,
+    TaskAdapter,
+    cached_preprocessor,
+    model_pixels,
+    preprocess_images,
+    preprocess_texts,
+)
 
 if TYPE_CHECKING:
     from combiner_core import Combiner, Preprocessor
@@ -110,7 +117,7 @@ class LabelTask(TaskAdapter):
         import torch
 
         if engine.combiner.modality == "image":
-            scores = engine.score_pixels(torch.from_numpy(np.stack([batch["pixel_values"][i] for i in rows])))
+            scores = engine.score_pixels(model_pixels(engine.combiner, batch, rows))
             in_tokens: list[int | None] = [None] * len(rows)
         else:
             ids = [torch.from_numpy(np.asarray(batch["input_ids"][i], dtype=np.int64)) for i in rows]
