@@ -109,7 +109,11 @@ def _candidate_ids(index: IdIndex, hashes: np.ndarray, positions: np.ndarray, ta
     by_position = np.argsort(at, kind="stable")
     if not np.array_equal(at[by_position], wanted):
         missing = np.setdiff1d(wanted, at)
-        raise InputChangedError(_changed(index, missing[0] if len(missing) else wanted[0], "is not there any more"))
+        if len(missing):
+            raise InputChangedError(_changed(index, missing[0], "is not there any more"))
+        values, counts = np.unique(at, return_counts=True)
+        extra = values[counts > np.unique(wanted, return_counts=True)[1]][0]
+        raise InputChangedError(_changed(index, extra, "is there more times than before"))
     real = pa.concat_arrays(found_ids).take(pa.array(by_position))  # in `wanted` order
     back = np.empty_like(order)
     back[order] = np.arange(len(order))

@@ -157,10 +157,13 @@ def test_the_hash_is_the_same_in_every_process_and_every_layout():
 
 def test_an_input_that_changes_between_the_two_reads_is_an_error():
     reads = iter([[(1, ids("a", ("x", 0), ("x", 1)))], [(1, ids("a", ("x", 0), ("w", 1)))],
-                  [(1, ids("a", ("x", 0), ("x", 1)))], [(1, ids("a", ("x", 0)))]])
+                  [(1, ids("a", ("x", 0), ("x", 1)))], [(1, ids("a", ("x", 0)))],
+                  [(1, ids("a", ("x", 0), ("x", 1)))], [(1, ids("a", ("x", 0), ("x", 1), ("x", 1)))]])
     with pytest.raises(InputChangedError, match="a changed .* row 1, .* holds another id now"):
         find_duplicates(lambda files: next(reads))
     with pytest.raises(InputChangedError, match="a changed .* row 1, .* is not there any more"):
+        find_duplicates(lambda files: next(reads))
+    with pytest.raises(InputChangedError, match="a changed .* row 1, .* is there more times than before"):
         find_duplicates(lambda files: next(reads))
 
 
