@@ -18,11 +18,19 @@ fine-tuning read through these same functions.
     compression  .gz / .zst / .bz2 / .xz, keeping what was read before a break
     probe        what a file is, from its first bytes (the driver's checks)
     duplicates   the duplicate-id pass
+    id_index     its ids as 64-bit hashes and packed positions (16 bytes a row)
 """
 
 from .captions import CaptionsFileError, read_captions_file
 from .compression import MissingCodecError
-from .duplicates import duplicate_rows, find_duplicates, ids_can_repeat, read_shard_ids
+from .duplicates import (
+    InputChangedError,
+    duplicate_rows,
+    find_duplicates,
+    ids_can_repeat,
+    read_shard_ids,
+)
+from .id_index import IdPassLimitError
 from .listing import (
     InputListing,
     InputListingError,
@@ -49,6 +57,8 @@ __all__ = [
     "ROW_SCHEMA",
     "CaptionsFileError",
     "Duplicates",
+    "IdPassLimitError",
+    "InputChangedError",
     "InputFormat",
     "InputListing",
     "InputListingError",
