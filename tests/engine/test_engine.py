@@ -1,7 +1,7 @@
 """The generation engine against transformers' own generate (hf_generate), on tiny models.
 
-Every fast-path family (BERT, RoBERTa, GPT-2, TrOCR decoders; BART, mBART, Marian
-native seq2seq) and the MiniLM warm start: greedy token-identical, beam search with the
+Every fast-path family (BERT, RoBERTa, GPT-2, TrOCR decoders; BART, mBART, Marian,
+T5 v1.0, T5 v1.1 / Flan-T5, mT5 and UMT5 native seq2seq) and the MiniLM warm start: greedy token-identical, beam search with the
 same n-best list and scores within 1e-4, batched, one by one, with fewer slots than
 inputs (in-flight refill) and with rows that end at very different steps (an EOS bias
 on the LM head makes the models stop early on some inputs and late on others).
@@ -402,16 +402,16 @@ def test_bfloat16_engine_runs(static: bool) -> None:
 
 
 def test_family_without_fast_path_falls_back_to_hf_and_logs_once(caplog) -> None:
-    c = build("t5")
+    c = build("pegasus")
     batch = inputs_of(c, 5)
     notices.forget()
     params = GenerationParams(strategy="beam", num_beams=2, max_new_tokens=6)
     with caplog.at_level(logging.WARNING, logger="combiner_core.engine.core"):
         first = GenerationEngine(c, params, slots=2, dtype=None)
         second = GenerationEngine(c, params, dtype=None)
-    assert not first.fast_path and "t5" in first.fallback_reason
+    assert not first.fast_path and "pegasus" in first.fallback_reason
     messages = [r.getMessage() for r in caplog.records if "fast path" in r.getMessage()]
-    assert len(messages) == 1 and "'t5'" in messages[0]
+    assert len(messages) == 1 and "'pegasus'" in messages[0]
     ref = hf_generate(c, batch, params)
     assert_same(engine_run(first, batch), ref)
     assert_same(engine_run(second, batch), ref)
