@@ -40,13 +40,17 @@ class Linear:
 
 def rms_norm(x: torch.Tensor, shape: tuple[int, ...], weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
     """T5LayerNorm (no mean subtraction, no bias), with F.layer_norm's signature so the
-    step can call either. HF computes the variance in float32 and scales in float32
-    before casting back; in float32 that is torch's one-op rms_norm (equal up to rounding)."""
+    step can call either. In float32 that is torch's one-op rms_norm (equal up to
+    rounding); otherwise HF's own arithmetic: the variance in float32 whatever the dtype
+    (so float64 carries float32's rounding there, as in HF), a half-precision result cast
+    back before the weight multiplies it."""
     if x.dtype == torch.float32:
         return F.rms_norm(x, shape, weight, eps)
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(weight.dtype)
+    variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+    h = x * torch.rsqrt(variance + eps)
+    if weight.dtype in (torch.float16, torch.bfloat16):
+        h = h.to(weight.dtype)
+    return weight * h
 
 
 @dataclass
