@@ -172,7 +172,7 @@ def test_family_without_fast_path_runs_the_reference_and_logs_once(labels: str, 
     assert scorer.stats.decoder_positions == len(scores) * k * longest  # no sharing
 
 
-@pytest.mark.parametrize("name", ["bert2roberta", "vit2gpt2", "bart"])
+@pytest.mark.parametrize("name", ["bert2roberta", "vit2gpt2", "bart", "t5v11", "umt5"])
 def test_fast_path_equals_reference_path(name: str) -> None:
     """The same scorer on the trie and, with the model in training mode (dropout 0 in
     these configs), on HF's decoder: equal scores."""
