@@ -42,6 +42,8 @@ def extract_decoder(model: torch.nn.Module) -> DecoderDescription:
                 raise UnsupportedFamily(f"native seq2seq family '{family}' has no fast path")
             stack = model.get_decoder() if hasattr(model, "get_decoder") else model.model.decoder
             return bart_family(stack, model.lm_head, getattr(model, "final_logits_bias", None), family)
+        if family in T5_LIKE:  # T5 stacks are no *ForCausalLM: a composite cannot hold one as its decoder
+            raise UnsupportedFamily(f"'{family}' as the decoder of a composite combiner")
         decoder = model.decoder
         if family == "bert" or family in ROBERTA_LIKE:
             return bert_like(decoder, "bert" if family == "bert" else "roberta")
