@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import DecoderDescription
+from .model.description import relative_buckets
 
 # Elements of one chunk's logits ([inputs, nodes, vocab]) and of one chunk's
 # self-attention scores ([inputs, heads, nodes, nodes]): bounds the memory of a call.
@@ -171,13 +172,17 @@ class TreeScorer:
         allowed = trie.ancestors().to(device)
         # additive bias [M, M] (the same form as the engine's step: 0 visible, min hidden)
         self.tree_bias = torch.zeros(allowed.shape, device=device, dtype=dtype).masked_fill_(~allowed, self.min_value)
-        # T5: each table's relative bias [heads, M, M] for key depth - query depth (a node's
-        # ancestors are the tokens before it in its own sequence), plus the tree mask
-        self.tree_biases = [self.tree_bias]
+        # T5: the relative bias [heads, M, M] for key depth - query depth (a node's ancestors
+        # are the tokens before it in its own sequence), plus the tree mask. One shared table
+        # is added once here; UMT5's per-layer tables are added per call (_self_mask), so
+        # their memory stays one layer's [heads, M, M], not every layer's.
+        self.rel_offsets: torch.Tensor | None = None
+        self.shared_mask = self.tree_bias
         if desc.rel_bias is not None:
             depth = trie.depth.to(device)
-            rel = desc.relative_bias(depth[None, :] - depth[:, None]).to(dtype)
-            self.tree_biases = list((rel + self.tree_bias).unbind(0))
+            self.rel_offsets = depth[None, :] - depth[:, None]
+            if len(desc.rel_bias) == 1:
+                self.shared_mask = desc.relative_bias(self.rel_offsets)[0].to(dtype) + self.tree_bias
         self.edge_node = trie.edge_node.to(device)
         self.edge_token = trie.edge_token.to(device)
         self.incidence = trie.incidence().to(device)
@@ -209,10 +214,18 @@ class TreeScorer:
         h = layer.self_norm(x) if pre else x
         qkv = layer.qkv(h).view(n, M, 3, H, d).permute(2, 0, 3, 1, 4)  # [3, n, H, M, d]
         # the query scale is folded into the q weights by the family files (model/bert.py...): scale=1
-        mask = self.tree_biases[desc.rel_table(i)] if desc.rel_bias is not None else self.tree_bias
-        a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask, scale=1.0)
+        a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=self._self_mask(i), scale=1.0)
         a = layer.self_out(a.transpose(1, 2).reshape(n, M, desc.inner))
         return x + a if pre else layer.self_norm(x + a)
+
+    def _self_mask(self, i: int) -> torch.Tensor:
+        """Layer i's additive self-attention mask: the tree mask, with T5's relative bias."""
+        desc = self.desc
+        if desc.rel_bias is None or len(desc.rel_bias) == 1:
+            return self.shared_mask
+        table = desc.rel_bias[i]  # UMT5: this layer's own table
+        buckets = relative_buckets(self.rel_offsets, desc.rel_buckets, desc.rel_max_distance)
+        return F.embedding(buckets, table).permute(2, 0, 1).to(self.dtype) + self.tree_bias
 
     # -- per batch
 

@@ -201,8 +201,3 @@ class DecoderDescription:
         assert self.rel_bias is not None  # noqa: S101 - only called for relative-position decoders
         buckets = relative_buckets(offsets, self.rel_buckets, self.rel_max_distance)
         return torch.stack([F.embedding(buckets, table).movedim(-1, 0) for table in self.rel_bias])
-
-    def rel_table(self, layer: int) -> int:
-        """Which rel_bias table layer `layer` adds: its own (UMT5) or the shared one."""
-        assert self.rel_bias is not None  # noqa: S101
-        return layer if len(self.rel_bias) > 1 else 0
