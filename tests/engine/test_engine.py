@@ -524,3 +524,17 @@ def test_t5_bfloat16_engine_runs() -> None:
         out = engine_run(engine, inputs_of(c, 5))
         assert engine.fast_path and len(out) == 5 and all(0 < r[0].num_tokens <= 8 for r in out)
         assert engine._decoding.runner.rel.dtype == torch.bfloat16
+
+
+def test_t5_half_precision_checkpoint_with_float32_wo_runs() -> None:
+    """transformers loads T5's `wo` in float32 when the rest is bfloat16 (its
+    _keep_in_fp32_modules): the engine, at the model's own dtype, still runs."""
+    c = build("t5v11")
+    bias_eos(c, EOS_BIAS["t5v11"])
+    c.model.to(torch.bfloat16)
+    for block in c.model.decoder.block:
+        block.layer[2].DenseReluDense.wo.float()
+    assert c.model.dtype == torch.bfloat16
+    engine = GenerationEngine(c, GenerationParams(strategy="greedy", max_new_tokens=8), slots=3, dtype=None)
+    out = engine_run(engine, inputs_of(c, 4))
+    assert engine.fast_path and all(0 < r[0].num_tokens <= 8 for r in out)

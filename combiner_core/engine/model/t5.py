@@ -33,6 +33,16 @@ def _norm(module: torch.nn.Module) -> Norm:
     return Norm(module.weight, None, float(module.variance_epsilon), rms=True)
 
 
+def _wo(module: torch.nn.Module, dtype: torch.dtype) -> Linear:
+    """The feed-forward output projection in the decoder's dtype. transformers keeps T5's
+    `wo` in float32 when it loads a checkpoint in half precision (_keep_in_fp32_modules),
+    and its residual stream turns float32 from there; the engine's step runs one dtype, so
+    it takes a copy of wo in the others' dtype (half-precision outputs are held to HF's
+    only loosely anyway)."""
+    weight = module.weight
+    return Linear(weight if weight.dtype == dtype else weight.to(dtype), None)
+
+
 def _output_scale(config, family: str) -> float:
     if family == "mt5":
         scaled = bool(getattr(config, "scale_decoder_outputs", False))
@@ -68,7 +78,7 @@ def t5_family(model: torch.nn.Module, family: str) -> DecoderDescription:
                 cross_out=read_linear(ca.o),
                 cross_norm=_norm(block.layer[1].layer_norm),
                 fc1=fc1,
-                fc2=read_linear(ff.wo),
+                fc2=_wo(ff.wo, sa.q.weight.dtype),
                 act=fast_act(ff.act),
                 ffn_norm=_norm(block.layer[2].layer_norm),
                 scale=1.0,
