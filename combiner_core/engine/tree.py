@@ -10,7 +10,8 @@ verbalizations. Here instead:
   computed once whatever number of verbalizations share it;
 - one decoder forward runs over the flattened trie of every input of a batch, with a
   tree attention mask (a node attends to itself and its ancestors) and each node at
-  the position of its depth, exactly the position it has in a sequence of its own;
+  the position of its depth, exactly the position it has in a sequence of its own
+  (T5's relative position bias: key depth minus query depth along the node's path);
 - cross-attention keys/values are computed once per input and layer, and all trie
   nodes of that input read them (broadcast, no per-verbalization copy);
 - the logits of a node score the first token of each of its children (and eos):
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import DecoderDescription
+from .model.description import relative_buckets
 
 # Elements of one chunk's logits ([inputs, nodes, vocab]) and of one chunk's
 # self-attention scores ([inputs, heads, nodes, nodes]): bounds the memory of a call.
@@ -161,7 +163,7 @@ class TreeScorer:
         self.desc, self.trie = desc, trie
         self.device, self.dtype = device, dtype
         positions = trie.positions(desc)
-        if int(positions.max()) >= desc.pos_emb.shape[0]:
+        if desc.pos_emb is not None and int(positions.max()) >= desc.pos_emb.shape[0]:
             raise ValueError(
                 f"a verbalization reaches decoder position {int(positions.max())}; the decoder has "
                 f"{desc.pos_emb.shape[0]} positions"
@@ -170,6 +172,17 @@ class TreeScorer:
         allowed = trie.ancestors().to(device)
         # additive bias [M, M] (the same form as the engine's step: 0 visible, min hidden)
         self.tree_bias = torch.zeros(allowed.shape, device=device, dtype=dtype).masked_fill_(~allowed, self.min_value)
+        # T5: the relative bias [heads, M, M] for key depth - query depth (a node's ancestors
+        # are the tokens before it in its own sequence), plus the tree mask. One shared table
+        # is added once here; UMT5's per-layer tables are added per call (_self_mask), so
+        # their memory stays one layer's [heads, M, M], not every layer's.
+        self.rel_offsets: torch.Tensor | None = None
+        self.shared_mask = self.tree_bias
+        if desc.rel_bias is not None:
+            depth = trie.depth.to(device)
+            self.rel_offsets = depth[None, :] - depth[:, None]
+            if len(desc.rel_bias) == 1:
+                self.shared_mask = desc.relative_bias(self.rel_offsets)[0].to(dtype) + self.tree_bias
         self.edge_node = trie.edge_node.to(device)
         self.edge_token = trie.edge_token.to(device)
         self.incidence = trie.incidence().to(device)
@@ -187,21 +200,32 @@ class TreeScorer:
             x = x * desc.emb_scale
         if desc.type_emb is not None:
             x = x + desc.type_emb
-        x = x + F.embedding(positions, desc.pos_emb)
+        if desc.pos_emb is not None:
+            x = x + F.embedding(positions, desc.pos_emb)
         if desc.emb_norm is not None:
             x = desc.emb_norm(x)
-        return self._self_attention(desc.layers[0], x[None], 1)[0]
+        return self._self_attention(0, x[None], 1)[0]
 
-    def _self_attention(self, layer, x: torch.Tensor, n: int) -> torch.Tensor:
+    def _self_attention(self, i: int, x: torch.Tensor, n: int) -> torch.Tensor:
         desc = self.desc
-        H, d, D, M = desc.heads, desc.head_dim, desc.hidden, self.M
+        layer = desc.layers[i]
+        H, d, M = desc.heads, desc.head_dim, self.M
         pre = desc.pre_ln
         h = layer.self_norm(x) if pre else x
         qkv = layer.qkv(h).view(n, M, 3, H, d).permute(2, 0, 3, 1, 4)  # [3, n, H, M, d]
         # the query scale is folded into the q weights by the family files (model/bert.py...): scale=1
-        a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=self.tree_bias, scale=1.0)
-        a = layer.self_out(a.transpose(1, 2).reshape(n, M, D))
+        a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=self._self_mask(i), scale=1.0)
+        a = layer.self_out(a.transpose(1, 2).reshape(n, M, desc.inner))
         return x + a if pre else layer.self_norm(x + a)
+
+    def _self_mask(self, i: int) -> torch.Tensor:
+        """Layer i's additive self-attention mask: the tree mask, with T5's relative bias."""
+        desc = self.desc
+        if desc.rel_bias is None or len(desc.rel_bias) == 1:
+            return self.shared_mask
+        table = desc.rel_bias[i]  # UMT5: this layer's own table
+        buckets = relative_buckets(self.rel_offsets, desc.rel_buckets, desc.rel_max_distance)
+        return F.embedding(buckets, table).permute(2, 0, 1).to(self.dtype) + self.tree_bias
 
     # -- per batch
 
@@ -238,22 +262,24 @@ class TreeScorer:
         x = self.first.expand(n, M, D)
         for i, layer in enumerate(desc.layers):
             if i:
-                x = self._self_attention(layer, x, n)
+                x = self._self_attention(i, x, n)
             # cross-attention: every node of an input reads that input's K|V
             h = layer.cross_norm(x) if pre else x
             cq = layer.cross_q(h).view(n, M, H, d).transpose(1, 2)  # [n, H, M, d]
             k, v = kv[i]
             a = F.scaled_dot_product_attention(cq, k, v, attn_mask=cross_bias, scale=1.0)
-            a = layer.cross_out(a.transpose(1, 2).reshape(n, M, D))
+            a = layer.cross_out(a.transpose(1, 2).reshape(n, M, desc.inner))
             x = x + a if pre else layer.cross_norm(x + a)
             # feed-forward
             h = layer.ffn_norm(x) if pre else x
-            a = layer.fc2(layer.act(layer.fc1(h)))
+            a = layer.ffn(h)
             x = x + a if pre else layer.ffn_norm(x + a)
         if desc.final_norm is not None:
             x = desc.final_norm(x)
         if desc.head_dense is not None:
             x = desc.head_norm(desc.head_act(desc.head_dense(x)))
+        if desc.out_scale != 1.0:
+            x = x * desc.out_scale
         step = max(1, LOGITS_CHUNK_ELEMENTS // (M * desc.vocab_size))
         edge_logp = [self._edge_logprobs(x[s : s + step]) for s in range(0, n, step)]
         edge_logp = torch.cat(edge_logp) if len(edge_logp) > 1 else edge_logp[0]

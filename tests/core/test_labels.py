@@ -22,6 +22,7 @@ from combiner_core.engine.model import extract_decoder
 from combiner_core.engine.tree import SequenceTrie
 from tests.support.combos import batch as _batch
 from tests.support.combos import build as _build
+from tests.support.families import T5_KINDS
 from tests.support.families import build as build_engine_model
 
 WORDS = [w for w in tiny.WORDS if w not in ("a", "the")]
@@ -82,7 +83,7 @@ def _trocr_sinusoidal() -> Combiner:
 
 
 def _model(name: str) -> Combiner:
-    if name in ("bert2roberta", "bart", "mbart", "marian", "t5"):
+    if name in ("bert2roberta", "bart", "mbart", "marian", "pegasus", *T5_KINDS):
         return build_engine_model(name)
     if name == "vit2trocr_sinusoidal":
         return _trocr_sinusoidal()
@@ -90,7 +91,8 @@ def _model(name: str) -> Combiner:
 
 
 # family -> combiner: every decoder family with a fast path, text and image encoders
-FAST = ["bert2bert", "bert2roberta", "bert2gpt2", "vit2gpt2", "vit2trocr", "vit2trocr_sinusoidal", "bart", "mbart", "marian"]
+FAST = ["bert2bert", "bert2roberta", "bert2gpt2", "vit2gpt2", "vit2trocr", "vit2trocr_sinusoidal", "bart", "mbart", "marian",
+        *T5_KINDS]
 
 
 def _check_against_hf(c: Combiner, label_set: LabelSet, batch, scores, scorer: LabelScorer) -> None:
@@ -153,16 +155,16 @@ def test_scores_equal_transformers_log_probs(name: str, labels: str) -> None:
 
 @pytest.mark.parametrize("labels", ["two", "mixed", "two_hundred"])
 def test_family_without_fast_path_runs_the_reference_and_logs_once(labels: str, caplog) -> None:
-    c = _model("t5")
+    c = _model("pegasus")
     c.model.double()
     label_set = LabelSet.from_spec(LABEL_SETS[labels])
     notices.forget()
     with caplog.at_level(logging.WARNING, logger="combiner_core.labels"):
         scorer = LabelScorer(c, label_set)
         LabelScorer(c, label_set)
-    assert not scorer.fast_path and "t5" in scorer.fallback_reason
+    assert not scorer.fast_path and "pegasus" in scorer.fallback_reason
     messages = [r.getMessage() for r in caplog.records if "reference" in r.getMessage()]
-    assert len(messages) == 1 and "'t5'" in messages[0]
+    assert len(messages) == 1 and "'pegasus'" in messages[0]
     batch = _batch(c)
     scores = scorer.score_token_ids([row["input_ids"][0] for row in _rows(c, batch)])
     _check_against_hf(c, label_set, batch, scores, scorer)
@@ -170,7 +172,7 @@ def test_family_without_fast_path_runs_the_reference_and_logs_once(labels: str, 
     assert scorer.stats.decoder_positions == len(scores) * k * longest  # no sharing
 
 
-@pytest.mark.parametrize("name", ["bert2roberta", "vit2gpt2", "bart"])
+@pytest.mark.parametrize("name", ["bert2roberta", "vit2gpt2", "bart", "t5v11", "umt5"])
 def test_fast_path_equals_reference_path(name: str) -> None:
     """The same scorer on the trie and, with the model in training mode (dropout 0 in
     these configs), on HF's decoder: equal scores."""

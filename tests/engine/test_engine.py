@@ -1,7 +1,7 @@
 """The generation engine against transformers' own generate (hf_generate), on tiny models.
 
-Every fast-path family (BERT, RoBERTa, GPT-2, TrOCR decoders; BART, mBART, Marian
-native seq2seq) and the MiniLM warm start: greedy token-identical, beam search with the
+Every fast-path family (BERT, RoBERTa, GPT-2, TrOCR decoders; BART, mBART, Marian,
+T5 v1.0, T5 v1.1 / Flan-T5, mT5 and UMT5 native seq2seq) and the MiniLM warm start: greedy token-identical, beam search with the
 same n-best list and scores within 1e-4, batched, one by one, with fewer slots than
 inputs (in-flight refill) and with rows that end at very different steps (an EOS bias
 on the LM head makes the models stop early on some inputs and late on others).
@@ -402,16 +402,16 @@ def test_bfloat16_engine_runs(static: bool) -> None:
 
 
 def test_family_without_fast_path_falls_back_to_hf_and_logs_once(caplog) -> None:
-    c = build("t5")
+    c = build("pegasus")
     batch = inputs_of(c, 5)
     notices.forget()
     params = GenerationParams(strategy="beam", num_beams=2, max_new_tokens=6)
     with caplog.at_level(logging.WARNING, logger="combiner_core.engine.core"):
         first = GenerationEngine(c, params, slots=2, dtype=None)
         second = GenerationEngine(c, params, dtype=None)
-    assert not first.fast_path and "t5" in first.fallback_reason
+    assert not first.fast_path and "pegasus" in first.fallback_reason
     messages = [r.getMessage() for r in caplog.records if "fast path" in r.getMessage()]
-    assert len(messages) == 1 and "'t5'" in messages[0]
+    assert len(messages) == 1 and "'pegasus'" in messages[0]
     ref = hf_generate(c, batch, params)
     assert_same(engine_run(first, batch), ref)
     assert_same(engine_run(second, batch), ref)
@@ -479,3 +479,62 @@ def test_an_engine_call_that_raises_leaves_the_engine_usable(monkeypatch) -> Non
     assert_same(engine_run(engine, batch), hf_generate(c, batch, params))
     half = rows_of(batch)[:3]
     assert_same([engine_run(engine, r)[0] for r in half], hf_generate(c, batch, params)[:3])
+
+
+@pytest.mark.parametrize(("buckets", "max_distance"), [(32, 128), (8, 20), (6, 7)])
+def test_t5_relative_buckets_are_transformers(buckets: int, max_distance: int) -> None:
+    """The decoder's relative-position buckets (unidirectional) against T5's and UMT5's own,
+    over offsets far past max_distance (the last bucket) and positive ones (bucket 0)."""
+    from transformers import UMT5Config
+    from transformers.models.t5.modeling_t5 import T5Attention
+    from transformers.models.umt5.modeling_umt5 import UMT5Attention
+
+    from combiner_core.engine.model.description import relative_buckets
+
+    offsets = torch.arange(-400, 5)[None, :] - torch.arange(3)[:, None]
+    ours = relative_buckets(offsets, buckets, max_distance)
+    t5 = T5Attention._relative_position_bucket(offsets, bidirectional=False, num_buckets=buckets, max_distance=max_distance)
+    config = UMT5Config(relative_attention_num_buckets=buckets, relative_attention_max_distance=max_distance, is_decoder=True)
+    umt5 = UMT5Attention(config, has_relative_attention_bias=True, layer_idx=0)._relative_position_bucket(offsets)
+    assert torch.equal(ours, t5) and torch.equal(ours, umt5)
+    assert int(ours.max()) == buckets - 1 and int(ours[0, -1]) == 0
+
+
+def test_t5_decoder_description() -> None:
+    """What t5.py reads: one shared bias table (T5, mT5) or one per layer (UMT5), the
+    output scale by family and config, no position table (no position limit), the gated
+    feed-forward and the attention width num_heads * d_kv."""
+    descs = {name: extract_decoder(build(name).model) for name in ("t5", "t5v11", "mt5", "umt5")}
+    assert [len(descs[n].rel_bias) for n in ("t5", "t5v11", "mt5", "umt5")] == [1, 1, 1, 2]
+    assert descs["t5"].out_scale == pytest.approx(32**-0.5) and descs["umt5"].out_scale == pytest.approx(32**-0.5)
+    assert descs["t5v11"].out_scale == 1.0 and descs["mt5"].out_scale == 1.0
+    assert all(d.max_positions is None and d.pos_emb is None and d.rms_norm for d in descs.values())
+    assert not descs["t5"].layers[0].gated and descs["t5v11"].layers[0].gated
+    assert descs["t5v11"].inner == 24 and descs["t5v11"].hidden == 32 and len(descs["t5v11"].layers) == 3
+
+
+def test_t5_bfloat16_engine_runs() -> None:
+    """bfloat16 (the CUDA default) on the torch step and the static-shape path: HF's
+    RMS-norm arithmetic there, the relative bias table in bfloat16."""
+    c = build("t5v11")
+    bias_eos(c, EOS_BIAS["t5v11"])
+    params = GenerationParams(strategy="beam", num_beams=2, max_new_tokens=8)
+    for static in (False, True):
+        engine = GenerationEngine(copy.deepcopy(c), params, dtype="bfloat16", slots=3, static_shapes=static)
+        out = engine_run(engine, inputs_of(c, 5))
+        assert engine.fast_path and len(out) == 5 and all(0 < r[0].num_tokens <= 8 for r in out)
+        assert engine._decoding.runner.rel.dtype == torch.bfloat16
+
+
+def test_t5_half_precision_checkpoint_with_float32_wo_runs() -> None:
+    """transformers loads T5's `wo` in float32 when the rest is bfloat16 (its
+    _keep_in_fp32_modules): the engine, at the model's own dtype, still runs."""
+    c = build("t5v11")
+    bias_eos(c, EOS_BIAS["t5v11"])
+    c.model.to(torch.bfloat16)
+    for block in c.model.decoder.block:
+        block.layer[2].DenseReluDense.wo.float()
+    assert c.model.dtype == torch.bfloat16
+    engine = GenerationEngine(c, GenerationParams(strategy="greedy", max_new_tokens=8), slots=3, dtype=None)
+    out = engine_run(engine, inputs_of(c, 4))
+    assert engine.fast_path and all(0 < r[0].num_tokens <= 8 for r in out)

@@ -1,6 +1,7 @@
 """One tiny combiner per decoder family of the engine's fast path (BERT, RoBERTa, GPT-2,
-TrOCR decoders; BART, mBART, Marian; T5 for the fallback), EOS biases that make rows end
-at different steps, inputs, and the comparison against transformers' generate."""
+TrOCR decoders; BART, mBART, Marian; T5 v1.0, T5 v1.1 / Flan-T5, mT5, UMT5; Pegasus for
+the fallback), EOS biases that make rows end at different steps, inputs, and the
+comparison against transformers' generate."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from transformers import (
     BartConfig,
     MarianConfig,
     MBartConfig,
+    MT5Config,
+    PegasusConfig,
     RobertaConfig,
     T5Config,
+    UMT5Config,
 )
 
 import tests.support.tiny as tiny
@@ -39,8 +43,29 @@ def _roberta_config(tok) -> RobertaConfig:
     )
 
 
+def _t5_config(kind: str, tok):
+    """Tiny T5-family configs. 8 relative buckets up to distance 20: distances from 4 on
+    use the logarithmic buckets within a 16-token generation (the default 32 buckets
+    would leave them untested). initializer_factor 2: outputs that depend on the input, without near-one-hot distributions (whose exact ties break beam order arbitrarily)."""
+    common = dict(
+        vocab_size=len(tok), d_model=32, num_heads=4, d_ff=64, num_layers=2, initializer_factor=2.0,
+        relative_attention_num_buckets=8, relative_attention_max_distance=20, dropout_rate=0.0,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id,
+    )
+    if kind == "t5":  # v1.0: ReLU DenseReluDense, tied embeddings, outputs scaled by d_model**-0.5
+        return T5Config(d_kv=8, feed_forward_proj="relu", **common)
+    if kind == "t5v11":  # v1.1 / Flan-T5: gated GELU, untied head (no output scale), 4 x 6 heads != 32, 3 layers
+        return T5Config(d_kv=6, feed_forward_proj="gated-gelu", tie_word_embeddings=False, **{**common, "num_layers": 3})
+    if kind == "mt5":
+        return MT5Config(d_kv=8, feed_forward_proj="gated-gelu", **common)
+    return UMT5Config(d_kv=8, feed_forward_proj="gated-gelu", **common)  # umt5: a bias table per layer
+
+
+T5_KINDS = ("t5", "t5v11", "mt5", "umt5")
+
+
 def _native(kind: str) -> Combiner:
-    """A tiny native seq2seq combiner (BART, mBART, Marian, or T5 for the fallback)."""
+    """A tiny native seq2seq combiner (BART, mBART, Marian, the T5 family, or Pegasus for the fallback)."""
     tok = tiny.bert_tokenizer()
     common = dict(
         vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
@@ -56,14 +81,17 @@ def _native(kind: str) -> Combiner:
         config = MarianConfig(
             decoder_start_token_id=tok.pad_token_id, decoder_vocab_size=len(tok), scale_embedding=True, **common
         )
-    else:
-        config = T5Config(
-            vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, initializer_factor=1.0,
-            dropout_rate=0.0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-            decoder_start_token_id=tok.pad_token_id,
-        )
+    elif kind in T5_KINDS:
+        config = _t5_config(kind, tok)
+    else:  # pegasus: no fast path (sinusoidal positions, not in the BART family list)
+        config = PegasusConfig(decoder_start_token_id=tok.pad_token_id, **common)
     torch.manual_seed(0)
     model = AutoModelForSeq2SeqLM.from_config(config).eval()
+    if kind == "t5v11":
+        # transformers 5 ties T5's head to the embeddings whatever the config says; a v1.1
+        # checkpoint loads its own lm_head weight: give the head weights of its own
+        head = model.get_output_embeddings()
+        head.weight = torch.nn.Parameter(torch.randn(head.weight.shape) * 0.2)
     set_special_tokens(
         model, decoder_start_token_id=config.decoder_start_token_id, pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
@@ -73,7 +101,7 @@ def _native(kind: str) -> Combiner:
 
 def build(name: str) -> Combiner:
     bt, gt = tiny.bert_tokenizer(), tiny.gpt2_style_tokenizer()
-    if name in ("bart", "mbart", "marian", "t5"):
+    if name in ("bart", "mbart", "marian", "pegasus", *T5_KINDS):
         return _native(name)
     if name == "bert2bert":
         return random_combiner(encoder_config=tiny.bert_config(bt), decoder_config=tiny.bert_config(bt), decoder_tokenizer=bt)
@@ -108,7 +136,10 @@ def bias_eos(combiner: Combiner, bias: float) -> None:
 
 
 # EOS biases that make each tiny model stop anywhere between the first and the last step.
-EOS_BIAS = {"bert2bert": 12, "bert2roberta": 10, "bert2gpt2": 16, "vit2trocr": 8, "bart": 20, "mbart": 4, "marian": 10}
+EOS_BIAS = {
+    "bert2bert": 12, "bert2roberta": 10, "bert2gpt2": 16, "vit2trocr": 8, "bart": 20, "mbart": 4, "marian": 10,
+    "t5": 10, "t5v11": 3, "mt5": 15, "umt5": 3,
+}
 FAMILIES = list(EOS_BIAS)
 
 

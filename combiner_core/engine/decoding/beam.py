@@ -106,8 +106,8 @@ def reorder(d: Decoding, src: torch.Tensor, N: int) -> None:
     st.origin[:N] = parent
     if rows.numel() == 0:
         return
-    # one flat index per moved column: a column is one block of 2*D in the flat cache
+    # one flat index per moved column: a column is one block of 2 * heads * head_dim in the flat cache
     to_at, from_at = runner.row_base[rows] + cols, runner.row_base[src[rows]] + cols
     for cache in runner.kv_cache:
-        flat = cache.view(-1, 2 * runner.desc.hidden)
+        flat = cache.view(-1, 2 * runner.desc.inner)
         flat.index_put_((to_at,), flat.index_select(0, from_at))

@@ -1,5 +1,5 @@
 """The decoder side of the engine: a uniform description of a cross-attending decoder
-(description.py), filled per family (bert.py, gpt2.py, bart.py, trocr.py; extract.py picks),
+(description.py), filled per family (bert.py, gpt2.py, bart.py, trocr.py, t5.py; extract.py picks),
 and one generic decode step over it (runner.py; on CPU in float32 the native step,
 native.py and native_step.cpp).
 """
@@ -10,6 +10,7 @@ from .extract import (
     BART_LIKE,
     FAST_FAMILIES,
     ROBERTA_LIKE,
+    T5_LIKE,
     decoder_family,
     extract_decoder,
     is_composite,
@@ -21,6 +22,7 @@ __all__ = [
     "BART_LIKE",
     "FAST_FAMILIES",
     "ROBERTA_LIKE",
+    "T5_LIKE",
     "DecoderRunner",
     "DecoderDescription",
     "LayerWeights",

@@ -8,11 +8,12 @@ from .bart import bart_family
 from .bert import bert_like
 from .description import DecoderDescription, UnsupportedFamily
 from .gpt2 import gpt2
+from .t5 import T5_LIKE, t5_family
 from .trocr import trocr
 
 ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")
 BART_LIKE = ("bart", "mbart", "marian")
-FAST_FAMILIES: tuple[str, ...] = ("bert", *ROBERTA_LIKE, "gpt2", "trocr", *BART_LIKE)
+FAST_FAMILIES: tuple[str, ...] = ("bert", *ROBERTA_LIKE, "gpt2", "trocr", *BART_LIKE, *T5_LIKE)
 
 
 def decoder_family(model: torch.nn.Module) -> str:
@@ -35,10 +36,14 @@ def extract_decoder(model: torch.nn.Module) -> DecoderDescription:
     native = not is_composite(model)
     try:
         if native:
+            if family in T5_LIKE:
+                return t5_family(model, family)
             if family not in BART_LIKE:
                 raise UnsupportedFamily(f"native seq2seq family '{family}' has no fast path")
             stack = model.get_decoder() if hasattr(model, "get_decoder") else model.model.decoder
             return bart_family(stack, model.lm_head, getattr(model, "final_logits_bias", None), family)
+        if family in T5_LIKE:  # T5 stacks are no *ForCausalLM: a composite cannot hold one as its decoder
+            raise UnsupportedFamily(f"'{family}' as the decoder of a composite combiner")
         decoder = model.decoder
         if family == "bert" or family in ROBERTA_LIKE:
             return bert_like(decoder, "bert" if family == "bert" else "roberta")

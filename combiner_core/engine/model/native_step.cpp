@@ -15,8 +15,11 @@
 //   cache[l]   [rows, T, 2, H, d]      self-attention K|V; row r writes column age[r]
 //   cross[l]   [slots, cap, 2, H, d]   cross-attention K|V, shared by a slot's `group` rows
 //   self_bias  [rows, T], cross_bias [slots, cap]: additive masks (0 or dtype min)
+//   rel        [tables, H, 2T - 1] T5's relative position bias (empty: none); a row at
+//              column age adds rel[table, h, T - 1 - age + j] to its score for column j
 // The self-attention scale is folded into the q rows of the fused q|k|v weight
-// (decoder.py's _fuse), so scores are plain dot products.
+// (decoder.py's _fuse), so scores are plain dot products. I = heads * head_dim is the
+// attention width (T5's num_heads * d_kv may differ from the hidden size D).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -68,10 +71,11 @@ inline void silu(float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = y[i] / (1.0f + fast_exp(-y[i]));
 }
 
-// One query against w keys/values that sit `stride` floats apart; bias[j] is added to
-// score j. out gets the softmax-weighted sum of the values.
+// One query against w keys/values that sit `stride` floats apart; bias[j] (and rel[j],
+// T5's relative position bias, when not null) is added to score j. out gets the
+// softmax-weighted sum of the values.
 inline void attend(const float* q, const float* k, const float* v, int64_t stride, const float* bias,
-                   int64_t w, int64_t d, float* out, float* scores) {
+                   const float* rel, int64_t w, int64_t d, float* out, float* scores) {
   float mx = -FLT_MAX;
   for (int64_t j = 0; j < w; ++j) {
     const float* kj = k + j * stride;
@@ -79,6 +83,7 @@ inline void attend(const float* q, const float* k, const float* v, int64_t strid
 #pragma omp simd reduction(+ : s)
     for (int64_t i = 0; i < d; ++i) s += q[i] * kj[i];
     s += bias[j];
+    if (rel != nullptr) s += rel[j];
     scores[j] = s;
     mx = std::max(mx, s);
   }
@@ -121,6 +126,27 @@ inline void layer_norm(const float* x, float* y, int64_t m, int64_t D, const flo
   }
 }
 
+// y = T5's RMS norm of x row by row (y may be x): x / sqrt(mean(x^2) + eps) * w, no
+// mean, no bias (T5LayerNorm, which accumulates in float32 as here).
+inline void rms_norm(const float* x, float* y, int64_t m, int64_t D, const float* w, float eps) {
+  for (int64_t r = 0; r < m; ++r) {
+    const float* xr = x + r * D;
+    float* yr = y + r * D;
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t i = 0; i < D; ++i) ss += xr[i] * xr[i];
+    const float rs = 1.0f / std::sqrt(ss / static_cast<float>(D) + eps);
+#pragma omp simd
+    for (int64_t i = 0; i < D; ++i) yr[i] = w[i] * (xr[i] * rs);
+  }
+}
+
+// LayerNorm or RMS norm, as the description says.
+inline void norm(bool rms, const float* x, float* y, int64_t m, int64_t D, const float* w, const float* b, float eps) {
+  if (rms) rms_norm(x, y, m, D, w, eps);
+  else layer_norm(x, y, m, D, w, b, eps);
+}
+
 // x += a + bias (pre-LN residual), or x = LayerNorm(x + a + bias) (post-LN).
 inline void residual(float* x, const float* a, const float* bias, int64_t m, int64_t D, bool post,
                      const float* nw, const float* nb, float eps) {
@@ -151,7 +177,7 @@ inline void check_columns(const int64_t* ages, int64_t N, int64_t T, const char*
 enum Act : int64_t { kGelu = 0, kGeluTanh = 1, kRelu = 2, kSilu = 3 };
 
 // Per layer, 18 tensors in this order (decoder.py's LayerSpec; weights [out, in], a
-// missing bias passed as zeros):
+// missing bias passed as zeros; gated: fc1 holds wi_0 then wi_1, [2F, D]):
 //   0 self_norm.w  1 self_norm.b  2 qkv.w  3 qkv.b  4 self_out.w  5 self_out.b
 //   6 cross_norm.w 7 cross_norm.b 8 cross_q.w 9 cross_q.b 10 cross_out.w 11 cross_out.b
 //   12 ffn_norm.w 13 ffn_norm.b 14 fc1.w 15 fc1.b 16 fc2.w 17 fc2.b
@@ -159,15 +185,18 @@ constexpr size_t kPerLayer = 18;
 
 class Layers {
  public:
-  Layers(std::vector<at::Tensor> weights, std::vector<double> eps, int64_t heads, int64_t act, bool pre_ln)
-      : w_(std::move(weights)), heads_(heads), act_(act), pre_(pre_ln) {
+  Layers(std::vector<at::Tensor> weights, std::vector<double> eps, int64_t heads, int64_t act, bool pre_ln, bool rms,
+         bool gated)
+      : w_(std::move(weights)), heads_(heads), act_(act), pre_(pre_ln), rms_(rms), gated_(gated) {
     TORCH_CHECK(w_.size() % kPerLayer == 0 && !w_.empty(), "native step: expected 18 tensors per layer, got ", w_.size());
     layers_ = static_cast<int64_t>(w_.size() / kPerLayer);
     TORCH_CHECK(static_cast<int64_t>(eps.size()) == 3 * layers_, "native step: expected 3 eps per layer");
     for (double e : eps) eps_.push_back(static_cast<float>(e));
     TORCH_CHECK(act >= kGelu && act <= kSilu, "native step: unknown activation code ", act);
-    hidden_ = w_[4].size(0);  // self_out.w [hidden, hidden]
-    TORCH_CHECK(hidden_ % heads_ == 0, "native step: hidden ", hidden_, " not divisible by heads ", heads_);
+    hidden_ = w_[4].size(0);  // self_out.w [hidden, inner]
+    inner_ = w_[4].size(1);
+    TORCH_CHECK(inner_ % heads_ == 0, "native step: attention width ", inner_, " not divisible by heads ", heads_);
+    TORCH_CHECK(!gated_ || w_[14].size(0) % 2 == 0, "native step: a gated fc1 needs an even number of rows");
     for (size_t i = 0; i < w_.size(); ++i) {
       const auto& t = w_[i];
       TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, "native step: CPU float32 weights only");
@@ -183,9 +212,9 @@ class Layers {
   // in parallel (each whole slots); 1 runs on the calling thread, with ATen's own
   // threading inside each matmul.
   void run(at::Tensor x, const std::vector<at::Tensor>& caches, const std::vector<at::Tensor>& crosses,
-           const at::Tensor& age, const at::Tensor& self_bias, const at::Tensor& cross_bias, int64_t self_w,
-           int64_t src_w, int64_t group, int64_t chunks) const {
-    const int64_t N = x.size(0), D = hidden_;
+           const at::Tensor& age, const at::Tensor& self_bias, const at::Tensor& cross_bias, const at::Tensor& rel,
+           int64_t self_w, int64_t src_w, int64_t group, int64_t chunks) const {
+    const int64_t N = x.size(0), D = hidden_, I = inner_;
     TORCH_CHECK(x.is_contiguous() && x.dim() == 2 && x.size(1) == D && x.scalar_type() == at::kFloat,
                 "native step: x must be a contiguous float32 [N, ", D, "]");
     TORCH_CHECK(static_cast<int64_t>(caches.size()) == layers_ && static_cast<int64_t>(crosses.size()) == layers_,
@@ -195,10 +224,14 @@ class Layers {
     TORCH_CHECK(N % group == 0, "native step: rows ", N, " not a multiple of group ", group);
     const int64_t T = self_bias.size(1), cap = cross_bias.size(1);
     TORCH_CHECK(self_w >= 1 && self_w <= T && src_w >= 1 && src_w <= cap, "native step: widths out of range");
+    if (rel.numel() > 0)
+      TORCH_CHECK(rel.is_contiguous() && rel.scalar_type() == at::kFloat && rel.dim() == 3 &&
+                      (rel.size(0) == 1 || rel.size(0) == layers_) && rel.size(1) == heads_ && rel.size(2) == 2 * T - 1,
+                  "native step: rel must be a contiguous float32 [1 or layers, heads, 2T - 1]");
     for (int64_t l = 0; l < layers_; ++l) {
-      TORCH_CHECK(caches[l].is_contiguous() && caches[l].size(1) == T && caches[l].numel() == caches[l].size(0) * T * 2 * D,
+      TORCH_CHECK(caches[l].is_contiguous() && caches[l].size(1) == T && caches[l].numel() == caches[l].size(0) * T * 2 * I,
                   "native step: cache layout");
-      TORCH_CHECK(crosses[l].is_contiguous() && crosses[l].size(1) == cap && crosses[l].numel() == crosses[l].size(0) * cap * 2 * D,
+      TORCH_CHECK(crosses[l].is_contiguous() && crosses[l].size(1) == cap && crosses[l].numel() == crosses[l].size(0) * cap * 2 * I,
                   "native step: cross layout");
       TORCH_CHECK(caches[l].size(0) >= N && crosses[l].size(0) >= N / group, "native step: buffers hold too few rows");
     }
@@ -206,7 +239,7 @@ class Layers {
     const int64_t slots = N / group;
     chunks = std::max<int64_t>(1, std::min(chunks, slots));
     if (chunks == 1) {
-      run_rows(x, caches, crosses, age, self_bias, cross_bias, self_w, src_w, group, 0, slots);
+      run_rows(x, caches, crosses, age, self_bias, cross_bias, rel, self_w, src_w, group, 0, slots);
       return;
     }
     // Worker threads start outside the caller's autograd / inference mode: carry it over.
@@ -216,7 +249,7 @@ class Layers {
       c10::InferenceMode inference_guard(inference);
       c10::AutoGradMode grad_guard(grad);
       for (int64_t c = c0; c < c1; ++c)
-        run_rows(x, caches, crosses, age, self_bias, cross_bias, self_w, src_w, group, slots * c / chunks,
+        run_rows(x, caches, crosses, age, self_bias, cross_bias, rel, self_w, src_w, group, slots * c / chunks,
                  slots * (c + 1) / chunks);
     });
   }
@@ -224,11 +257,11 @@ class Layers {
  private:
   // Slots [s0, s1): rows [s0 * group, s1 * group).
   void run_rows(const at::Tensor& x_all, const std::vector<at::Tensor>& caches, const std::vector<at::Tensor>& crosses,
-                const at::Tensor& age_all, const at::Tensor& self_bias, const at::Tensor& cross_bias, int64_t self_w,
-                int64_t src_w, int64_t group, int64_t s0, int64_t s1) const {
+                const at::Tensor& age_all, const at::Tensor& self_bias, const at::Tensor& cross_bias, const at::Tensor& rel,
+                int64_t self_w, int64_t src_w, int64_t group, int64_t s0, int64_t s1) const {
     const int64_t r0 = s0 * group, m = (s1 - s0) * group;
     if (m == 0) return;
-    const int64_t D = hidden_, H = heads_, d = D / H;
+    const int64_t D = hidden_, I = inner_, H = heads_, d = I / H;
     const int64_t T = self_bias.size(1), cap = cross_bias.size(1);
     const bool post = !pre_;
     at::Tensor x = x_all.narrow(0, r0, m);
@@ -237,11 +270,15 @@ class Layers {
     const float* sbias = self_bias.data_ptr<float>();
     const float* cbias = cross_bias.data_ptr<float>();
     at::Tensor h = at::empty({m, D}, x.options());       // normed input of a block (pre-LN)
-    at::Tensor att = at::empty({m, D}, x.options());     // attention output, per head
+    at::Tensor att = at::empty({m, I}, x.options());     // attention output, per head
     at::Tensor proj = at::empty({m, D}, x.options());    // a block's output projection
-    at::Tensor qkv = at::empty({m, 3 * D}, x.options());
-    at::Tensor cq = at::empty({m, D}, x.options());
+    at::Tensor qkv = at::empty({m, 3 * I}, x.options());
+    at::Tensor cq = at::empty({m, I}, x.options());
+    const int64_t F = gated_ ? w_[14].size(1) / 2 : w_[14].size(1);  // the feed-forward width
     at::Tensor ff = at::empty({m, w_[14].size(1)}, x.options());
+    at::Tensor gate = gated_ ? at::empty({m, F}, x.options()) : ff;  // act(wi_0 h) * wi_1 h
+    const float* relp = rel.numel() > 0 ? rel.data_ptr<float>() : nullptr;
+    const int64_t rel_tables = rel.numel() > 0 ? rel.size(0) : 0;
     std::vector<float> scores(std::max(T, cap));
     float* hp = h.data_ptr<float>();
     float* ap = att.data_ptr<float>();
@@ -252,54 +289,83 @@ class Layers {
       const float e1 = eps_[3 * l], e2 = eps_[3 * l + 1], e3 = eps_[3 * l + 2];
       // self-attention: write this step's K|V at each row's column, attend over [0, self_w)
       const at::Tensor& in1 = pre_ ? h : x;
-      if (pre_) layer_norm(xp, hp, m, D, f(0), f(1), e1);
+      if (pre_) norm(rms_, xp, hp, m, D, f(0), f(1), e1);
       at::mm_out(qkv, in1, p[2]);
       float* qp = qkv.data_ptr<float>();
-      add_bias(qp, f(3), m, 3 * D);
+      add_bias(qp, f(3), m, 3 * I);
       float* cache = caches[l].data_ptr<float>();
+      // this layer's relative bias table (UMT5: its own; T5: the shared one)
+      const float* rl = relp == nullptr ? nullptr : relp + (rel_tables > 1 ? l : 0) * H * (2 * T - 1);
       for (int64_t r = 0; r < m; ++r) {
-        float* row = cache + (r0 + r) * T * 2 * D;
-        std::memcpy(row + age[r] * 2 * D, qp + r * 3 * D + D, sizeof(float) * 2 * D);
+        float* row = cache + (r0 + r) * T * 2 * I;
+        std::memcpy(row + age[r] * 2 * I, qp + r * 3 * I + I, sizeof(float) * 2 * I);
         for (int64_t hh = 0; hh < H; ++hh)
-          attend(qp + r * 3 * D + hh * d, row + hh * d, row + D + hh * d, 2 * D, sbias + (r0 + r) * T, self_w, d,
-                 ap + r * D + hh * d, scores.data());
+          attend(qp + r * 3 * I + hh * d, row + hh * d, row + I + hh * d, 2 * I, sbias + (r0 + r) * T,
+                 rl == nullptr ? nullptr : rl + hh * (2 * T - 1) + (T - 1 - age[r]), self_w, d, ap + r * I + hh * d,
+                 scores.data());
       }
       at::mm_out(proj, att, p[4]);
       residual(xp, pp, f(5), m, D, post, f(0), f(1), e1);
       // cross-attention: a slot's rows share its source K|V
-      if (pre_) layer_norm(xp, hp, m, D, f(6), f(7), e2);
+      if (pre_) norm(rms_, xp, hp, m, D, f(6), f(7), e2);
       at::mm_out(cq, pre_ ? h : x, p[8]);
       float* cqp = cq.data_ptr<float>();
-      add_bias(cqp, f(9), m, D);
+      add_bias(cqp, f(9), m, I);
       const float* cross = crosses[l].data_ptr<float>();
       for (int64_t r = 0; r < m; ++r) {
         const int64_t slot = (r0 + r) / group;
-        const float* src = cross + slot * cap * 2 * D;
+        const float* src = cross + slot * cap * 2 * I;
         for (int64_t hh = 0; hh < H; ++hh)
-          attend(cqp + r * D + hh * d, src + hh * d, src + D + hh * d, 2 * D, cbias + slot * cap, src_w, d,
-                 ap + r * D + hh * d, scores.data());
+          attend(cqp + r * I + hh * d, src + hh * d, src + I + hh * d, 2 * I, cbias + slot * cap, nullptr, src_w, d,
+                 ap + r * I + hh * d, scores.data());
       }
       at::mm_out(proj, att, p[10]);
       residual(xp, pp, f(11), m, D, post, f(6), f(7), e2);
       // feed-forward
-      if (pre_) layer_norm(xp, hp, m, D, f(12), f(13), e3);
+      if (pre_) norm(rms_, xp, hp, m, D, f(12), f(13), e3);
       at::mm_out(ff, pre_ ? h : x, p[14]);
       add_bias(ff.data_ptr<float>(), f(15), m, ff.size(1));
-      switch (act_) {
-        case kGelu: at::gelu_(ff); break;
-        case kGeluTanh: gelu_tanh(ff.data_ptr<float>(), ff.numel()); break;
-        case kRelu: at::relu_(ff); break;
-        default: silu(ff.data_ptr<float>(), ff.numel()); break;
+      if (gated_) {
+        // T5 v1.1: gate = act(first half) * second half, row by row
+        float* fp = ff.data_ptr<float>();
+        float* gp = gate.data_ptr<float>();
+        for (int64_t r = 0; r < m; ++r) {
+          float* a = fp + r * 2 * F;
+          activate(a, F);
+          const float* b = a + F;
+          float* g = gp + r * F;
+#pragma omp simd
+          for (int64_t i = 0; i < F; ++i) g[i] = a[i] * b[i];
+        }
+      } else {
+        activate(ff.data_ptr<float>(), ff.numel());
       }
-      at::mm_out(proj, ff, p[16]);
+      at::mm_out(proj, gate, p[16]);
       residual(xp, pp, f(17), m, D, post, f(12), f(13), e3);
+    }
+  }
+
+  // The activation in place on n contiguous floats.
+  void activate(float* y, int64_t n) const {
+    switch (act_) {
+      case kGelu: {
+        at::Tensor t = at::from_blob(y, {n}, at::TensorOptions().dtype(at::kFloat));
+        at::gelu_(t);
+        break;
+      }
+      case kGeluTanh: gelu_tanh(y, n); break;
+      case kRelu:
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) y[i] = y[i] < 0.0f ? 0.0f : y[i];  // NaN stays NaN, as in torch.relu
+        break;
+      default: silu(y, n); break;
     }
   }
 
   std::vector<at::Tensor> w_;
   std::vector<float> eps_;
-  int64_t layers_ = 0, hidden_ = 0, heads_, act_;
-  bool pre_;
+  int64_t layers_ = 0, hidden_ = 0, inner_ = 0, heads_, act_;
+  bool pre_, rms_, gated_;
 };
 
 // Greedy search's token choice for rows [0, N), the engine's _token_step when no logits
@@ -356,7 +422,7 @@ at::Tensor greedy_pick(const at::Tensor& logits, at::Tensor step_logp, at::Tenso
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<Layers>(m, "Layers")
-      .def(pybind11::init<std::vector<at::Tensor>, std::vector<double>, int64_t, int64_t, bool>())
+      .def(pybind11::init<std::vector<at::Tensor>, std::vector<double>, int64_t, int64_t, bool, bool, bool>())
       // Tensors only inside: other Python threads (Ray's, a data loader's) run meanwhile.
       .def("run", &Layers::run, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("greedy_pick", &greedy_pick);

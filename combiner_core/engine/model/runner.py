@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .description import DecoderDescription
+from .description import DecoderDescription, rms_norm
 from .graphs import StepGraphs
 from .native import act_code, load_native, native_error
 
@@ -91,6 +91,16 @@ class DecoderRunner:
         self.age_in = torch.zeros(self.rows, dtype=torch.long, device=device)  # column each row writes
         self.row_base = torch.arange(self.rows, device=device) * self.T  # row's first slot in a flat cache
         self.self_bias = torch.full((self.rows, self.T), self.min_value, **z)
+        # T5's relative position bias, [tables, heads, 2T - 1]: entry T - 1 + (j - age) is
+        # the bias of key column j for a row at column age. A row's query sits at its own
+        # column, so the bias depends on the offset only and is computed once here, not per
+        # step (entries past the row's column are hidden by self_bias anyway).
+        self.rel = None
+        if desc.rel_bias is not None:
+            offsets = torch.arange(-(self.T - 1), self.T, device=device)
+            self.rel = desc.relative_bias(offsets).to(dtype).contiguous()
+            self._rel_offsets = torch.arange(self.T, device=device)
+        self._rel_native = self.rel if self.rel is not None else torch.zeros(0, **z)  # empty: no relative bias
         self._flat = [
             (
                 lay.qkv.weight, lay.qkv.bias, lay.self_out.weight, lay.self_out.bias,
@@ -119,6 +129,9 @@ class DecoderRunner:
         if len(acts) != 1 or None in acts:
             self.native_reason = f"activation {type(desc.layers[0].act).__name__} has no native form"
             return None
+        if len({lay.gated for lay in desc.layers}) != 1:
+            self.native_reason = "layers mixing gated and plain feed-forwards"
+            return None
         module = load_native()
         if module is None:
             self.native_reason = native_error()
@@ -129,7 +142,7 @@ class DecoderRunner:
                 bias = part.bias if part.bias is not None else torch.zeros(part.weight.shape[0], dtype=self.dtype)
                 weights += [part.weight, bias.contiguous()]
             eps += [lay.self_norm.eps, lay.cross_norm.eps, lay.ffn_norm.eps]
-        return module.Layers(weights, eps, desc.heads, acts.pop(), desc.pre_ln)
+        return module.Layers(weights, eps, desc.heads, acts.pop(), desc.pre_ln, desc.rms_norm, desc.layers[0].gated)
 
     # -- buffers
 
@@ -199,9 +212,10 @@ class DecoderRunner:
         desc = self.desc
         G, H, d = self.group, desc.heads, desc.head_dim
         N = n * G
-        D = desc.hidden
+        D, inner = desc.hidden, desc.inner
         shape = (D,)
-        linear, layer_norm, sdpa = F.linear, F.layer_norm, F.scaled_dot_product_attention
+        linear, sdpa = F.linear, F.scaled_dot_product_attention
+        layer_norm = rms_norm if desc.rms_norm else F.layer_norm
         x = F.embedding(self.tok_in[:N], desc.word_emb)
         if self._native is not None:
             return self._native_forward(x, n, src_w, self_w)
@@ -213,29 +227,42 @@ class DecoderRunner:
         if self.static:  # rows past n in a bucket may be finished ones, at age T
             age = age.clamp(max=self.T - 1)
         write_at = self.row_base[:N] + age
+        # T5: the relative bias of each table for every row's columns [0, self_w), plus the mask
+        self_biases = [self_bias]
+        if self.rel is not None:
+            cols = (self.T - 1) - age[:, None] + self._rel_offsets[None, :self_w]  # [N, self_w]
+            self_biases = (self.rel[:, :, cols].transpose(1, 2) + self_bias.view(1, N, 1, self_w)).unsqueeze(3).unbind(0)
+        gated = desc.layers[0].gated
         pre = desc.pre_ln
-        for cache, cross, p in zip(self.kv_cache, self.cross_kv, self._flat, strict=True):
+        for i, (cache, cross, p) in enumerate(zip(self.kv_cache, self.cross_kv, self._flat, strict=True)):
             (qkv_w, qkv_b, so_w, so_b, n1_w, n1_b, e1, cq_w, cq_b, co_w, co_b, n2_w, n2_b, e2,
              f1_w, f1_b, act, f2_w, f2_b, n3_w, n3_b, e3) = p
             # self-attention over the row's cached prefix (the scale is folded into the q weights)
             h = layer_norm(x, shape, n1_w, n1_b, e1) if pre else x
             qkv = linear(h, qkv_w, qkv_b)
-            cache.view(-1, 2 * D).index_copy_(0, write_at, qkv[:, D:])
+            cache.view(-1, 2 * inner).index_copy_(0, write_at, qkv[:, inner:])
             keys = cache[:N, :self_w]  # [N, w, 2, H, d]
-            q = qkv[:, :D].view(N, H, 1, d)
-            a = sdpa(q, keys[:, :, 0].transpose(1, 2), keys[:, :, 1].transpose(1, 2), attn_mask=self_bias, scale=1.0)
-            a = linear(a.view(N, D), so_w, so_b)
+            q = qkv[:, :inner].view(N, H, 1, d)
+            mask = self_biases[i if len(self_biases) > 1 else 0]
+            a = sdpa(q, keys[:, :, 0].transpose(1, 2), keys[:, :, 1].transpose(1, 2), attn_mask=mask, scale=1.0)
+            a = linear(a.view(N, inner), so_w, so_b)
             x = x + a if pre else layer_norm(x + a, shape, n1_w, n1_b, e1)
             # cross-attention: the group's queries share their slot's K|V
             h = layer_norm(x, shape, n2_w, n2_b, e2) if pre else x
             cq = linear(h, cq_w, cq_b).view(n, G, H, d).transpose(1, 2)  # [n, H, G, d]
             kv = cross[:n, :src_w]  # [n, src, 2, H, d]
             a = sdpa(cq, kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2), attn_mask=cross_bias, scale=1.0)
-            a = linear(a.transpose(1, 2).reshape(N, D), co_w, co_b)
+            a = linear(a.transpose(1, 2).reshape(N, inner), co_w, co_b)
             x = x + a if pre else layer_norm(x + a, shape, n2_w, n2_b, e2)
             # feed-forward
             h = layer_norm(x, shape, n3_w, n3_b, e3) if pre else x
-            a = linear(act(linear(h, f1_w, f1_b)), f2_w, f2_b)
+            a = linear(h, f1_w, f1_b)
+            if gated:  # T5 v1.1: act(wi_0 h) * wi_1 h, the two halves of one matmul
+                half = a.shape[1] // 2
+                a = act(a[:, :half]) * a[:, half:]
+            else:
+                a = act(a)
+            a = linear(a, f2_w, f2_b)
             x = x + a if pre else layer_norm(x + a, shape, n3_w, n3_b, e3)
         return self._head(x)
 
@@ -246,7 +273,8 @@ class DecoderRunner:
             x = x * desc.emb_scale
         if desc.type_emb is not None:
             x = x + desc.type_emb
-        x = x + F.embedding(self.pos_in[:N], desc.pos_emb)
+        if desc.pos_emb is not None:
+            x = x + F.embedding(self.pos_in[:N], desc.pos_emb)
         if desc.emb_norm is not None:
             x = desc.emb_norm(x)
         return x
@@ -257,6 +285,8 @@ class DecoderRunner:
             x = desc.final_norm(x)
         if desc.head_dense is not None:
             x = desc.head_norm(desc.head_act(desc.head_dense(x)))
+        if desc.out_scale != 1.0:
+            x = x * desc.out_scale
         logits = desc.lm_head(x)
         if desc.logits_bias is not None:
             logits = logits + desc.logits_bias
@@ -273,7 +303,8 @@ class DecoderRunner:
         N = n * self.group
         x = self._embed(x, N).contiguous()  # a fresh tensor (the position add), updated in place
         self._native.run(
-            x, self.kv_cache, self.cross_kv, self.age_in, self.self_bias, self.cross_bias, self_w, src_w, self.group, self.chunks()
+            x, self.kv_cache, self.cross_kv, self.age_in, self.self_bias, self.cross_bias, self._rel_native, self_w, src_w,
+            self.group, self.chunks()
         )
         return self._head(x)
 
