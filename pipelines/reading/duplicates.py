@@ -9,6 +9,8 @@ the driver, larger ones by Ray Data tasks.
 
 from __future__ import annotations
 
+import bisect
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
@@ -99,13 +101,40 @@ def duplicate_rows(
         (rank, _without(table, skip) if rank == 0 and skip else table) for rank, table in tables
     )
     out: dict[str, list] = {}
-    by_file = {f: s.key for s in todo for f in s.files}
+    shard_of = _shard_keys(todo)
     for (uri, row), why in found.items():
-        if uri in by_file:
-            out.setdefault(by_file[uri], []).append([uri, row, why])
+        key = shard_of(uri, row)
+        if key is not None:
+            out.setdefault(key, []).append([uri, row, why])
     if found:
         log.warning("%d row(s) repeat an earlier id; they go to _errors (cause duplicate_id)", len(found))
     return out
+
+
+def _shard_keys(shards: list[Shard]) -> Callable[[str, int], str | None]:
+    """(source_uri, source_row) -> the key of the shard in `shards` that reads that row
+    (a file split into ranges of row groups has one shard per range of rows)."""
+    whole: dict[str, str] = {}
+    ranges: dict[str, list[tuple[int, int, str]]] = {}
+    for s in shards:
+        if s.row_groups is None:
+            whole.update((f, s.key) for f in s.files)
+        elif s.rows is not None:
+            ranges.setdefault(s.files[0], []).append((s.rows[0], s.rows[1], s.key))
+    starts = {uri: [start for start, _, _ in sorted(spans)] for uri, spans in ranges.items()}
+    for spans in ranges.values():
+        spans.sort()
+
+    def key(uri: str, row: int) -> str | None:
+        if uri in whole:
+            return whole[uri]
+        i = bisect.bisect_right(starts.get(uri, []), row) - 1
+        if i < 0:
+            return None
+        start, stop, found = ranges[uri][i]
+        return found if start <= row < stop else None
+
+    return key
 
 
 def _without(ids: pa.Table, rows: set[tuple[str, int]]) -> pa.Table:
@@ -118,7 +147,8 @@ def _without(ids: pa.Table, rows: set[tuple[str, int]]) -> pa.Table:
 def _ids_on_ray(opts: ReaderOptions, ranked: list[tuple[int, Shard]]) -> Iterator[tuple[int, pa.Table]]:
     import ray.data
 
-    items = [{"rank": rank, "shard_key": s.key, "files": list(s.files)} for rank, s in ranked]
+    # JSON: a shard's description mixes lists and numbers (no one Arrow type across shards).
+    items = [{"rank": rank, "shard": json.dumps(s.describe())} for rank, s in ranked]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _read_ids, batch_size=1, batch_format="numpy", fn_kwargs={"opts": opts}
     )
@@ -130,7 +160,7 @@ def _ids_on_ray(opts: ReaderOptions, ranked: list[tuple[int, Shard]]) -> Iterato
 def _read_ids(batch: dict[str, np.ndarray], *, opts: ReaderOptions) -> pa.Table:
     """CPU stage of the duplicate-id pass on Ray: a shard's ids and where they are."""
     tables = []
-    for rank, files, key in zip(batch["rank"], batch["files"], batch["shard_key"], strict=True):
-        ids = read_shard_ids(Shard(files=tuple(str(f) for f in files), key=str(key)), opts)
+    for rank, shard in zip(batch["rank"], batch["shard"], strict=True):
+        ids = read_shard_ids(Shard.described(json.loads(shard)), opts)
         tables.append(ids.append_column("rank", pa.array([int(rank)] * ids.num_rows, pa.int64())))
     return pa.concat_tables(tables)
