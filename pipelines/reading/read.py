@@ -90,7 +90,8 @@ def _file_failed(rows: RowBuilder, shard: Shard, uri: str, opts: ReaderOptions, 
 
 def _read_file(rows: RowBuilder, fs: fsspec.AbstractFileSystem, path: str, uri: str, opts: ReaderOptions,
                shard: Shard) -> Iterator[None]:
-    """Add the rows of one file; yields where a table may be cut (Parquet: per batch)."""
+    """Add the rows of one file; yields where a table may be cut (Parquet: per record
+    batch; WebDataset: per sample; JSONL / text lines: per line)."""
     if opts.format == "images" or opts.format == "text_files":
         rid = relative_id(uri, opts.root)
         reference = captions_for(opts.captions_file, opts.storage_options).get(rid) if opts.captions_file else None
@@ -109,7 +110,7 @@ def _read_file(rows: RowBuilder, fs: fsspec.AbstractFileSystem, path: str, uri: 
         yield from read_parquet(rows, fs, path, uri, opts, shard)
         return
     if opts.format == "webdataset":
-        read_webdataset(rows, fs, path, uri, opts)
+        yield from read_webdataset(rows, fs, path, uri, opts)
         return
     data, broken = _read_text(fs, path, uri)
     base = relative_id(uri, opts.root)

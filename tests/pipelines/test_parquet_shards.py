@@ -347,3 +347,16 @@ def test_the_read_stage_preprocesses_ranges_in_chunks_bounded_by_rows_and_bytes(
     chunks = list(read_and_preprocess({"shards": groups}, plan=plan))
     assert len(chunks) >= 15 and max(len(c["id"]) for c in chunks) <= 2
     assert [i for c in chunks for i in c["id"]] == [f"r{i}" for i in range(30)]
+
+
+def test_image_files_are_handed_on_a_few_at_a_time(tmp_path, monkeypatch):
+    """A shard of image files leaves in tables as its files are read (payload bytes or
+    rows bound them), not as one table of the shard."""
+    monkeypatch.setattr("pipelines.reading.rows.TABLE_BYTES", 3000)
+    names = [f"{i:02d}.bin.jpg" for i in range(10)]
+    for name in names:
+        (tmp_path / name).write_bytes(os.urandom(1000))
+    shard = Shard(files=tuple(str(tmp_path / n) for n in names))
+    tables = list(iter_shard(shard, ReaderOptions(format="images", root=str(tmp_path))))
+    assert [t.num_rows for t in tables] == [3, 3, 3, 1]
+    assert [i for t in tables for i in t.column("id").to_pylist()] == names
