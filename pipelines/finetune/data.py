@@ -1,7 +1,7 @@
 """Reading (input, target) pairs with Ray Data, lazily: rows stream into the workers.
 
 Pairs are read by the same reading layer as every generation job (pipelines.reading:
-one shard per file or group of images, the same ids, formats and column keys); the
+the same shards, ids, formats and column keys, each shard streamed); the
 reference text it reads is the target. Every dataset comes out with four columns:
 `id` (string), `source` (image bytes or text bytes), `target` (text) and `error`
 (the read error's cause, "" for a good row), so a row that cannot be read is counted
@@ -10,6 +10,8 @@ by the trainer like any other bad row, never dropped.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -19,41 +21,36 @@ import pyarrow as pa
 from combiner_core.storage import absolute_uri
 
 from ..reading import (
+    FILES_PER_SHARD,
     CaptionsFileError,
     InputListingError,
     Shard,
     count_rows,
-    list_input_files,
+    iter_shard,
+    list_inputs,
     plan_shards,
     read_captions_file,
-    read_shard,
 )
 from .plan import PairsPlan
 from .spec import DataSource
-
-# Image files per shard (one read task): enough to amortize a task, small enough to
-# spread a folder over the cluster's CPUs.
-_IMAGES_PER_SHARD = 256
 
 
 class DataSourceError(ValueError):
     """A data source names nothing readable (raised on the driver, before training)."""
 
 
-def _read(batch: dict[str, np.ndarray], *, options: Any) -> pa.Table:
-    tables = [
-        read_shard(Shard(files=tuple(str(f) for f in files), key=str(key)), options)
-        for files, key in zip(batch["files"], batch["shard_key"], strict=True)
-    ]
-    rows = pa.concat_tables(tables)
-    return pa.table(
-        {
-            "id": rows.column("id"),
-            "source": rows.column("payload"),
-            "target": rows.column("reference").cast(pa.string()),
-            "error": rows.column("error_cause"),
-        }
-    )
+def _read(batch: dict[str, np.ndarray], *, options: Any) -> Iterator[pa.Table]:
+    """Read task: one shard's pairs, a few MiB at a time (reading.iter_shard)."""
+    for description in batch["shard"]:
+        for rows in iter_shard(Shard.described(json.loads(description)), options):
+            yield pa.table(
+                {
+                    "id": rows.column("id"),
+                    "source": rows.column("payload"),
+                    "target": rows.column("reference").cast(pa.string()),
+                    "error": rows.column("error_cause"),
+                }
+            )
 
 
 def plan_pairs(source: DataSource, *, key: str) -> PairsPlan:
@@ -68,16 +65,20 @@ def plan_pairs(source: DataSource, *, key: str) -> PairsPlan:
         captions_file=absolute_uri(options.captions_file) if options.captions_file else None,
     )
     try:
-        files, _ = list_input_files(options.root, format=options.format, extensions=options.extensions)
+        listing = list_inputs(options.root, format=options.format, extensions=options.extensions)
         if options.captions_file:
             read_captions_file(options.captions_file)
     except InputListingError as exc:  # its message names the generation jobs' key, input.uri
         raise DataSourceError(str(exc).replace("input.uri", f"{key}.uri", 1)) from None
     except CaptionsFileError as exc:
         raise DataSourceError(f"{key}: {exc}") from None
+    files = listing.files
     if not files:
         raise DataSourceError(f"{key}.uri: no {source.format} files under {source.uri}")
-    shards = plan_shards(files, format=options.format, files_per_shard=_IMAGES_PER_SHARD)
+    # The generation jobs' default shards: image files by FILES_PER_SHARD and SHARD_BYTES,
+    # large Parquet files by ranges of row groups, so one big file feeds several read tasks.
+    shards = plan_shards(files, format=options.format, files_per_shard=FILES_PER_SHARD, sizes=listing.sizes,
+                         storage_options=options.storage_options)
     rows = count_rows(files, options)
     if rows is not None and source.max_rows is not None:
         rows = min(rows, source.max_rows)
@@ -88,7 +89,8 @@ def read_pairs(pairs: PairsPlan) -> Any:
     """A lazy Ray Dataset of {id, source, target, error} for one split's pairs."""
     import ray.data
 
-    items = [{"shard_key": s.key, "files": list(s.files)} for s in pairs.shards]
+    # JSON: a shard's description mixes strings, lists and numbers (no one Arrow type).
+    items = [{"shard": json.dumps(s.describe())} for s in pairs.shards]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _read, batch_size=1, batch_format="numpy", fn_kwargs={"options": pairs.reader}
     )

@@ -112,7 +112,7 @@ def preflight(spec: FinetuneSpec, *, source: str = "spec") -> Preflight[Finetune
     checked = [f"model: {_model_source(spec)}"]
     for key, pairs in splits.items():
         rows = "rows counted when read" if pairs.rows is None else f"{pairs.rows} row(s)"
-        checked.append(f"data.{key}.uri {pairs.reader.root}: {sum(len(s.files) for s in pairs.shards)} "
+        checked.append(f"data.{key}.uri {pairs.reader.root}: {len({f for s in pairs.shards for f in s.files})} "
                        f"{pairs.reader.format} file(s), {rows}")
     checked.append(f"export.uri {spec.export.uri}: {'replaced when done' if spec.export.overwrite else 'free'}")
     return Preflight(plan=FinetunePlan(spec=spec, splits=splits), checked=checked)

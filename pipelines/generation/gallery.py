@@ -5,7 +5,8 @@ scripts, no links out), so it still works when the output folder is copied. It s
 the first rows of the output (input thumbnail or text, the output, its score, the
 reference and whether it matches) and the errored inputs with their cause. Every
 text is HTML-escaped. Inputs are read again from their source file and row (the
-output does not keep image bytes), so only the shown rows are read.
+output does not keep image bytes): only the Parquet row groups that hold the shown
+rows, and each file no further than its last shown row.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pyarrow.dataset as pads
 from fsspec.core import url_to_fs
 
 from ..metrics import normalize_for_match
-from ..reading import Shard, read_shard
+from ..reading import Shard, footer_row_groups, iter_shard
 from .output import GALLERY_FILE
 from .plan import JobPlan
 from .summary import JobSummary
@@ -70,10 +71,34 @@ def _inputs(plan: JobPlan, rows: list[dict[str, Any]]) -> dict[tuple[str, int], 
         by_file[r["source_uri"]].add(r["source_row"])
     out: dict[tuple[str, int], bytes | None] = {}
     for uri, wanted in by_file.items():
-        table = read_shard(Shard(files=(uri,)), plan.reader)
-        for rec in table.select(["source_row", "payload"]).to_pylist():
-            if rec["source_row"] in wanted:
-                out[(uri, rec["source_row"])] = rec["payload"]
+        left = set(wanted)
+        for shard in _shards_holding(plan, uri, wanted):
+            for table in iter_shard(shard, plan.reader):
+                for rec in table.select(["source_row", "payload"]).to_pylist():
+                    if rec["source_row"] in left:
+                        out[(uri, rec["source_row"])] = rec["payload"]
+                        left.discard(rec["source_row"])
+                if not left:
+                    break  # the rest of the file is not read
+            if not left:
+                break
+    return out
+
+
+def _shards_holding(plan: JobPlan, uri: str, rows: set[int]) -> list[Shard]:
+    """What to read of `uri` for `rows`: a Parquet file's row groups that hold them (its
+    footer says), else the file."""
+    if plan.reader.format != "parquet":
+        return [Shard(files=(uri,))]
+    try:
+        footer = footer_row_groups(uri, plan.reader.storage_options)
+    except Exception:  # noqa: BLE001 - the read reports what is wrong
+        return [Shard(files=(uri,))]
+    out, first = [], 0
+    for group, n in enumerate(footer.rows):
+        if any(first <= r < first + n for r in rows):
+            out.append(Shard(files=(uri,), row_groups=(group, group + 1), file_row_groups=footer.count))
+        first += n
     return out
 
 

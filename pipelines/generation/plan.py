@@ -19,7 +19,7 @@ from combiner_core.errors import CombinerError
 from combiner_core.storage import StorageAccessError, absolute_uri, storage_access
 
 from ..preflight import PreflightError
-from ..reading import CaptionsFileError, ReaderOptions, read_captions_file
+from ..reading import SHARD_BYTES, CaptionsFileError, ReaderOptions, read_captions_file
 from ..specs import canonical_sha256, spec_hash
 from .output import output_schema
 from .specs import JobSpec, ResourcesSpec
@@ -47,6 +47,7 @@ class JobPlan:
         task: the task adapter (what differs between task kinds).
         reader: how shards are read (absolute root).
         files_per_shard: image / text files per commit unit.
+        shard_bytes: input bytes per commit unit (image / text files; Parquet ranges).
         output_uri, output_mode: where results go and how (absolute, output.mode).
         max_error_rate: above this share of errored rows the run fails (output.max_error_rate).
         model: what the actors load.
@@ -71,6 +72,7 @@ class JobPlan:
     fingerprint: str
     storage_options: dict[str, Any] = field(default_factory=dict)
     gallery_rows: int = 0
+    shard_bytes: int = SHARD_BYTES
 
     @property
     def output_schema(self) -> pa.Schema:
@@ -161,6 +163,7 @@ def resolve_plan(
         fingerprint=spec.job_fingerprint(),
         storage_options=options,
         gallery_rows=spec.output.gallery_rows,
+        shard_bytes=max(1, round(spec.input.shard_mib * 1024**2)),
     )
     return plan, []
 

@@ -20,7 +20,15 @@ from ..preflight import PreflightError
 from ..reading import InputListing, Shard, duplicate_rows, ids_can_repeat, plan_shards
 from ..session import init_ray
 from .gallery import write_gallery
-from .output import ERRORS_DIR, SUMMARY_FILE, Committer, Lease, OutputStore, ShardManifest
+from .output import (
+    ERRORS_DIR,
+    SUMMARY_FILE,
+    Committer,
+    Lease,
+    OutputStore,
+    ShardManifest,
+    committed_inputs,
+)
 from .plan import JobPlan
 from .preflight import check_input, preflight
 from .specs import JobSpec
@@ -108,11 +116,13 @@ class _JobRun:
         with storage_access(plan.output_uri, action="write"):
             committed = store.prepare(mode=plan.output_mode, fingerprint=plan.fingerprint,
                                       weights_id=plan.model.weights_id)
-        done_inputs = {f for m in committed.values() for f in m.inputs}
-        fmt = plan.reader.format
+        # A file is done when committed whole, or when committed ranges cover all its row
+        # groups; of a file committed in part, only the row groups not committed are planned.
+        done_inputs, partly = committed_inputs(committed.values())
         shards = plan_shards(
-            [f for f in files if f not in done_inputs], format=fmt, files_per_shard=plan.files_per_shard,
-            sizes=listing.sizes,
+            [f for f in files if f not in done_inputs], format=plan.reader.format,
+            files_per_shard=plan.files_per_shard, sizes=listing.sizes, shard_bytes=plan.shard_bytes,
+            committed=partly, storage_options=plan.reader.storage_options,
         )
         log.info(
             "[%s] %d input file(s); %d shard(s) already committed; %d shard(s) to process -> %s",
@@ -126,8 +136,7 @@ class _JobRun:
                 self.ray_init()
             timings["ray_start_s"] = time.time() - t
             t = time.time()
-            done_shards = plan_shards(sorted(done_inputs & set(files)), format=fmt, files_per_shard=1)
-            duplicates = duplicate_rows(plan.reader, done=done_shards, todo=shards,
+            duplicates = duplicate_rows(plan.reader, done=_committed_shards(committed, done_inputs, files), todo=shards,
                                         committed_duplicates=lambda: store.duplicate_rows(committed))
             if ids_can_repeat(plan.reader):
                 timings["duplicate_ids_s"] = time.time() - t
@@ -171,7 +180,7 @@ class _JobRun:
             stats=committer.counters.as_stats() if committer else {},
             error_causes=dict(sorted(causes.items(), key=lambda kv: -kv[1]["rows"])),
             max_error_rate=plan.max_error_rate,
-            files_in=sum(len(m.inputs) for m in manifests.values()),
+            files_in=len({f for m in manifests.values() for f in m.inputs}),
             files_failed=sum(m.files_failed for m in manifests.values()),
         )
         # Every row failed, or more of them (or of the files, when a file fails as a whole
@@ -189,7 +198,7 @@ class _JobRun:
         summary.timings["started_at"] = round(self.start, 3)  # epoch seconds: lines phases up with a wall clock
         # Written again with the finish time: _summary.json is the run's record.
         store.write_summary(summary.as_dict())
-        if not summary.failed and {f for m in manifests.values() for f in m.inputs} >= set(files):
+        if not summary.failed and committed_inputs(manifests.values())[0] >= set(files):
             store.mark_success()  # last of all
         return summary
 
@@ -213,6 +222,19 @@ class _JobRun:
         timings["process_s"] = time.time() - t0
         timings["commit_s"] = committer.seconds
         return committer
+
+
+def _committed_shards(committed: dict[str, ShardManifest], done: set[str], files: list[str]) -> list[Shard]:
+    """The committed rows of the input as shards (the duplicate-id pass ranks them first):
+    the files done, and the committed ranges of the files committed in part."""
+    listed = set(files)
+    shards = [Shard(files=(f,)) for f in sorted(done & listed)]
+    for m in committed.values():
+        uri = m.inputs[0] if m.inputs else ""
+        if m.row_groups is not None and uri in listed and uri not in done:
+            start, stop, of = m.row_groups
+            shards.append(Shard(files=(uri,), row_groups=(start, stop), file_row_groups=of))
+    return shards
 
 
 class JobStoppedError(JobError, RuntimeError):

@@ -3,7 +3,7 @@
 The YAML keys are a contract (tools and tests script against them):
 
     input:      uri, format, input_column, id_column, reference_column, captions_file,
-                extensions, files_per_shard (see pipelines.reading.source)
+                extensions, files_per_shard, shard_mib (see pipelines.reading.source)
     output:     uri, mode (error_if_exists | resume | overwrite)
     model:      uri, dtype, allow_pickle, trust_remote_code
     generation: combiner_core.GenerationParams (strategy, max_new_tokens, num_beams, ...)
@@ -27,7 +27,7 @@ from combiner_core import GenerationParams
 from combiner_core.describe import CheckpointInfo
 from combiner_core.storage import normal_uri
 
-from ..reading import InputFormat, InputSource, ReaderOptions
+from ..reading import FILES_PER_SHARD, SHARD_BYTES, InputFormat, InputSource, ReaderOptions
 from ..specs import ModelSource, StrictModel, canonical_sha256, path_field
 from .tasks import CaptionTask, LabelTask, SummarizeTask, TaskAdapter
 
@@ -99,11 +99,23 @@ class JobInput(InputSource):
         "'reference' and scored in the summary (images: use captions_file; webdataset: a text member such as txt, or json.<field> for a field of the json member)",
     )
     files_per_shard: int = Field(
-        256,
+        FILES_PER_SHARD,
         ge=1,
         le=100_000,
-        description="images / text_files: files per commit unit (a shard); parquet, jsonl and "
-        "text_lines shards are one file each",
+        description="images / text_files: at most this many files per commit unit (a shard), and at most "
+        "shard_mib of them: hundreds of rows commit every few seconds per model actor (fewer would multiply "
+        "the driver's commits and the output's files), and a folder spreads over many read tasks",
+    )
+    shard_mib: float = Field(
+        SHARD_BYTES / 1024**2,
+        gt=0,
+        le=1024**2,
+        description="MiB of input per commit unit (a shard). images / text_files: a shard stops at this size "
+        "or at files_per_shard files (64 MiB: 256 web images of ~250 KB, or a dozen 5 MB photos, whose "
+        "decoding costs about as much); parquet: a larger file is split into ranges of row groups up to this "
+        "size each (one row group at least), read by several tasks and committed in parts; jsonl, "
+        "text_lines and webdataset shards are one file each. Not part of the job's fingerprint: a "
+        "resumed job may change it",
     )
 
     def source_problems(self, *, key: str, modality: str | None = None) -> list[str]:
@@ -180,7 +192,11 @@ class JobSpec(StrictModel):
         A resumed run must match the run that wrote the committed shards. Paths count by
         what they name, not how they are spelled (./in, in/, /abs/in are one input).
         """
+        # shard_mib cuts the same rows into other commit units: a resume takes any (the
+        # committed row groups of each file are what count), and outputs written before
+        # the key existed keep their fingerprint.
         data = self.model_dump(mode="json", exclude=self._NOT_IN_FINGERPRINT)
+        data["input"].pop("shard_mib", None)
         data["input"]["uri"] = normal_uri(data["input"]["uri"])
         if data["input"].get("captions_file"):
             data["input"]["captions_file"] = normal_uri(data["input"]["captions_file"])

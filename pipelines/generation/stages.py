@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import faults
-from ..reading import Shard, read_shard
+from ..reading import Shard, iter_shard
 from .output import stage_results
 from .tasks.base import cached_preprocessor, error_columns, object_array
 
@@ -46,25 +47,50 @@ _PASSTHROUGH = (
 def read_and_preprocess(batch: dict[str, np.ndarray], *, plan: JobPlan) -> Iterator[dict[str, np.ndarray]]:
     """CPU stage: a group of shard descriptions -> their rows -> the task's model inputs.
 
-    Yields batch_size rows at a time (a chunk may span shards: rows carry their shard
-    key), so a shard of many rows is never decoded (or held as pixels) all at once, and
-    the model actor gets whole batches from small shards.
+    Shards are read as streams of small tables (reading.iter_shard) and preprocessed
+    in chunks of batch_size rows, or fewer when their payloads pass _CHUNK_BYTES; a
+    chunk may span shards (rows carry their shard key). So neither a shard nor a batch
+    of large images is ever held (or decoded) all at once, and the model actor gets
+    whole batches from small shards.
     """
     pending: list[pa.Table] = []
-    held = 0
+    held = held_bytes = 0
     for group in batch["shards"]:
-        for key, files, dups in json.loads(group):
-            duplicates = {(uri, int(row)): why for uri, row, why in dups}
-            rows = read_shard(Shard(files=tuple(files), key=key), plan.reader, duplicates=duplicates)
-            pending.append(rows)
-            held += rows.num_rows
-            while held >= plan.batch_size:
-                table = pa.concat_tables(pending)
-                yield _preprocess(plan, table.slice(0, plan.batch_size))
-                rest = table.slice(plan.batch_size)
-                pending, held = [rest], rest.num_rows
+        for entry in json.loads(group):
+            shard = Shard.described(entry["shard"])
+            duplicates = {(uri, int(row)): why for uri, row, why in entry["duplicates"]}
+            for rows in iter_shard(shard, plan.reader, duplicates=duplicates):
+                pending.append(rows)
+                held += rows.num_rows
+                held_bytes += _payload_bytes(rows)
+                while held >= plan.batch_size or held_bytes >= _CHUNK_BYTES:
+                    table = pa.concat_tables(pending)
+                    n = _chunk_rows(table, plan.batch_size)
+                    yield _preprocess(plan, table.slice(0, n))
+                    rest = table.slice(n)
+                    pending, held, held_bytes = [rest], rest.num_rows, _payload_bytes(rest)
     if held:
         yield _preprocess(plan, pa.concat_tables(pending))
+
+
+# Payload bytes a chunk of rows for preprocessing holds at most (one row at least). A
+# chunk's images are decoded together: 256 photos of 5 MB in one batch_size chunk
+# would be 1.3 GB encoded and ~9 GB as pixels (12 MP RGB) in one read task; 16 MiB is
+# three such photos (~110 MB decoded), or 160 web images of 100 KB, still a chunk
+# whose per-chunk costs do not show. The model stage batches chunks back to
+# batch_size rows (Ray Data bundles blocks up to its batch_size).
+_CHUNK_BYTES = 16 * 1024**2
+
+
+def _payload_bytes(rows: pa.Table) -> int:
+    return int(pc.sum(pc.binary_length(rows.column("payload"))).as_py() or 0)
+
+
+def _chunk_rows(table: pa.Table, batch_size: int) -> int:
+    """Rows of `table` for the next chunk: up to batch_size and _CHUNK_BYTES of payload."""
+    lengths = pc.fill_null(pc.binary_length(table.column("payload")), 0).to_numpy()
+    within = int(np.searchsorted(np.cumsum(lengths), _CHUNK_BYTES, side="right"))
+    return max(1, min(batch_size, within, table.num_rows))
 
 
 def _preprocess(plan: JobPlan, chunk: pa.Table) -> dict[str, np.ndarray]:
@@ -85,12 +111,13 @@ _GROUP_SHARDS = 16
 
 
 def read_groups(shards: list[Shard], duplicates: dict[str, list]) -> list[str]:
-    """Shards grouped for read tasks, each group as JSON [[key, files, duplicates], ...]."""
+    """Shards grouped for read tasks, each group as JSON
+    [{"shard": Shard.describe(), "duplicates": [[uri, row, why], ...]}, ...]."""
     groups: list[list] = []
     current: list = []
     nbytes = 0
     for s in shards:
-        current.append([s.key, list(s.files), duplicates.get(s.key, [])])
+        current.append({"shard": s.describe(), "duplicates": duplicates.get(s.key, [])})
         nbytes += s.nbytes
         if nbytes >= _GROUP_BYTES or len(current) >= _GROUP_SHARDS:
             groups.append(current)
@@ -307,7 +334,7 @@ def build_dataset(
     """
     import ray.data
 
-    # JSON: a list of [str, list, list] is not one Arrow type.
+    # JSON: a shard's description mixes strings, lists and numbers (no one Arrow type).
     items = [{"shards": g} for g in read_groups(shards, duplicates or {})]
     r = plan.resources
     ds = ray.data.from_items(items, override_num_blocks=len(items))

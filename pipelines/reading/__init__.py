@@ -1,8 +1,8 @@
 """The reading layer of every job: listing input files (fsspec: local, file://, s3://...),
 grouping them into shards, and reading one shard into rows.
 
-A *shard* is the unit of work and of commit: one Parquet / JSONL / text file, or a
-group of image files. Every row a shard yields has a stable id, its source (file URI
+A *shard* is the unit of work and of commit: one Parquet / JSONL / text file, a range
+of a large Parquet file's row groups, or a group of image files. Every row a shard yields has a stable id, its source (file URI
 and row number), an optional reference text, and either a payload (image or text
 bytes) or a read error, so a bad row is reported, never dropped. Generation jobs and
 fine-tuning read through these same functions.
@@ -11,8 +11,9 @@ fine-tuning read through these same functions.
     source       InputSource: the `input:` block every job spec shares
     listing      list_inputs: files under a URI, the skipped ones, sizes; relative ids
     shards       Shard, plan_shards, count_rows
+    row_groups   Parquet footers on the driver; a large file's row groups cut into ranges
     rows         ROW_SCHEMA and the builder the readers fill
-    read         read_shard: the dispatcher over the formats
+    read         iter_shard / read_shard: the dispatcher over the formats
     tables       Parquet and JSON lines rows
     captions     an image folder's captions file
     compression  .gz / .zst / .bz2 / .xz, keeping what was read before a break
@@ -24,7 +25,6 @@ fine-tuning read through these same functions.
 from .captions import CaptionsFileError, read_captions_file
 from .compression import MissingCodecError
 from .duplicates import (
-    InputChangedError,
     duplicate_rows,
     find_duplicates,
     ids_can_repeat,
@@ -47,15 +47,26 @@ from .options import (
     input_extensions,
 )
 from .probe import check_input_files, read_head, sniff, with_article
-from .read import read_shard
+from .read import iter_shard, read_shard
+from .row_groups import SHARD_BYTES, footer_row_groups
 from .rows import ROW_SCHEMA, Duplicates
-from .shards import Shard, count_rows, plan_shards
+from .shards import (
+    FILES_PER_SHARD,
+    CommittedGroups,
+    InputChangedError,
+    Shard,
+    count_rows,
+    plan_shards,
+)
 from .source import InputSource
 
 __all__ = [
+    "FILES_PER_SHARD",
     "IMAGE_EXTENSIONS",
     "ROW_SCHEMA",
+    "SHARD_BYTES",
     "CaptionsFileError",
+    "CommittedGroups",
     "Duplicates",
     "IdPassLimitError",
     "InputChangedError",
@@ -70,10 +81,12 @@ __all__ = [
     "count_rows",
     "duplicate_rows",
     "find_duplicates",
+    "footer_row_groups",
     "format_extensions",
     "glob_base",
     "ids_can_repeat",
     "input_extensions",
+    "iter_shard",
     "list_input_files",
     "list_inputs",
     "plan_shards",

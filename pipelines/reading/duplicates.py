@@ -14,6 +14,8 @@ decide, so two ids that share a hash are never taken for one.
 
 from __future__ import annotations
 
+import bisect
+import json
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -25,7 +27,7 @@ import pyarrow.compute as pc
 from .id_index import HashIds, IdIndex, hash_ids, isin_sorted, pack, unpack
 from .options import ReaderOptions
 from .read import read_shard
-from .shards import Shard
+from .shards import InputChangedError, Shard
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +53,6 @@ IdTables = Iterable[tuple[int, pa.Table]]
 ReadIds = Callable[[Collection[tuple[int, str]] | None], IdTables]
 
 _MESSAGE = "id {id!r} first appears in {uri} row {row}, which is kept; this later row is not processed"
-
-
-class InputChangedError(RuntimeError):
-    """An input file's ids differ between the duplicate-id pass's two reads."""
 
 
 def find_duplicates(ids: ReadIds | Sequence[tuple[int, pa.Table]], *,
@@ -199,10 +197,11 @@ def duplicate_rows(
 
     found = find_duplicates(read_ids)
     out: dict[str, list] = {}
-    by_file = {f: s.key for s in todo for f in s.files}
+    shard_of = _shard_keys(todo)
     for (uri, row), why in found.items():
-        if uri in by_file:
-            out.setdefault(by_file[uri], []).append([uri, row, why])
+        key = shard_of(uri, row)
+        if key is not None:
+            out.setdefault(key, []).append([uri, row, why])
     if found:
         log.warning("%d row(s) repeat an earlier id; they go to _errors (cause duplicate_id)", len(found))
     return out
@@ -214,6 +213,32 @@ def _read_ranked(opts: ReaderOptions, ranked: list[tuple[int, Shard]], *, hashed
     if sum(len(s.files) for _, s in ranked) <= _DRIVER_ID_PASS_FILES:
         return ((rank, read_shard_ids(s, opts)) for rank, s in ranked)
     return _ids_on_ray(opts, ranked, hashed=hashed)
+
+
+def _shard_keys(shards: list[Shard]) -> Callable[[str, int], str | None]:
+    """(source_uri, source_row) -> the key of the shard in `shards` that reads that row
+    (a file split into ranges of row groups has one shard per range of rows)."""
+    whole: dict[str, str] = {}
+    ranges: dict[str, list[tuple[int, int, str]]] = {}
+    for s in shards:
+        if s.row_groups is None:
+            whole.update((f, s.key) for f in s.files)
+        elif s.rows is not None:
+            ranges.setdefault(s.files[0], []).append((s.rows[0], s.rows[1], s.key))
+    starts = {uri: [start for start, _, _ in sorted(spans)] for uri, spans in ranges.items()}
+    for spans in ranges.values():
+        spans.sort()
+
+    def key(uri: str, row: int) -> str | None:
+        if uri in whole:
+            return whole[uri]
+        i = bisect.bisect_right(starts.get(uri, []), row) - 1
+        if i < 0:
+            return None
+        start, stop, found = ranges[uri][i]
+        return found if start <= row < stop else None
+
+    return key
 
 
 def _rows_by_uri(rows: set[tuple[str, int]]) -> dict[str, np.ndarray]:
@@ -237,7 +262,8 @@ def _without(ids: pa.Table, rows: Mapping[str, np.ndarray]) -> pa.Table:
 def _ids_on_ray(opts: ReaderOptions, ranked: list[tuple[int, Shard]], *, hashed: bool) -> IdTables:
     import ray.data
 
-    items = [{"rank": rank, "shard_key": s.key, "files": list(s.files)} for rank, s in ranked]
+    # JSON: a shard's description mixes lists and numbers (no one Arrow type across shards).
+    items = [{"rank": rank, "shard": json.dumps(s.describe())} for rank, s in ranked]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _read_ids, batch_size=1, batch_format="numpy", fn_kwargs={"opts": opts, "hashed": hashed}
     )
@@ -250,8 +276,8 @@ def _read_ids(batch: dict[str, np.ndarray], *, opts: ReaderOptions, hashed: bool
     """CPU stage of the duplicate-id pass on Ray: a shard's ids (or their hashes) and where
     they are."""
     tables = []
-    for rank, files, key in zip(batch["rank"], batch["files"], batch["shard_key"], strict=True):
-        ids = read_shard_ids(Shard(files=tuple(str(f) for f in files), key=str(key)), opts)
+    for rank, shard in zip(batch["rank"], batch["shard"], strict=True):
+        ids = read_shard_ids(Shard.described(json.loads(shard)), opts)
         if hashed:
             hashes = pa.array(hash_ids(ids.column("id")), pa.uint64())
             ids = ids.drop_columns(["id"]).append_column("id_hash", hashes)

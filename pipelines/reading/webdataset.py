@@ -11,7 +11,7 @@ Each sample becomes one row: the image member (the first of `image_extensions` i
 is the payload, its key the id (or a field of its json member), its reference the
 `txt` member or a json field. A sample without an image, and a sample cut by the end of
 a truncated tar, are error rows naming the tar and the key; the samples before a cut
-are kept.
+are kept. Rows are handed on as samples come (reading.iter_shard cuts tables).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import json
 import posixpath
 import tarfile
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -45,8 +46,10 @@ def split_name(name: str) -> tuple[str, str]:
     return (posixpath.join(folder, stem) if folder else stem), (ext.lower() if dot else "")
 
 
-def read_webdataset(rows: RowBuilder, fs: fsspec.AbstractFileSystem, path: str, uri: str, opts: ReaderOptions) -> None:
-    """Add one row per sample of the tar at `path`; raise ShardCutError after the rows read
+def read_webdataset(rows: RowBuilder, fs: fsspec.AbstractFileSystem, path: str, uri: str,
+                    opts: ReaderOptions) -> Iterator[None]:
+    """Add one row per sample of the tar at `path`, yielding after each (a table may be
+    cut there: a tar is never whole in memory); raise ShardCutError after the rows read
     before a break when the tar is cut short or corrupt part-way."""
     wanted = _wanted_members(opts)
     samples = 0
@@ -66,6 +69,7 @@ def read_webdataset(rows: RowBuilder, fs: fsspec.AbstractFileSystem, path: str, 
                         _add_sample(rows, uri, samples, key, members, opts)
                         samples += 1
                         members = {}
+                        yield
                     key = name_key
                     # Members no row needs are skipped unread (the stream seeks past them).
                     members[ext] = tar.extractfile(info).read() if wanted(ext) else None

@@ -369,7 +369,7 @@ def test_read_task_yields_whole_batches_across_small_shards(models, tmp_path):
     causes = {i: c for ch in chunks for i, c in zip(ch["id"], ch["error_cause"], strict=True) if c}
     assert list(causes) == ["f1r2"]
     assert all(c["pixel_values"].shape[0] == len(c["id"]) for c in chunks)
-    assert json.loads(groups[0])[0][0] == shards[0].key
+    assert json.loads(groups[0])[0]["shard"]["key"] == shards[0].key
 
 
 def test_resume_after_out_of_order_commits_keeps_the_first_row(models, tmp_path):

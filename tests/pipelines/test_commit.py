@@ -144,8 +144,10 @@ def test_listing_gives_sizes_and_read_tasks_group_small_shards(tmp_path):
     assert [s.nbytes for s in shards[:3]] == [17 * 1024**2, 1, 2]
     groups = [json.loads(g) for g in read_groups(shards, {shards[2].key: [["u", 3, "dup"]]})]
     assert [len(g) for g in groups] == [1, 16, 4]
-    assert [key for g in groups for key, _, _ in g] == [s.key for s in shards]
-    assert groups[1][1] == [shards[2].key, list(shards[2].files), [["u", 3, "dup"]]]
+    assert [e["shard"]["key"] for g in groups for e in g] == [s.key for s in shards]
+    assert groups[1][1] == {"shard": {"key": shards[2].key, "files": list(shards[2].files)},
+                            "duplicates": [["u", 3, "dup"]]}
+    assert Shard.described(groups[1][1]["shard"]) == shards[2]
 
 
 def test_read_shard_ids_sources_and_read_errors(tmp_path):
@@ -169,7 +171,8 @@ def test_read_shard_ids_sources_and_read_errors(tmp_path):
     rows = read_shard(Shard(files=(str(tmp_path / "p.parquet"),)), opts).to_pylist()
     assert [r["id"] for r in rows] == ["p.parquet#0", "p.parquet#1"]
     # A footer that reads over a row group that does not (its page header overwritten):
-    # all 40 rows are error rows with their ids, not one row for the file.
+    # the other row group's 20 rows are read, the broken one's 20 are error rows with
+    # their ids, not one row for the file.
     import os
 
     import pyarrow.parquet as pq
@@ -183,7 +186,8 @@ def test_read_shard_ids_sources_and_read_errors(tmp_path):
     opts = ReaderOptions(format="parquet", root=str(tmp_path), input_column="image", id_column="key")
     rows = read_shard(Shard(files=(str(tmp_path / "torn.parquet"),)), opts).to_pylist()
     assert [r["id"] for r in rows] == [f"r{i}" for i in range(40)]
-    assert {r["error_cause"] for r in rows} == {"unreadable_file"} and "none of its 40 rows" in rows[0]["error_message"]
+    assert [r["error_cause"] for r in rows] == [""] * 20 + ["unreadable_file"] * 20
+    assert "row group 1 of" in rows[20]["error_message"] and "20 row(s) from row 20 on are lost" in rows[20]["error_message"]
     # A file that is not Parquet at all: one row, its id '<file>#file', "file" in its message.
     gs.write_bytes(str(tmp_path / "q.parquet"), b"not parquet")
     rows = read_shard(Shard(files=(str(tmp_path / "q.parquet"),)), opts).to_pylist()

@@ -113,6 +113,25 @@ def test_fingerprint_ignores_mode_and_resources_but_not_model():
     assert a.job_fingerprint() == b.job_fingerprint() != c.job_fingerprint()
 
 
+def test_shard_size_is_no_part_of_the_fingerprint():
+    """input.shard_mib cuts the same rows into other commit units: a resume may change it,
+    and outputs written before the key existed keep their fingerprint (that of a spec
+    dumped without it)."""
+    from pipelines.specs import canonical_sha256
+
+    data = {"input": {"uri": "/in", "format": "parquet", "input_column": "image"}, "output": {"uri": "/out"},
+            "model": {"uri": "/m"}}
+    a = validate_spec(CaptionJobSpec, data, source="t")
+    b = validate_spec(CaptionJobSpec, {**data, "input": {**data["input"], "shard_mib": 0.5}}, source="t")
+    assert a.input.shard_mib == 64 and b.input.shard_mib == 0.5
+    assert a.job_fingerprint() == b.job_fingerprint()
+    before = a.model_dump(mode="json", exclude={"output", "batch_size", "resources", "date"})
+    del before["input"]["shard_mib"]
+    assert a.job_fingerprint() == canonical_sha256(before)
+    with pytest.raises(SpecError, match="shard_mib"):
+        validate_spec(CaptionJobSpec, {**data, "input": {**data["input"], "shard_mib": 0}}, source="t")
+
+
 def test_one_input_vocabulary_with_deprecated_names(caplog):
     """image_column / text_column / image_folder still work for a release, each logged once."""
     from pipelines.finetune import FinetuneSpec

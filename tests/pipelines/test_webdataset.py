@@ -175,3 +175,22 @@ def test_preflight_checks_the_members_and_fields_a_spec_names(tmp_path) -> None:
     assert [p.split(":")[0] for p in problems] == ["input.image_extensions", "input.reference_column", "input.id_column"]
     assert "(their members: jpg, json, txt)" in problems[0]
     assert "(their fields: caption, uid, width)" in problems[2]
+
+
+def test_a_tar_is_handed_on_in_tables_as_its_samples_come(tmp_path, monkeypatch) -> None:
+    """A tar is never whole in memory: rows leave in tables of TABLE_ROWS samples, the
+    count on the last table only, and a cut tar keeps the tables before the break."""
+    from pipelines.reading import iter_shard
+
+    monkeypatch.setattr("pipelines.reading.rows.TABLE_ROWS", 3)
+    uri = str(tmp_path / "00000.tar")
+    data = write_tar(uri, _samples(10))
+    opts = ReaderOptions(format="webdataset", root=str(tmp_path))
+    tables = list(iter_shard(Shard(files=(uri,)), opts))
+    assert [t.num_rows for t in tables] == [3, 3, 3, 1]
+    assert [set(t.column("shard_rows").to_pylist()) for t in tables] == [{-1}, {-1}, {-1}, {10}]
+    assert [r for t in tables for r in t.column("source_row").to_pylist()] == list(range(10))
+    (tmp_path / "cut.tar").write_bytes(data[: len(data) * 2 // 3])
+    rows = [r for t in iter_shard(Shard(files=(str(tmp_path / "cut.tar"),)), opts) for r in t.to_pylist()]
+    assert rows[-1]["id"] == "cut.tar#file" and rows[-1]["error_cause"] == "truncated_file"
+    assert [r["row_index"] for r in rows] == list(range(len(rows))) and len(rows) >= 6

@@ -11,7 +11,7 @@ from .committer import Committer, IncompleteShardsError, StagedShard
 from .layout import ERRORS_DIR, GALLERY_FILE, SUMMARY_FILE, OutputSurvey, is_own_path, output_schema
 from .lease import Lease, LeaseLostError, OutputLeasedError
 from .staging import RECORD_SCHEMA, stage_results
-from .store import CommitError, OutputExistsError, OutputStore, ShardManifest
+from .store import CommitError, OutputExistsError, OutputStore, ShardManifest, committed_inputs
 
 __all__ = [
     "ERRORS_DIR",
@@ -29,6 +29,7 @@ __all__ = [
     "OutputSurvey",
     "ShardManifest",
     "StagedShard",
+    "committed_inputs",
     "is_own_path",
     "output_schema",
     "stage_results",

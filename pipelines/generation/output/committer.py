@@ -26,13 +26,18 @@ from .store import OutputStore, ShardManifest
 class StagedShard:
     """A shard's staged results as the driver gathers them from the staging records.
 
-    Complete when `rows` reaches `shard_rows`; then OutputStore.commit_shard makes it output.
+    Complete when `rows` reaches `shard_rows`, which one of its records says (the one of
+    the block holding the shard's last rows; -1 until then: shards are read as streams);
+    then OutputStore.commit_shard makes it output.
     """
 
     key: str
     inputs: list[str]
     shard_rows: int
     rows: int = 0
+    # [start, stop, of]: the range of row groups of its one Parquet file, and how many
+    # the file has (None: its input files whole).
+    row_groups: list[int] | None = None
     ok_paths: list[str] = field(default_factory=list)
     error_paths: list[str] = field(default_factory=list)
     counters: ModelCounters = field(default_factory=ModelCounters)
@@ -40,6 +45,7 @@ class StagedShard:
     def add(self, record: Mapping[str, Any]) -> None:
         """Take one RECORD_SCHEMA record (a block's part of this shard)."""
         self.rows += record["rows"]
+        self.shard_rows = max(self.shard_rows, record["shard_rows"])
         if record["ok_path"]:
             self.ok_paths.append(record["ok_path"])
         if record["error_path"]:
@@ -48,7 +54,12 @@ class StagedShard:
 
     @property
     def complete(self) -> bool:
-        return self.rows >= self.shard_rows
+        return self.shard_rows >= 0 and self.rows >= self.shard_rows
+
+
+def _staged(shard: Shard, shard_rows: int) -> StagedShard:
+    groups = None if shard.row_groups is None else [*shard.row_groups, shard.file_row_groups]
+    return StagedShard(shard.key, list(shard.files), shard_rows, row_groups=groups)
 
 
 class IncompleteShardsError(RuntimeError):
@@ -87,7 +98,7 @@ class Committer:
             key = rec["shard_key"]
             staged = self._pending.get(key)
             if staged is None:
-                staged = self._pending[key] = StagedShard(key, list(self._todo[key].files), rec["shard_rows"])
+                staged = self._pending[key] = _staged(self._todo[key], rec["shard_rows"])
             staged.add(rec)
             if staged.complete:
                 del self._pending[key]
@@ -102,8 +113,8 @@ class Committer:
                 f"Ray Data finished but {len(self._pending)} shard(s) got only part of their rows "
                 f"({sorted(self._pending)[:3]}...); nothing of them was committed. Rerun with output.mode=resume"
             )
-        for key, shard in list(self._todo.items()):
-            self._commit(StagedShard(key, list(shard.files), 0), metric_sums=None, notify=False)
+        for shard in list(self._todo.values()):
+            self._commit(_staged(shard, 0), metric_sums=None, notify=False)
 
     def _commit(self, staged: StagedShard, *, metric_sums: Callable[[pa.Table], dict[str, float]] | None,
                 notify: bool = True) -> None:

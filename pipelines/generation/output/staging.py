@@ -21,7 +21,7 @@ from .layout import ERROR_SCHEMA, INTERNAL_FIELDS, STAGING_DIR, output_fs, write
 RECORD_SCHEMA = pa.schema(
     [
         ("shard_key", pa.string()),
-        ("shard_rows", pa.int64()),
+        ("shard_rows", pa.int64()),  # -1 until a block holds rows of the shard's last table
         ("rows", pa.int64()),
         ("ok_path", pa.string()),
         ("error_path", pa.string()),
@@ -79,7 +79,8 @@ def stage_results(
             picked = [v for v, m in zip(counters, mask.to_pylist(), strict=True) if m and v]
             stats = ModelCounters.total(ModelCounters.from_json(v) for v in picked).to_json()
         records["shard_key"].append(key)
-        records["shard_rows"].append(part.column("shard_rows")[0].as_py())
+        # The shard's row count rides on the rows of its last table only (-1 before it).
+        records["shard_rows"].append(pc.max(part.column("shard_rows")).as_py())
         records["rows"].append(part.num_rows)
         records["ok_path"].append(ok_path)
         records["error_path"].append(err_path)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from ... import faults
 from ...errors import JobError
+from ...reading import CommittedGroups
 from .layout import (
     COMMITS_DIR,
     ERROR_SCHEMA,
@@ -85,6 +86,11 @@ class ShardManifest:
     error_causes: dict[str, list] = field(default_factory=dict)
     # Input files that failed as a whole with an unknown number of rows (a '#file' row).
     files_failed: int = 0
+    # [start, stop, of]: the shard read row groups [start, stop) of its one Parquet file,
+    # which has `of` of them (the file is done when its ranges cover them all). Absent
+    # (None) when the shard read its input files whole, as every shard did before files
+    # were split; left out of the JSON then, so those manifests stay as they were.
+    row_groups: list[int] | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ShardManifest:
@@ -95,6 +101,33 @@ class ShardManifest:
         manifest = cls(**data)
         manifest.metric_sums = {**legacy, **manifest.metric_sums}
         return manifest
+
+    def to_json(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        if data["row_groups"] is None:
+            del data["row_groups"]
+        return data
+
+
+def committed_inputs(manifests: Iterable[ShardManifest]) -> tuple[set[str], dict[str, CommittedGroups]]:
+    """(the input files committed whole, the row groups committed of the other Parquet
+    files that committed shards read part of). A file split into ranges of row groups is
+    done when its committed ranges cover every row group it has."""
+    done: set[str] = set()
+    groups: dict[str, tuple[int, set[int]]] = {}
+    for m in manifests:
+        if m.row_groups is None:
+            done.update(m.inputs)
+            continue
+        start, stop, of = m.row_groups
+        groups.setdefault(m.inputs[0], (of, set()))[1].update(range(start, stop))
+    partly: dict[str, CommittedGroups] = {}
+    for uri, (of, got) in groups.items():
+        if uri in done or got >= set(range(of)):
+            done.add(uri)
+        else:
+            partly[uri] = CommittedGroups(of=of, groups=frozenset(got))
+    return done, partly
 
 
 class OutputStore:
@@ -307,9 +340,10 @@ class OutputStore:
             error_causes=_error_causes(bad),
             files_failed=0 if bad is None else len(set(bad.filter(pc.less(bad.column("source_row"), 0))
                                                        .column("source_uri").to_pylist())),
+            row_groups=shard.row_groups,
         )
         tmp = self._path(STAGING_DIR, run_id, "commit", f"{shard_key}.json")
-        write_json(self.fs, tmp, manifest.__dict__)
+        write_json(self.fs, tmp, manifest.to_json())
         final = self._path(COMMITS_DIR, f"{shard_key}.json")
         self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
         self.fs.mv(tmp, final)
