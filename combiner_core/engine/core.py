@@ -119,7 +119,7 @@ class GenerationEngine:
             encoder, decoder and LM head in int8 with per-channel weight scales and
             per-row dynamic activation scales, as CTranslate2's int8. The combiner's
             model is not changed (the encoder runs an int8 copy sharing its tensors).
-            The decoder runs the torch step (the native step has float32 matmuls only).
+            The native step runs it too (the same packed weights and arithmetic).
 
     Attributes:
         fast_path: True when the engine runs its own decoder; False when it runs HF
@@ -165,9 +165,6 @@ class GenerationEngine:
             self.desc = extract_decoder(model)
             if quantize == "int8":
                 self.desc = quantize_description(self.desc)
-                warn_once(log, ("int8 torch step",),
-                          "generation engine: int8 decoder runs the torch step (the native CPU step "
-                          "has float32 matmuls only)")
             self.plan = resolve_decoding_plan(model, self.hf_config, seed=self.params.seed, vocab=self.desc.vocab_size)
             processors_to(self.plan.processors, self.device)
         except (UnsupportedFamily, Unsupported) as exc:

@@ -18,6 +18,7 @@ from combiner_core import (
     tokenize_text,
 )
 from combiner_core.engine import hf_generate
+from combiner_core.engine.model import load_native
 from combiner_core.engine.model.quantize import (
     Int8LinearModule,
     check_quantize,
@@ -108,11 +109,18 @@ def test_int8_engine_matches_hf_on_int8_model(family) -> None:
     engine = GenerationEngine(c, params, slots=3, dtype=None, quantize="int8")
     assert engine.fast_path, engine.fallback_reason
     ours = engine_run(engine, batch)
-    assert not engine.native_step  # int8 runs the torch step (logged once)
+    assert engine.native_step == (load_native() is not None)
+    torch_step = GenerationEngine(c, params, slots=3, dtype=None, quantize="int8", native=False)
+    theirs = engine_run(torch_step, batch)
+    assert not torch_step.native_step
     ref = hf_generate(c, batch, params, model=quantized_copy(c.model))
-    assert [[x.token_ids for x in r] for r in ours] == [[x.token_ids for x in r] for r in ref], name
-    for r_ours, r_ref in zip(ours, ref, strict=True):
+    tokens = [[x.token_ids for x in r] for r in ref]
+    # native int8 step == torch int8 step == HF's modules in int8
+    assert [[x.token_ids for x in r] for r in ours] == tokens, name
+    assert [[x.token_ids for x in r] for r in theirs] == tokens, name
+    for r_ours, r_theirs, r_ref in zip(ours, theirs, ref, strict=True):
         assert r_ours[0].score == pytest.approx(r_ref[0].score, abs=5e-3)
+        assert r_theirs[0].score == pytest.approx(r_ref[0].score, abs=5e-3)
     # the combiner's model is unchanged (float, same values)
     after = c.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -129,11 +129,6 @@ class DecoderRunner:
         if self.device.type != "cpu" or self.dtype != torch.float32 or self.static:
             self.native_reason = "CPU float32 exact-shape steps only"
             return None
-        if self.quantized:
-            # native_step.cpp calls ATen's float32 matmuls; int8 needs fbgemm's packed
-            # weights, which it does not take yet: the torch step runs int8_linear.
-            self.native_reason = "int8 weights: the native step has float32 matmuls only"
-            return None
         acts = {act_code(lay.act) for lay in desc.layers}
         if len(acts) != 1 or None in acts:
             self.native_reason = f"activation {type(desc.layers[0].act).__name__} has no native form"
@@ -151,7 +146,13 @@ class DecoderRunner:
                 bias = part.bias if part.bias is not None else torch.zeros(part.weight.shape[0], dtype=self.dtype)
                 weights += [part.weight, bias.contiguous()]
             eps += [lay.self_norm.eps, lay.cross_norm.eps, lay.ffn_norm.eps]
-        return module.Layers(weights, eps, desc.heads, acts.pop(), desc.pre_ln, desc.rms_norm, desc.layers[0].gated)
+        layers = module.Layers(weights, eps, desc.heads, acts.pop(), desc.pre_ln, desc.rms_norm, desc.layers[0].gated)
+        if self.quantized:  # int8: the same packed weights as the torch step (native_step.cpp's int8_mm)
+            layers.set_int8([
+                lin.packed for lay in desc.layers
+                for lin in (lay.qkv, lay.self_out, lay.cross_q, lay.cross_out, lay.fc1, lay.fc2)
+            ])
+        return layers
 
     # -- buffers
 
