@@ -18,7 +18,7 @@ from combiner_core import (
     tokenize_text,
 )
 from combiner_core.engine import hf_generate
-from combiner_core.engine.model import load_native
+from combiner_core.engine.model import DecoderRunner, load_native
 from combiner_core.engine.model.quantize import (
     Int8LinearModule,
     check_quantize,
@@ -201,3 +201,43 @@ def test_int8_label_scorer_accuracy_unchanged_on_bundled_sample() -> None:
     ref = scorer._score({"pixel_values": pixels[:6]})
     for a, b in zip(fast, ref, strict=True):
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-3)
+
+
+@pytest.mark.skipif(load_native() is None, reason="no C++ compiler: int8 runs the torch step")
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_native_int8_step_matches_torch_int8_step_in_any_row_split(family, chunks: int, monkeypatch) -> None:
+    """native_step.cpp's int8_mm against the torch step's int8_linear at every step of a
+    beam search (rows in 1 or 3 parallel groups, a slot's beams sharing its source):
+    the same logits and cache writes up to float rounding. Rounding in another order can
+    move a row's scale by an ulp and flip an activation's int8 rounding, which the tiny
+    std-1 weights amplify: multiplying the torch step's linear inputs by 1 + 1e-7 moved a
+    bert2gpt2 step's logits by up to 7e-3 of the largest, and native against torch differed
+    by up to 1.2e-2 there, a flip moving every logit of its row by ~1e-3 (elsewhere rows
+    agree to ~1e-7). So: every value within 5e-2 of the largest, and at most a third of
+    a step's rows with a value past 1e-3 (bert2gpt2 had 1 to 3 of 12); a wrong packed
+    weight, scale or row order moves every row by 1e-1 or more."""
+    name, c = family
+    params = GenerationParams(strategy="beam", num_beams=3, num_return_sequences=2, max_new_tokens=10)
+    monkeypatch.setattr(DecoderRunner, "chunks", lambda self: chunks)
+    engine = GenerationEngine(c, params, slots=4, dtype=None, quantize="int8")
+    forward, steps = DecoderRunner.forward, []
+
+    def both(runner: DecoderRunner, n: int, src_w: int, self_w: int) -> torch.Tensor:
+        saved = [cache.clone() for cache in runner.kv_cache]
+        ours = forward(runner, n, src_w, self_w).clone()
+        written = [cache.clone() for cache in runner.kv_cache]
+        native, runner._native = runner._native, None
+        for cache, old in zip(runner.kv_cache, saved, strict=True):
+            cache.copy_(old)
+        ref = forward(runner, n, src_w, self_w)
+        runner._native = native
+        for mine, theirs in [(ours, ref), *zip(written, runner.kv_cache, strict=True)]:
+            rows = ((mine - theirs).abs() / float(theirs.abs().max())).flatten(1).amax(1)[: n * runner.group]
+            assert float(rows.max()) < 5e-2 and float((rows > 1e-3).float().mean()) <= 1 / 3, (name, n, rows)
+        steps.append(n)
+        return ref
+
+    monkeypatch.setattr(DecoderRunner, "forward", both)
+    engine_run(engine, inputs_of(c))
+    assert engine._decoding.runner._native is not None, engine._decoding.runner.native_reason
+    assert len(steps) >= 4, name
