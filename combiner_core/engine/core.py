@@ -126,6 +126,7 @@ class GenerationEngine:
             `generate` (family without a fast path, or an unsupported setting).
         fallback_reason: why fast_path is False, else None.
         native_step: True once a call ran the native CPU decode step (see `native`).
+        quantize: "int8" or None, as given.
         stats: cumulative EngineStats.
     """
 

@@ -241,3 +241,17 @@ def test_native_int8_step_matches_torch_int8_step_in_any_row_split(family, chunk
     engine_run(engine, inputs_of(c))
     assert engine._decoding.runner._native is not None, engine._decoding.runner.native_reason
     assert len(steps) >= 4, name
+
+
+def test_int8_fallback_family_runs_hf_generate_on_an_int8_copy() -> None:
+    """Pegasus has no fast path: with quantize="int8" the engine runs HF generate on an
+    int8 copy of the model (the same tokens as that reference), not the float model."""
+    c = build("pegasus")
+    params = GenerationParams(strategy="greedy", max_new_tokens=8)
+    engine = GenerationEngine(c, params, slots=4, dtype=None, quantize="int8")
+    assert not engine.fast_path
+    assert any(isinstance(m, Int8LinearModule) for m in engine._fallback_model.modules())
+    batch = inputs_of(c, 4)
+    ours = engine_run(engine, batch)
+    ref = hf_generate(c, batch, params, model=quantized_copy(c.model))
+    assert [[x.token_ids for x in r] for r in ours] == [[x.token_ids for x in r] for r in ref]
