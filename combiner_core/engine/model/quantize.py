@@ -33,7 +33,12 @@ so a row's result is the same bit for bit in any batch (tests check it). With
 reduce_range (7-bit activations, what fbgemm needs on CPUs without VNNI to keep
 vpmaddubsw's int16 pair sums from saturating) the activation step is 2/127 of a row's
 max |x|; the relative error of one layer's output on random data is ~1-2%
-(test_quantize.py bounds it at 3%).
+(tests/engine/test_int8.py bounds it at 3%).
+
+The decoder's torch step calls int8_linear; the native step (native_step.cpp's int8_mm)
+takes the same packed weights and does the same per-row quantization in C++. The
+encoder runs `quantized_copy` of the HF encoder (Int8LinearModule in place of each
+nn.Linear / Conv1D), which shares the model's tensors and leaves the model unchanged.
 
 The quantized-tensor constructors are deprecated in torch 2.13 (pytorch issue 184982)
 but present and fast; their warning is silenced where weights are packed.
