@@ -41,6 +41,7 @@ from .combiner import Combiner
 from .describe import max_new_tokens_limit
 from .engine.encoder import SourceEncoder
 from .engine.model import UnsupportedFamily, decoder_family, extract_decoder
+from .engine.model.quantize import check_quantize, quantize_description, quantized_copy
 from .engine.notices import warn_once
 from .engine.tree import SequenceTrie, TreeScorer
 from .errors import ParameterError
@@ -149,8 +150,13 @@ class LabelScorer:
         stats: cumulative ScorerStats.
     """
 
-    def __init__(self, combiner: Combiner, labels: LabelSet) -> None:
+    def __init__(self, combiner: Combiner, labels: LabelSet, *, quantize: str | None = None) -> None:
         self.combiner, self.labels = combiner, labels
+        # int8 (engine/model/quantize.py): the trie's decoder description and the encoder
+        # in int8; the reference path runs an int8 copy of the model. The model is unchanged.
+        check_quantize(quantize, combiner.model.device, combiner.model.dtype)
+        self.quantize = quantize
+        self._int8_model: tuple[tuple, torch.nn.Module] | None = None
         ids = combiner.special_token_ids()
         self.start, self.pad, eos = ids["decoder_start_token_id"], ids["pad_token_id"], ids["eos_token_id"]
         self.sequences: list[list[int]] = []
@@ -222,9 +228,12 @@ class LabelScorer:
         other dtype or device, replaced or in-place modified parameters)."""
         key = (model.dtype, model.device, tuple((p.data_ptr(), p._version) for p in model.parameters()))
         if self._tree is None or key != self._tree_key:
-            self._tree = TreeScorer(extract_decoder(model), self.trie, device=model.device, dtype=model.dtype)
+            desc = extract_decoder(model)
+            if self.quantize == "int8":
+                desc = quantize_description(desc)
+            self._tree = TreeScorer(desc, self.trie, device=model.device, dtype=model.dtype)
             self._tree_key = key
-            self._encoder = SourceEncoder(model, self.combiner.preprocessor.input_pad_token_id)
+            self._encoder = SourceEncoder(model, self.combiner.preprocessor.input_pad_token_id, self.quantize)
         return self._tree
 
     def _fast_text(self, rows: list[torch.Tensor]) -> list[LabelScores]:
@@ -266,6 +275,11 @@ class LabelScorer:
 
     def _score(self, batch: dict[str, torch.Tensor]) -> list[LabelScores]:
         model = self.combiner.model
+        if self.quantize == "int8":  # packed from the current weights (rebuilt when they change)
+            key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+            if self._int8_model is None or self._int8_model[0] != key:
+                self._int8_model = (key, quantized_copy(model))
+            model = self._int8_model[1]
         device = model.device
         batch = {k: v.to(device) for k, v in batch.items()}
         if "pixel_values" in batch:
@@ -323,9 +337,12 @@ class LabelScorer:
         )
 
 
-def score_labels(combiner: Combiner, inputs: dict[str, torch.Tensor], labels: LabelSet) -> list[LabelScores]:
-    """Score a prepared batch (input_ids/attention_mask, or pixel_values) against `labels`."""
-    scorer = LabelScorer(combiner, labels)
+def score_labels(
+    combiner: Combiner, inputs: dict[str, torch.Tensor], labels: LabelSet, *, quantize: str | None = None
+) -> list[LabelScores]:
+    """Score a prepared batch (input_ids/attention_mask, or pixel_values) against `labels`
+    (quantize: "int8" on CPU in float32, as LabelScorer)."""
+    scorer = LabelScorer(combiner, labels, quantize=quantize)
     if "pixel_values" in inputs:
         return scorer.score_pixels(inputs["pixel_values"])
     ids, mask = inputs["input_ids"], inputs.get("attention_mask")

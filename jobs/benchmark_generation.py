@@ -5,6 +5,7 @@
     python jobs/benchmark_generation.py --model base --strategy beam   # 12+12 layers, hidden 768
     python jobs/benchmark_generation.py --batch 128
     python jobs/benchmark_generation.py --no-native                    # the engine's torch step on CPU
+    python jobs/benchmark_generation.py --quantize int8                # + the int8 engine (CPU), side by side
 
 Both paths get the same model, inputs and GenerationParams. HF runs `generate` on
 batches of --batch inputs (combiner_core.engine.hf_generate: what combiner_core.generate did
@@ -23,6 +24,11 @@ models/multishape-captioner (ViT + GPT-2 trained on pictures of one to three sha
 captions of 9/18/27 tokens); the base model is a bert2bert of BERT-base size grown
 from the MiniLM-L6 warm start (units duplicated, layers applied twice) whose [SEP]
 logit carries a fixed bias, so its outputs end anywhere from the first to the last step.
+
+With --quantize int8 a third contender, the engine with quantize="int8" (CPU float32;
+combiner_core/engine/model/quantize.py), runs in the same alternation, and the JSON adds
+its rate, int8_over_engine (its tokens/s over the float32 engine's) and the share of
+rows whose tokens equal the float32 engine's.
 
 The last line is one JSON object: ratio (engine tokens/s over HF tokens/s), the two
 rates, efficiencies, outputs_identical, output_lengths, peak memory, model, strategy, batch.
@@ -241,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         "--no-native", action="store_true",
         help="run the engine's torch step on CPU instead of its native step (native_step.cpp)",
     )
+    parser.add_argument("--quantize", choices=["int8"], default=None,
+                        help="also time the engine with quantize=int8 (CPU, float32), side by side")
     parser.add_argument(
         "--threads", type=int, default=None,
         help="intra-op threads for both engines (default: torch's; Ray actors get OMP_NUM_THREADS=num_cpus)",
@@ -294,8 +302,14 @@ def main(argv: list[str] | None = None) -> int:
             out += hf_generate(combiner, batch, params)
         return out
 
-    def run_engine(data):
+    def run_engine(data, engine=engine):
         return engine.generate_pixels(data) if image else engine.generate_token_ids(data)
+
+    contenders = [("hf", run_hf), ("engine", run_engine)]
+    if args.quantize:
+        int8 = GenerationEngine(combiner, params, slots=args.batch, dtype=dtype, native=not args.no_native,
+                                quantize=args.quantize)
+        contenders.append(("int8", lambda data: run_engine(data, int8)))
 
     def timed(fn, data):
         if device.type == "cuda":
@@ -307,16 +321,18 @@ def main(argv: list[str] | None = None) -> int:
         return out, time.perf_counter() - start
 
     warm = inputs[: min(rows, args.batch)]
-    run_hf(warm)
-    run_engine(warm)
+    for _, fn in contenders:
+        fn(warm)
     engine.stats = type(engine.stats)()
-    totals = {"hf": [0, 0.0], "engine": [0, 0.0]}
+    totals = {name: [0, 0.0] for name, _ in contenders}
+    int8_same: list[bool] = []
+    float_out = None
     identical = True
     max_score_diff = 0.0
     reference = None
     # Timed runs carry no memory sampler: its thread would take the GIL from both sides.
     for run in range(1, runs + 1):
-        for name, fn in (("hf", run_hf), ("engine", run_engine)):
+        for name, fn in contenders:
             out, seconds = timed(fn, inputs)
             tokens = sum(c.num_tokens for r in out for c in r)
             totals[name][0] += tokens
@@ -324,7 +340,12 @@ def main(argv: list[str] | None = None) -> int:
             extra = ""
             if name == "hf":
                 reference = out
+            elif name == "int8":
+                same_rows = [[c.token_ids for c in a] == [c.token_ids for c in b] for a, b in zip(out, float_out, strict=True)]
+                int8_same += same_rows
+                extra = f"  rows with the float32 engine's tokens: {sum(same_rows)}/{len(same_rows)}"
             else:
+                float_out = out
                 same = [[c.token_ids for c in r] for r in out] == [[c.token_ids for c in r] for r in reference]
                 identical &= same
                 max_score_diff = max(
@@ -356,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     mean = statistics.mean(lengths)
     result = {
         "ratio": round(engine_rate / hf_rate, 3),
+        **({
+            "int8_tokens_per_s": round(totals["int8"][0] / totals["int8"][1], 1),
+            "int8_over_engine": round(totals["int8"][0] / totals["int8"][1] / engine_rate, 3),
+            "int8_rows_identical_to_float": round(sum(int8_same) / len(int8_same), 4),
+        } if args.quantize else {}),
         "hf_tokens_per_s": round(hf_rate, 1),
         "engine_tokens_per_s": round(engine_rate, 1),
         "decoder_efficiency": round(engine.stats.decoder_efficiency, 4),

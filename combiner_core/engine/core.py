@@ -44,6 +44,7 @@ from .decoding import (
 )
 from .encoder import Encoded, SourceEncoder
 from .model import DecoderRunner, UnsupportedFamily, decoder_family, extract_decoder, load_native
+from .model.quantize import check_quantize, quantize_description, quantized_copy
 from .notices import warn_once
 from .outputs import EngineStats, Generated
 from .reference import hf_generate
@@ -114,12 +115,18 @@ class GenerationEngine:
         native: on CPU in float32 with exact shapes, run the decoder layers through the
             native step (model/native_step.cpp, built on first use). False, or no
             compiler, runs the torch step: the same arithmetic up to float rounding.
+        quantize: "int8" (CPU, float32 only; model/quantize.py): every linear of the
+            encoder, decoder and LM head in int8 with per-channel weight scales and
+            per-row dynamic activation scales, as CTranslate2's int8. The combiner's
+            model is not changed (the encoder runs an int8 copy sharing its tensors).
+            The native step runs it too (the same packed weights and arithmetic).
 
     Attributes:
         fast_path: True when the engine runs its own decoder; False when it runs HF
             `generate` (family without a fast path, or an unsupported setting).
         fallback_reason: why fast_path is False, else None.
         native_step: True once a call ran the native CPU decode step (see `native`).
+        quantize: "int8" or None, as given.
         stats: cumulative EngineStats.
     """
 
@@ -133,6 +140,7 @@ class GenerationEngine:
         cuda_graphs: bool = True,
         static_shapes: bool | None = None,
         native: bool = True,
+        quantize: str | None = None,
     ) -> None:
         self.combiner = combiner
         model = combiner.model
@@ -143,6 +151,9 @@ class GenerationEngine:
             log.info("casting the combiner's model from %s to %s for generation", model.dtype, self.dtype)
             model.to(dtype=self.dtype)
         self.cuda_graphs, self.static_shapes, self.native = cuda_graphs, static_shapes, native
+        check_quantize(quantize, self.device, self.dtype)
+        self.quantize = quantize
+        self._fallback_model: torch.nn.Module | None = None  # int8: HF generate's quantized copy
         self.stats = EngineStats()
         self.family = decoder_family(model)
         self.ids = combiner.special_token_ids()  # raises SpecialTokenError when ids are missing
@@ -153,6 +164,8 @@ class GenerationEngine:
             if model.training:
                 raise Unsupported("the model is in training mode (dropout would differ)")
             self.desc = extract_decoder(model)
+            if quantize == "int8":
+                self.desc = quantize_description(self.desc)
             self.plan = resolve_decoding_plan(model, self.hf_config, seed=self.params.seed, vocab=self.desc.vocab_size)
             processors_to(self.plan.processors, self.device)
         except (UnsupportedFamily, Unsupported) as exc:
@@ -160,13 +173,15 @@ class GenerationEngine:
             warn_once(log, ("fallback", self.family, self.fallback_reason),
                       "generation engine: decoder family '%s' runs HF generate instead of the fast path: %s",
                       self.family, self.fallback_reason)
+        if quantize == "int8" and self.fallback_reason is not None:
+            self._fallback_model = quantized_copy(model)
         group = self.plan.group if self.plan else 1
         self.slots = slots if slots is not None else default_slots(self.device, group)
         if self.slots < 1:
             raise ValueError(f"slots={self.slots}: need at least 1")
         self._decoding: Decoding | None = None
         if self.fast_path:
-            self._encoder = SourceEncoder(model, combiner.preprocessor.input_pad_token_id)
+            self._encoder = SourceEncoder(model, combiner.preprocessor.input_pad_token_id, quantize)
             pad, start = self.desc.pos_padding_idx, self.plan.start_id
             self._start_position = self.desc.pos_offset if pad is None else (pad if start == pad else pad + 1)
 
@@ -238,13 +253,15 @@ class GenerationEngine:
             for i, r in enumerate(chunk):
                 ids[i, : len(r)] = r
                 mask[i, : len(r)] = 1
-            out += hf_generate(self.combiner, {"input_ids": ids, "attention_mask": mask}, self.params)
+            out += hf_generate(self.combiner, {"input_ids": ids, "attention_mask": mask}, self.params,
+                               self._fallback_model)
         return self._record(out)
 
     def _fallback_pixels(self, pixel_values: torch.Tensor) -> list[list[Generated]]:
         out: list[list[Generated]] = []
         for start in range(0, pixel_values.shape[0], self.slots):
-            out += hf_generate(self.combiner, {"pixel_values": pixel_values[start : start + self.slots]}, self.params)
+            out += hf_generate(self.combiner, {"pixel_values": pixel_values[start : start + self.slots]},
+                               self.params, self._fallback_model)
         return self._record(out)
 
     # ------------------------------------------------------------------ the loop

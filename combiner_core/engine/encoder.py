@@ -11,6 +11,7 @@ import torch
 
 from ..preprocess import collate_token_ids
 from .model import is_composite
+from .model.quantize import quantized_copy
 
 
 def length_buckets(order: list[int], lengths: list[int], cap: int) -> list[list[int]]:
@@ -64,10 +65,13 @@ class Encoded:
 class SourceEncoder:
     """Encodes inputs for a combiner's model in its current device and dtype."""
 
-    def __init__(self, model: torch.nn.Module, pad_token_id: int) -> None:
+    def __init__(self, model: torch.nn.Module, pad_token_id: int, quantize: str | None = None) -> None:
         self.model = model
         self.encoder = model.get_encoder()
         self.proj = cross_projection(model)
+        if quantize == "int8":  # int8 copies sharing the float tensors; the model stays as it is
+            self.encoder = quantized_copy(self.encoder)
+            self.proj = None if self.proj is None else quantized_copy(self.proj)
         self.pad_token_id = pad_token_id
 
     def _states(self, out: torch.Tensor) -> torch.Tensor:

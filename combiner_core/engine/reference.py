@@ -15,14 +15,18 @@ from .outputs import Generated, trim_generated
 
 @torch.inference_mode()
 def hf_generate(
-    combiner: Combiner, inputs: dict[str, torch.Tensor], params: GenerationParams | None = None
+    combiner: Combiner,
+    inputs: dict[str, torch.Tensor],
+    params: GenerationParams | None = None,
+    model: torch.nn.Module | None = None,
 ) -> list[list[Generated]]:
     """transformers' own `generate` on a padded batch: the engine's fallback and reference.
 
-    Same return value as `generate`.
+    model: run this model instead of the combiner's (the engine's int8 copy of it,
+    quantize.quantized_copy). Same return value as `generate`.
     """
     params = params or GenerationParams()
-    model = combiner.model
+    model = combiner.model if model is None else model
     device = model.device
     batch = {k: v.to(device) for k, v in inputs.items()}
     if "pixel_values" in batch:

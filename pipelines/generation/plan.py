@@ -32,6 +32,7 @@ class ModelPlan:
 
     uri: str
     dtype: str = "auto"
+    quantize: str | None = None  # "int8" (CPU float32): the engine / scorer quantizes its linears
     allow_pickle: bool = False
     trust_remote_code: bool = False
     weights_bytes: int = 0  # 0 when unknown (a hub id)
@@ -152,7 +153,7 @@ def resolve_plan(
         output_mode=spec.output.mode,
         max_error_rate=spec.output.max_error_rate,
         model=ModelPlan(
-            uri=model_uri, dtype=spec.model.dtype, allow_pickle=spec.model.allow_pickle,
+            uri=model_uri, dtype=spec.model.dtype, quantize=spec.model.quantize, allow_pickle=spec.model.allow_pickle,
             trust_remote_code=spec.model.trust_remote_code, weights_bytes=info.weights_bytes,
             modality=info.modality, weights_id=info.weights_id,
         ),

@@ -180,7 +180,7 @@ class ModelWorker:
             model.uri, allow_pickle=model.allow_pickle, trust_remote_code=model.trust_remote_code,
             device=device, dtype=resolve_dtype(model.dtype, device),
         )
-        self.engine = plan.task.setup(self.combiner)
+        self.engine = plan.task.setup(self.combiner, quantize=model.quantize)
         self.fields = plan.task.output_fields()
         self.model_sha256 = self.combiner.weights_sha256 or ""
         self.counters = plan.task.counters(self.engine)

@@ -89,6 +89,33 @@ def test_cross_field_problems_name_keys():
     assert "input.id_column" in str(err.value) and "resources.num_gpus" in str(err.value)
 
 
+@pytest.mark.parametrize("spec_class", [CaptionJobSpec, SummarizeJobSpec, LabelJobSpec])
+def test_model_quantize_int8_cpu_float32_only(spec_class):
+    """model.quantize: int8 validates on CPU in float32 (dtype auto or float32); with GPUs or
+    a half-precision dtype the error names model.quantize and the conflicting key."""
+    base = {"input": {"uri": "a"}, "output": {"uri": "b"}, "model": {"uri": "c", "quantize": "int8"}}
+    if spec_class is LabelJobSpec:
+        base["labels"] = ["x", "y"]
+        base["input"] = {"uri": "a", "input_column": "text"}
+    spec = validate_spec(spec_class, base, source="t")
+    assert spec.model.quantize == "int8"
+    assert validate_spec(spec_class, {**base, "model": {"uri": "c", "quantize": "int8", "dtype": "float32"}},
+                         source="t").model.quantize == "int8"
+    with pytest.raises(SpecError) as err:
+        validate_spec(spec_class, {**base, "resources": {"num_gpus": 1}}, source="t")
+    assert "model.quantize" in str(err.value) and "resources.num_gpus" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        validate_spec(spec_class, {**base, "model": {"uri": "c", "quantize": "int8", "dtype": "bfloat16"}},
+                      source="t")
+    assert "model.quantize" in str(err.value) and "model.dtype" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        validate_spec(spec_class, {**base, "model": {"uri": "c", "quantize": "int4"}}, source="t")
+    assert "model.quantize" in str(err.value)
+    # int8 outputs differ from float32's: a resume must not mix them; float jobs keep their fingerprint
+    plain = validate_spec(spec_class, {**base, "model": {"uri": "c"}}, source="t")
+    assert spec.job_fingerprint() != plain.job_fingerprint()
+
+
 def test_summarize_date_fills_uris_default_today():
     data = {
         "input": {"uri": "s3://b/in/date={date}/"},

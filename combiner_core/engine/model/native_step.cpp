@@ -23,6 +23,8 @@
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/quantized/PackedParams.h>
+#include <torch/csrc/jit/api/object.h>
 
 #include <algorithm>
 #include <cmath>
@@ -176,6 +178,43 @@ inline void check_columns(const int64_t* ages, int64_t N, int64_t T, const char*
 
 enum Act : int64_t { kGelu = 0, kGeluTanh = 1, kRelu = 2, kSilu = 3 };
 
+// int8 (quantize.py's int8_linear, the same arithmetic): out[m, n] = in[m, k] @ W.T with W
+// fbgemm's packed per-channel int8 weights and each row of `in` quantized on its own:
+// divided by its max |x| into xn (rows m + 1), an anchor row [1, -1, 0...] appended so
+// that the per-tensor range linear_dynamic quantizes over is exactly [-1, 1] whatever
+// the rows, then the result multiplied back by the row's scale. A row's output thus
+// depends on that row only (the torch step's bits, up to float rounding elsewhere).
+// Called from inside the row groups' parallel_for, fbgemm runs single-threaded there.
+inline void int8_mm(at::Tensor& out, const at::Tensor& in, const c10::intrusive_ptr<LinearPackedParamsBase>& w,
+                    at::Tensor& xn) {
+  const int64_t m = in.size(0), k = in.size(1), n = out.size(1);
+  float* xp = xn.data_ptr<float>();
+  const float* ip = in.data_ptr<float>();
+  std::vector<float> scale(m);
+  for (int64_t r = 0; r < m; ++r) {
+    const float* x = ip + r * k;
+    float mx = 0.0f;
+    for (int64_t i = 0; i < k; ++i) mx = std::max(mx, std::fabs(x[i]));
+    const float sc = std::max(mx, FLT_MIN);  // torch.finfo(float32).tiny, as int8_linear's clamp
+    scale[r] = sc;
+    float* y = xp + r * k;
+#pragma omp simd
+    for (int64_t i = 0; i < k; ++i) y[i] = x[i] / sc;
+  }
+  float* a = xp + m * k;
+  for (int64_t i = 0; i < k; ++i) a[i] = 0.0f;
+  a[0] = 1.0f;
+  if (k > 1) a[1] = -1.0f;
+  at::Tensor y = w->apply_dynamic(xn, /*reduce_range=*/true);
+  const float* yp = y.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  for (int64_t r = 0; r < m; ++r) {
+    const float sc = scale[r];
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) op[r * n + i] = yp[r * n + i] * sc;
+  }
+}
+
 // Per layer, 18 tensors in this order (decoder.py's LayerSpec; weights [out, in], a
 // missing bias passed as zeros; gated: fc1 holds wi_0 then wi_1, [2F, D]):
 //   0 self_norm.w  1 self_norm.b  2 qkv.w  3 qkv.b  4 self_out.w  5 self_out.b
@@ -205,6 +244,20 @@ class Layers {
       const bool matrix = k == 2 || k == 4 || k == 8 || k == 10 || k == 14 || k == 16;
       if (matrix) w_[i] = t.t();  // [in, out] views: mm(x, w) computes x @ weight.T
       else TORCH_CHECK(t.is_contiguous() && t.dim() == 1, "native step: norm/bias ", k, " must be a contiguous vector");
+    }
+  }
+
+  // int8: the packed weights of every layer's six matrices (qkv, self_out, cross_q,
+  // cross_out, fc1, fc2), torch ScriptObjects from quantize.pack_int8; from then on the
+  // matmuls run int8_mm (the float weights given to the constructor only set the shapes).
+  void set_int8(const std::vector<pybind11::object>& packed) {
+    TORCH_CHECK(static_cast<int64_t>(packed.size()) == 6 * layers_, "native step: expected 6 packed weights per layer");
+    q_.clear();
+    for (const auto& obj : packed) {
+      auto object = pybind11::cast<torch::jit::Object>(obj);
+      c10::IValue value(object._ivalue());
+      auto holder = value.toObject()->getSlot(0).toCapsule();
+      q_.push_back(c10::static_intrusive_pointer_cast<LinearPackedParamsBase>(holder));
     }
   }
 
@@ -280,6 +333,8 @@ class Layers {
     const float* relp = rel.numel() > 0 ? rel.data_ptr<float>() : nullptr;
     const int64_t rel_tables = rel.numel() > 0 ? rel.size(0) : 0;
     std::vector<float> scores(std::max(T, cap));
+    // int8: the row-normalized input of a matmul, plus its anchor row (int8_mm)
+    at::Tensor xn = q_.empty() ? at::Tensor() : at::empty({(m + 1) * std::max({D, I, F})}, x.options());
     float* hp = h.data_ptr<float>();
     float* ap = att.data_ptr<float>();
     float* pp = proj.data_ptr<float>();
@@ -290,7 +345,7 @@ class Layers {
       // self-attention: write this step's K|V at each row's column, attend over [0, self_w)
       const at::Tensor& in1 = pre_ ? h : x;
       if (pre_) norm(rms_, xp, hp, m, D, f(0), f(1), e1);
-      at::mm_out(qkv, in1, p[2]);
+      matmul(qkv, in1, p[2], l, 0, xn);
       float* qp = qkv.data_ptr<float>();
       add_bias(qp, f(3), m, 3 * I);
       float* cache = caches[l].data_ptr<float>();
@@ -304,11 +359,11 @@ class Layers {
                  rl == nullptr ? nullptr : rl + hh * (2 * T - 1) + (T - 1 - age[r]), self_w, d, ap + r * I + hh * d,
                  scores.data());
       }
-      at::mm_out(proj, att, p[4]);
+      matmul(proj, att, p[4], l, 1, xn);
       residual(xp, pp, f(5), m, D, post, f(0), f(1), e1);
       // cross-attention: a slot's rows share its source K|V
       if (pre_) norm(rms_, xp, hp, m, D, f(6), f(7), e2);
-      at::mm_out(cq, pre_ ? h : x, p[8]);
+      matmul(cq, pre_ ? h : x, p[8], l, 2, xn);
       float* cqp = cq.data_ptr<float>();
       add_bias(cqp, f(9), m, I);
       const float* cross = crosses[l].data_ptr<float>();
@@ -319,11 +374,11 @@ class Layers {
           attend(cqp + r * I + hh * d, src + hh * d, src + I + hh * d, 2 * I, cbias + slot * cap, nullptr, src_w, d,
                  ap + r * I + hh * d, scores.data());
       }
-      at::mm_out(proj, att, p[10]);
+      matmul(proj, att, p[10], l, 3, xn);
       residual(xp, pp, f(11), m, D, post, f(6), f(7), e2);
       // feed-forward
       if (pre_) norm(rms_, xp, hp, m, D, f(12), f(13), e3);
-      at::mm_out(ff, pre_ ? h : x, p[14]);
+      matmul(ff, pre_ ? h : x, p[14], l, 4, xn);
       add_bias(ff.data_ptr<float>(), f(15), m, ff.size(1));
       if (gated_) {
         // T5 v1.1: gate = act(first half) * second half, row by row
@@ -340,9 +395,22 @@ class Layers {
       } else {
         activate(ff.data_ptr<float>(), ff.numel());
       }
-      at::mm_out(proj, gate, p[16]);
+      matmul(proj, gate, p[16], l, 5, xn);
       residual(xp, pp, f(17), m, D, post, f(12), f(13), e3);
     }
+  }
+
+  // out = in @ W.T: ATen's float32 matmul (w: the [in, out] view), or int8_mm with the
+  // layer's packed weight `which` (0 qkv, 1 self_out, 2 cross_q, 3 cross_out, 4 fc1, 5 fc2).
+  void matmul(at::Tensor& out, const at::Tensor& in, const at::Tensor& w, int64_t layer, int64_t which,
+              at::Tensor& xn) const {
+    if (q_.empty()) {
+      at::mm_out(out, in, w);
+      return;
+    }
+    const int64_t m = in.size(0), k = in.size(1);
+    at::Tensor buf = xn.narrow(0, 0, (m + 1) * k).view({m + 1, k});
+    int8_mm(out, in, q_[layer * 6 + which], buf);
   }
 
   // The activation in place on n contiguous floats.
@@ -363,6 +431,7 @@ class Layers {
   }
 
   std::vector<at::Tensor> w_;
+  std::vector<c10::intrusive_ptr<LinearPackedParamsBase>> q_;  // int8 packed weights, 6 a layer (or none)
   std::vector<float> eps_;
   int64_t layers_ = 0, hidden_ = 0, inner_ = 0, heads_, act_;
   bool pre_, rms_, gated_;
@@ -423,6 +492,7 @@ at::Tensor greedy_pick(const at::Tensor& logits, at::Tensor step_logp, at::Tenso
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<Layers>(m, "Layers")
       .def(pybind11::init<std::vector<at::Tensor>, std::vector<double>, int64_t, int64_t, bool, bool, bool>())
+      .def("set_int8", &Layers::set_int8)
       // Tensors only inside: other Python threads (Ray's, a data loader's) run meanwhile.
       .def("run", &Layers::run, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("greedy_pick", &greedy_pick);

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .description import DecoderDescription, rms_norm
 from .graphs import StepGraphs
 from .native import act_code, load_native, native_error
+from .quantize import int8_linear, is_quantized
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +102,16 @@ class DecoderRunner:
             self.rel = desc.relative_bias(offsets).to(dtype).contiguous()
             self._rel_offsets = torch.arange(self.T, device=device)
         self._rel_native = self.rel if self.rel is not None else torch.zeros(0, **z)  # empty: no relative bias
+        # int8 (quantize.py): the step's linears take the packed weights, through int8_linear
+        self.quantized = is_quantized(desc)
+        wt = (lambda lin: lin.packed) if self.quantized else (lambda lin: lin.weight)
         self._flat = [
             (
-                lay.qkv.weight, lay.qkv.bias, lay.self_out.weight, lay.self_out.bias,
+                wt(lay.qkv), lay.qkv.bias, wt(lay.self_out), lay.self_out.bias,
                 lay.self_norm.weight, lay.self_norm.bias, lay.self_norm.eps,
-                lay.cross_q.weight, lay.cross_q.bias, lay.cross_out.weight, lay.cross_out.bias,
+                wt(lay.cross_q), lay.cross_q.bias, wt(lay.cross_out), lay.cross_out.bias,
                 lay.cross_norm.weight, lay.cross_norm.bias, lay.cross_norm.eps,
-                lay.fc1.weight, lay.fc1.bias, lay.act, lay.fc2.weight, lay.fc2.bias,
+                wt(lay.fc1), lay.fc1.bias, lay.act, wt(lay.fc2), lay.fc2.bias,
                 lay.ffn_norm.weight, lay.ffn_norm.bias, lay.ffn_norm.eps,
             )
             for lay in desc.layers
@@ -142,7 +146,13 @@ class DecoderRunner:
                 bias = part.bias if part.bias is not None else torch.zeros(part.weight.shape[0], dtype=self.dtype)
                 weights += [part.weight, bias.contiguous()]
             eps += [lay.self_norm.eps, lay.cross_norm.eps, lay.ffn_norm.eps]
-        return module.Layers(weights, eps, desc.heads, acts.pop(), desc.pre_ln, desc.rms_norm, desc.layers[0].gated)
+        layers = module.Layers(weights, eps, desc.heads, acts.pop(), desc.pre_ln, desc.rms_norm, desc.layers[0].gated)
+        if self.quantized:  # int8: the same packed weights as the torch step (native_step.cpp's int8_mm)
+            layers.set_int8([
+                lin.packed for lay in desc.layers
+                for lin in (lay.qkv, lay.self_out, lay.cross_q, lay.cross_out, lay.fc1, lay.fc2)
+            ])
+        return layers
 
     # -- buffers
 
@@ -214,7 +224,7 @@ class DecoderRunner:
         N = n * G
         D, inner = desc.hidden, desc.inner
         shape = (D,)
-        linear, sdpa = F.linear, F.scaled_dot_product_attention
+        linear, sdpa = (int8_linear if self.quantized else F.linear), F.scaled_dot_product_attention
         layer_norm = rms_norm if desc.rms_norm else F.layer_norm
         x = F.embedding(self.tok_in[:N], desc.word_emb)
         if self._native is not None:

@@ -178,8 +178,9 @@ class TaskAdapter(ABC):
         return []
 
     @abstractmethod
-    def setup(self, combiner: Combiner) -> Any:
-        """On the model actor, once: the engine `run` uses (a GenerationEngine, a LabelScorer)."""
+    def setup(self, combiner: Combiner, *, quantize: str | None = None) -> Any:
+        """On the model actor, once: the engine `run` uses (a GenerationEngine, a LabelScorer);
+        quantize: model.quantize of the spec ("int8" or None)."""
 
     @abstractmethod
     def run(self, engine: Any, batch: dict[str, np.ndarray], rows: list[int]) -> dict[str, list]:

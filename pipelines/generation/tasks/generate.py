@@ -46,11 +46,11 @@ class _GenerateTask(TaskAdapter):
     def params_digest_source(self) -> Any:
         return self.params
 
-    def setup(self, combiner: Combiner) -> Any:
+    def setup(self, combiner: Combiner, *, quantize: str | None = None) -> Any:
         from combiner_core import GenerationEngine
 
         # dtype=None: the actor loaded the model in the spec's dtype already.
-        return GenerationEngine(combiner, self.params, dtype=None)
+        return GenerationEngine(combiner, self.params, dtype=None, quantize=quantize)
 
     def run(self, engine: Any, batch: dict[str, np.ndarray], rows: list[int]) -> dict[str, list]:
         import torch

@@ -108,10 +108,10 @@ class LabelTask(TaskAdapter):
             return preprocess_images(batch, pre, max_pixels=self.max_pixels)
         return preprocess_texts(batch, pre, truncation=True, template=self.template)
 
-    def setup(self, combiner: Combiner) -> Any:
+    def setup(self, combiner: Combiner, *, quantize: str | None = None) -> Any:
         from combiner_core import LabelScorer, LabelSet
 
-        return LabelScorer(combiner, LabelSet(names=self.names, verbalizations=self.verbalizations))
+        return LabelScorer(combiner, LabelSet(names=self.names, verbalizations=self.verbalizations), quantize=quantize)
 
     def run(self, engine: Any, batch: dict[str, np.ndarray], rows: list[int]) -> dict[str, list]:
         import torch
