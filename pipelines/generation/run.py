@@ -17,7 +17,14 @@ from combiner_core.storage import storage_access
 
 from ..errors import JobError
 from ..preflight import PreflightError
-from ..reading import InputListing, Shard, duplicate_rows, ids_can_repeat, plan_shards
+from ..reading import (
+    InputChangedError,
+    InputListing,
+    Shard,
+    duplicate_rows,
+    ids_can_repeat,
+    plan_shards,
+)
 from ..session import init_ray
 from .gallery import write_gallery
 from .output import (
@@ -27,6 +34,7 @@ from .output import (
     Lease,
     OutputStore,
     ShardManifest,
+    changed_inputs,
     committed_inputs,
 )
 from .plan import JobPlan
@@ -116,6 +124,14 @@ class _JobRun:
         with storage_access(plan.output_uri, action="write"):
             committed = store.prepare(mode=plan.output_mode, fingerprint=plan.fingerprint,
                                       weights_id=plan.model.weights_id)
+        changed = changed_inputs(committed.values(), listing.sizes)
+        if changed:
+            raise InputChangedError(
+                f"input.uri: the input files of {len(changed)} committed shard(s) changed size since they were committed, so "
+                f"their new rows would never be read ({'; '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}). "
+                "Put new data in new files (a resume reads those), or rerun with output.mode=overwrite to redo "
+                "the output"
+            )
         # A file is done when committed whole, or when committed ranges cover all its row
         # groups; of a file committed in part, only the row groups not committed are planned.
         done_inputs, partly = committed_inputs(committed.values())

@@ -40,9 +40,22 @@ def ids_can_repeat(opts: ReaderOptions) -> bool:
 
 def read_shard_ids(shard: Shard, opts: ReaderOptions) -> pa.Table:
     """The id, source_uri and source_row of every row `read_shard` yields for `shard`,
-    reading only the id column where the format allows (the duplicate-id pass)."""
+    reading only the id column where the format allows (the duplicate-id pass).
+
+    Samples the reader rejects without their payload (a WebDataset sample without its
+    image, a json member that does not parse, members split across the tar) claim no id:
+    they go to _errors with their own cause, and a later sample with the same id and an
+    image is processed. (Parquet / JSONL rows are read here without their input column,
+    so their input's problems are not known yet: they claim their id.)
+    """
     table = read_shard(shard, replace(opts, input_column=None, reference_column=None, captions_file=None, payloads=False))
+    if opts.format == "webdataset":
+        table = table.filter(pc.invert(pc.is_in(table.column("error_cause"), pa.array(sorted(_NO_CLAIM)))))
     return table.select(["id", "source_uri", "source_row"])
+
+
+# Read causes of WebDataset samples that hold no input to process (see read_shard_ids).
+_NO_CLAIM = frozenset({"missing_image", "bad_json", "split_sample"})
 
 
 # (rank, table) pairs of read_shard_ids tables (or ones with an `id_hash` column instead of

@@ -41,6 +41,11 @@ def sniff(head: bytes) -> str:
         (b"\x28\xb5\x2f\xfd", "zstd-compressed file"), (b"BZh", "bzip2-compressed file"),
         (b"\xfd7zXZ\x00", "xz-compressed file"), (b"PK\x03\x04", "zip archive"), (b"%PDF", "PDF document"),
     )
+    if len(head) >= 1024 and not head.strip(b"\x00"):
+        # A tar of no members is its two zero end-of-archive blocks, padded (10 KB as
+        # tarfile and webdataset's TarWriter write it; img2dataset writes one when every
+        # download of a shard failed).
+        return "an empty tar archive"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP image"
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -130,6 +135,7 @@ def check_input_files(files: Sequence[str], opts: ReaderOptions) -> list[str]:
     """Problems (each naming its YAML key) with reading the input as `opts` says, from
     the first readable, non-empty one of the first files: its format, and the columns
     the spec names. Empty when it fits (or none of them could be read or holds rows)."""
+    wrong_format: list[str] = []
     for uri in files[:_FILES_CHECKED]:
         try:
             head = read_head(uri, opts.storage_options, decompress=opts.format not in ("images", "parquet", "webdataset"))
@@ -138,10 +144,17 @@ def check_input_files(files: Sequence[str], opts: ReaderOptions) -> list[str]:
         except (OSError, EOFError, ValueError):
             continue  # this file's own error row says why, when the job runs
         kind = sniff(head)
-        if kind in ("an empty file", "empty text"):
+        if kind in ("an empty file", "empty text", "an empty tar archive"):
+            continue
+        problem = format_problem(kind, opts.format)
+        if problem:
+            # One odd file first (a tar that is not one, a stray text file) is that file's
+            # error row when the job runs, if a later file fits; the spec is wrong when
+            # none of the files looked at does.
+            wrong_format = wrong_format or [f"input.format: {opts.format}, but the input file {uri} {problem}"]
             continue
         return _check_file(uri, kind, opts)
-    return []
+    return wrong_format
 
 
 def _check_file(uri: str, kind: str, opts: ReaderOptions) -> list[str]:

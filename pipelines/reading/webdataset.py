@@ -52,6 +52,8 @@ def read_webdataset(rows: RowBuilder, fs: fsspec.AbstractFileSystem, path: str, 
     cut there: a tar is never whole in memory); raise ShardCutError after the rows read
     before a break when the tar is cut short or corrupt part-way."""
     wanted = _wanted_members(opts)
+    seen: set[str] = set()  # keys of this tar's samples so far
+    split: set[int] = set()  # samples whose key came before, in members further up
     samples = 0
     key: str | None = None
     members: dict[str, bytes | None] = {}
@@ -66,10 +68,17 @@ def read_webdataset(rows: RowBuilder, fs: fsspec.AbstractFileSystem, path: str, 
                     if name_key.rsplit("/", 1)[-1].startswith((".", "_")) and not ext:
                         continue  # metadata files of other tools, no sample
                     if key is not None and name_key != key:
-                        _add_sample(rows, uri, samples, key, members, opts)
+                        _add_sample(rows, uri, samples, key, members, opts, split=samples in split)
+                        seen.add(key)
                         samples += 1
                         members = {}
                         yield
+                        if name_key in seen:
+                            # Its members are not consecutive (webdataset's TarWriter and
+                            # img2dataset write them so; `tar cf` of a folder may not): the
+                            # earlier part was a row already, this part is told apart from a
+                            # sample that lacks its image.
+                            split.add(samples)
                     key = name_key
                     # Members no row needs are skipped unread (the stream seeks past them).
                     members[ext] = tar.extractfile(info).read() if wanted(ext) else None
@@ -88,7 +97,7 @@ def read_webdataset(rows: RowBuilder, fs: fsspec.AbstractFileSystem, path: str, 
             raise ShardCutError(f"the tar breaks after {samples} whole sample(s) ({type(exc).__name__}: {exc})",
                                 samples) from None
     if key is not None:
-        _add_sample(rows, uri, samples, key, members, opts)
+        _add_sample(rows, uri, samples, key, members, opts, split=samples in split)
 
 
 class _Counting:
@@ -110,15 +119,25 @@ def _wanted_members(opts: ReaderOptions) -> Any:
 
 
 def _add_sample(rows: RowBuilder, uri: str, index: int, key: str, members: dict[str, bytes | None],
-                opts: ReaderOptions) -> None:
+                opts: ReaderOptions, *, split: bool = False) -> None:
     parsed: dict[str, Any] = {}  # json members, parsed once for the id and the reference
     rid, problem = _sample_id(key, members, opts, parsed)
     reference = _field(members, opts.reference_column, parsed) if opts.reference_column else None
+    bad = next(((ext, v) for ext, v in parsed.items() if isinstance(v, _BadJson)), None)
+    if bad is not None:
+        # Before missing_id / a null reference: the field is not missing, its member is unreadable.
+        problem = ("bad_json", f"the {bad[0]} member of sample {key!r} of {uri} is not valid JSON ({bad[1].why}), "
+                   "so its fields cannot be read")
     image_ext = next((e for e in opts.image_extensions if e in members), None)
     if problem is None and image_ext is None:
         have = ", ".join(sorted(members)) or "none"
         problem = ("missing_image", f"sample {key!r} of {uri} has no image member (its members: {have}); "
                    f"input.image_extensions is {list(opts.image_extensions)}: add the extension its image has")
+    if split:
+        problem = ("split_sample", f"members of sample {key!r} of {uri} are not next to each other in the tar: "
+                   f"these ({', '.join(sorted(members))}) come after other samples' members, so they were not "
+                   "read with the sample's first members (an earlier row). Write each sample's members together "
+                   "(webdataset's TarWriter, img2dataset, or tar --sort=name)")
     if problem is not None:
         rows.add(id=rid, source_uri=uri, source_row=index, reference=reference, error=("read", *problem))
         return
@@ -148,12 +167,21 @@ def _field(members: dict[str, bytes | None], name: str, parsed: dict[str, Any]) 
     if ext not in parsed:
         try:
             parsed[ext] = json.loads(data)
-        except ValueError:
-            parsed[ext] = None
+        except ValueError as exc:  # also a UnicodeDecodeError
+            parsed[ext] = _BadJson(f"{type(exc).__name__}: {exc}")
     value = parsed[ext]
+    if isinstance(value, _BadJson):
+        return None
     for part in field.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return None if value is None else str(value)
+
+
+class _BadJson:
+    """A json member that did not parse (its sample becomes a bad_json error row)."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
 
 
 def sample_members(uri: str, opts: ReaderOptions, *, samples: int) -> tuple[set[str], dict[str, set[str]]]:

@@ -113,6 +113,33 @@ def test_resume_removes_uncommitted_files_and_keeps_committed(tmp_path):
     assert gs.read_dir(out).num_rows == 0
 
 
+def test_a_committed_file_rewritten_since_is_named_on_resume(tmp_path):
+    """A committed tar or JSONL file that grew (or shrank) would never be read again by a
+    resume: its manifest keeps the bytes it was read at, and a resume names the change."""
+    from pipelines.generation.output import changed_inputs
+
+    out = str(tmp_path / "out")
+    store = _store(out)
+    store.prepare(mode="resume", fingerprint="f")
+    a = _stage(out, _block("k1", 2, range(2)))
+    store.commit_shard(StagedShard(KEY["k1"], ["f1", "f2"], 2, ok_paths=[a["ok_path"]], input_bytes=300),
+                       run_id=R1, commit_number=1)
+    b = _stage(out, _block("k2", 1, range(1)))
+    store.commit_shard(StagedShard(KEY["k2"], ["f3"], 1, ok_paths=[b["ok_path"]]), run_id=R1, commit_number=2)
+    committed = _store(out).prepare(mode="resume", fingerprint="f")
+    assert committed[KEY["k1"]].input_bytes == 300 and committed[KEY["k2"]].input_bytes is None
+    assert changed_inputs(committed.values(), {"f1": 100, "f2": 200, "f3": 7}) == []
+    changed = changed_inputs(committed.values(), {"f1": 100, "f2": 260, "f3": 7})
+    assert changed == [f"f1, f2: 300 byte(s) when committed (run {R1}), 360 now"]
+    # a file the listing no longer has is not "changed" here (resume just has less to do)
+    assert changed_inputs(committed.values(), {"f1": 100}) == []
+    # Shards take their bytes from the listing's sizes; a range of a file is not checked.
+    from pipelines.generation.output.committer import _staged
+
+    assert _staged(Shard(files=("f1", "f2"), nbytes=300), 2).input_bytes == 300
+    assert _staged(Shard(files=("f1",)), 2).input_bytes is None
+
+
 def test_listing_filters_and_shards_are_deterministic(tmp_path):
     for name in ("b.png", "a.JPG", "sub/c.webp", "_errors/x.png", ".hidden/y.png", "notes.txt"):
         gs.write_bytes(str(tmp_path / name), b"x")

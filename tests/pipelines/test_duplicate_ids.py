@@ -191,8 +191,10 @@ def test_hashes_from_ray_tasks_give_the_same_result(tmp_path):
     for name, keys in rows.items():
         (tmp_path / name).write_text("".join(json.dumps({"id": k, "text": "t"}) + "\n" for k in keys))
     opts = ReaderOptions(format="jsonl", root=str(tmp_path), input_column="text", id_column="id")
-    batch = {"rank": np.array([0, 1]), "shard_key": np.array(["kb", "ka"]),
-             "files": np.array([[str(tmp_path / "b.jsonl")], [str(tmp_path / "a.jsonl")]], dtype=object)}
+    from pipelines.reading import Shard
+
+    shards = [Shard(files=(str(tmp_path / "b.jsonl"),)), Shard(files=(str(tmp_path / "a.jsonl"),))]
+    batch = {"rank": np.array([0, 1]), "shard": np.array([json.dumps(s.describe()) for s in shards], dtype=object)}
     plain = duplicates._read_ids(batch, opts=opts)
     hashed = duplicates._read_ids(batch, opts=opts, hashed=True)
     assert "id" not in hashed.column_names and hashed.column("id_hash").type == pa.uint64()

@@ -194,3 +194,57 @@ def test_a_tar_is_handed_on_in_tables_as_its_samples_come(tmp_path, monkeypatch)
     rows = [r for t in iter_shard(Shard(files=(str(tmp_path / "cut.tar"),)), opts) for r in t.to_pylist()]
     assert rows[-1]["id"] == "cut.tar#file" and rows[-1]["error_cause"] == "truncated_file"
     assert [r["row_index"] for r in rows] == list(range(len(rows))) and len(rows) >= 6
+
+
+def test_an_empty_or_broken_first_tar_does_not_block_the_job(tmp_path) -> None:
+    """img2dataset writes an empty tar when every download of a shard failed: it is input
+    with no rows. A first tar that is not a tar is that file's error row when a later
+    file fits; only when none of the files looked at fits is the spec wrong."""
+    empty, bad, good = (str(tmp_path / f"0000{i}.tar") for i in range(3))
+    with tarfile.open(empty, "w"):
+        pass
+    (tmp_path / "00001.tar").write_text("this is not a tar archive\n" * 20)
+    write_tar(good, _samples(2))
+    opts = ReaderOptions(format="webdataset", root=str(tmp_path))
+    assert check_input_files([empty, bad, good], opts) == []
+    assert read_shard(Shard(files=(empty,)), opts).num_rows == 0
+    assert [r["error_cause"] for r in read_shard(Shard(files=(bad,)), opts).to_pylist()] == ["unreadable_file"]
+    problems = check_input_files([empty, bad], opts)
+    assert len(problems) == 1 and problems[0].startswith("input.format: webdataset") and bad in problems[0]
+
+
+def test_a_json_member_that_does_not_parse_is_bad_json(tmp_path) -> None:
+    samples = _samples(2)
+    samples[1]["json"] = b"{not json"
+    uri = str(tmp_path / "a.tar")
+    write_tar(uri, samples)
+    rows = _read(uri, id_column="json.uid", reference_column="json.caption")
+    assert [(r["id"], r["error_cause"]) for r in rows] == [("u0", ""), ("000000001", "bad_json")]
+    assert "not valid JSON" in rows[1]["error_message"] and "'000000001'" in rows[1]["error_message"]
+
+
+def test_members_of_a_sample_apart_in_the_tar_are_named_as_split(tmp_path) -> None:
+    # tar cf of a folder may write a.jpg, b.jpg, a.txt, b.txt: the webdataset library
+    # reads four samples too; the later two must not look like samples without images.
+    a, b = _samples(2)
+    uri = str(tmp_path / "mixed.tar")
+    write_tar(uri, [{"__key__": a["__key__"], "jpg": a["jpg"]}, {"__key__": b["__key__"], "jpg": b["jpg"]},
+                    {"__key__": a["__key__"], "txt": a["txt"]}, {"__key__": b["__key__"], "txt": b["txt"]}])
+    rows = _read(uri, reference_column="txt")
+    assert [(r["id"], r["error_cause"]) for r in rows] == [
+        ("000000000", ""), ("000000001", ""), ("000000000", "split_sample"), ("000000001", "split_sample")]
+    assert "not next to each other" in rows[2]["error_message"] and "(txt)" in rows[2]["error_message"]
+
+
+def test_a_sample_without_its_image_does_not_claim_its_key(tmp_path) -> None:
+    """q1 without an image in the first tar, q1 with one in the second: the second is
+    processed (the first goes to _errors as missing_image), not rejected as a duplicate."""
+    from pipelines.reading import duplicate_rows
+
+    first, second = str(tmp_path / "00000.tar"), str(tmp_path / "00001.tar")
+    write_tar(first, [{"__key__": "q1", "txt": "no image"}, {"__key__": "q2", "jpg": gs.image_bytes(2, "JPEG")}])
+    write_tar(second, [{"__key__": "q1", "jpg": gs.image_bytes(1, "JPEG")}, {"__key__": "q2", "jpg": b"x"}])
+    opts = ReaderOptions(format="webdataset", root=str(tmp_path))
+    shards = [Shard(files=(first,)), Shard(files=(second,))]
+    found = duplicate_rows(opts, done=[], todo=shards, committed_duplicates=set)
+    assert {k: [(uri, row) for uri, row, _ in v] for k, v in found.items()} == {shards[1].key: [(second, 1)]}

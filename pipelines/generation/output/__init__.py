@@ -11,7 +11,14 @@ from .committer import Committer, IncompleteShardsError, StagedShard
 from .layout import ERRORS_DIR, GALLERY_FILE, SUMMARY_FILE, OutputSurvey, is_own_path, output_schema
 from .lease import Lease, LeaseLostError, OutputLeasedError
 from .staging import RECORD_SCHEMA, stage_results
-from .store import CommitError, OutputExistsError, OutputStore, ShardManifest, committed_inputs
+from .store import (
+    CommitError,
+    OutputExistsError,
+    OutputStore,
+    ShardManifest,
+    changed_inputs,
+    committed_inputs,
+)
 
 __all__ = [
     "ERRORS_DIR",
@@ -28,6 +35,7 @@ __all__ = [
     "OutputStore",
     "OutputSurvey",
     "ShardManifest",
+    "changed_inputs",
     "StagedShard",
     "committed_inputs",
     "is_own_path",

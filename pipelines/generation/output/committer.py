@@ -38,6 +38,8 @@ class StagedShard:
     # [start, stop, of]: the range of row groups of its one Parquet file, and how many
     # the file has (None: its input files whole).
     row_groups: list[int] | None = None
+    # Bytes of its whole input files as listed (None: a range of a file, or sizes unknown).
+    input_bytes: int | None = None
     ok_paths: list[str] = field(default_factory=list)
     error_paths: list[str] = field(default_factory=list)
     counters: ModelCounters = field(default_factory=ModelCounters)
@@ -59,7 +61,8 @@ class StagedShard:
 
 def _staged(shard: Shard, shard_rows: int) -> StagedShard:
     groups = None if shard.row_groups is None else [*shard.row_groups, shard.file_row_groups]
-    return StagedShard(shard.key, list(shard.files), shard_rows, row_groups=groups)
+    input_bytes = shard.nbytes if shard.row_groups is None and shard.nbytes > 0 else None
+    return StagedShard(shard.key, list(shard.files), shard_rows, row_groups=groups, input_bytes=input_bytes)
 
 
 class IncompleteShardsError(RuntimeError):

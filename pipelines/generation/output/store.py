@@ -91,6 +91,10 @@ class ShardManifest:
     # (None) when the shard read its input files whole, as every shard did before files
     # were split; left out of the JSON then, so those manifests stay as they were.
     row_groups: list[int] | None = None
+    # Bytes of its input files (whole-file shards) when the listing said: a resume refuses a
+    # committed file whose size changed, whose new rows it would otherwise never read.
+    # Absent in manifests written before it was recorded (those files are not checked).
+    input_bytes: int | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ShardManifest:
@@ -104,9 +108,24 @@ class ShardManifest:
 
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
-        if data["row_groups"] is None:
-            del data["row_groups"]
+        for optional in ("row_groups", "input_bytes"):
+            if data[optional] is None:
+                del data[optional]
         return data
+
+
+def changed_inputs(manifests: Iterable[ShardManifest], sizes: Mapping[str, int]) -> list[str]:
+    """One line per committed whole-file shard whose input files' bytes (from the listing,
+    `sizes`) differ from what its manifest recorded: rewritten since they were committed."""
+    changed = []
+    for m in manifests:
+        if m.input_bytes is None or m.row_groups is not None or not all(f in sizes for f in m.inputs):
+            continue
+        now = sum(sizes[f] for f in m.inputs)
+        if now != m.input_bytes:
+            changed.append(f"{', '.join(m.inputs[:3])}{' ...' if len(m.inputs) > 3 else ''}: {m.input_bytes} "
+                           f"byte(s) when committed (run {m.run_id}), {now} now")
+    return changed
 
 
 def committed_inputs(manifests: Iterable[ShardManifest]) -> tuple[set[str], dict[str, CommittedGroups]]:
@@ -341,6 +360,7 @@ class OutputStore:
             files_failed=0 if bad is None else len(set(bad.filter(pc.less(bad.column("source_row"), 0))
                                                        .column("source_uri").to_pylist())),
             row_groups=shard.row_groups,
+            input_bytes=shard.input_bytes,
         )
         tmp = self._path(STAGING_DIR, run_id, "commit", f"{shard_key}.json")
         write_json(self.fs, tmp, manifest.to_json())
