@@ -29,18 +29,28 @@ def _run_driver(spec: dict, spec_path: Path, gcs: str, fault: str) -> subprocess
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_a_parquet_file_in_ranges_resumes_exactly_once_after_the_driver_is_killed(ray_cluster, models, tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_parquet_file_in_ranges_resumes_exactly_once_after_the_driver_is_killed(
+    ray_cluster, models, tmp_path, s3_bucket, where
+):
     """40 rows in 20 row groups, one range each (input.shard_mib tiny): 20 shards, read
-    by two tasks (16 shards per read group). The driver SIGKILLs itself right after its
-    first commit; the rerun commits the 19 other ranges only, and every id is in the
-    output or _errors exactly once, at its row of the file."""
+    by two tasks (16 shards per read group), from a local folder or the S3 server. The
+    driver SIGKILLs itself right after its first commit; the rerun commits the 19 other
+    ranges only, and every id is in the output or _errors exactly once, at its row of the file."""
+    import fsspec
+
     ids = {f"p{i:02d}" for i in range(40)}
     rows = [{"key": f"p{i:02d}", "image": gs.image_bytes(i) if i != 13 else b"not an image"} for i in range(40)]
     (tmp_path / "in").mkdir()
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in" / "big.parquet", row_group_size=2)
+    source = str(tmp_path / "in")
+    if where == "s3":
+        source = f"{s3_bucket}/in"
+        with fsspec.open(f"{source}/big.parquet", "wb") as f:
+            f.write((tmp_path / "in" / "big.parquet").read_bytes())
     out = tmp_path / "out"
-    spec = gs.caption_spec(str(tmp_path / "in"), str(out), models["captioner"], input={
-        "uri": str(tmp_path / "in"), "format": "parquet", "input_column": "image", "id_column": "key",
+    spec = gs.caption_spec(source, str(out), models["captioner"], input={
+        "uri": source, "format": "parquet", "input_column": "image", "id_column": "key",
         "shard_mib": 1e-6})
     spec["output"]["mode"] = "resume"
     run1 = _run_driver(spec, tmp_path / "spec.yaml", ray_cluster, "driver_after_commit:1")
