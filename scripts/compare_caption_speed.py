@@ -81,9 +81,13 @@ def main() -> int:
     if args.scale > 1:
         for way in ("before", "after"):
             small, large = best[(way, 1)], best[(way, args.scale)]
-            rate = (large["rows"] - small["rows"]) / max(1e-9, large["seconds"] - small["seconds"])
-            result[f"{way}_marginal_rows_per_s"] = round(rate, 2)
-        result["marginal_ratio"] = round(result["after_marginal_rows_per_s"] / result["before_marginal_rows_per_s"], 2)
+            extra = large["seconds"] - small["seconds"]
+            # A larger set done in less time than the small one: load from elsewhere hit the
+            # small run; no marginal rate can be told (rerun with more --rounds).
+            result[f"{way}_marginal_rows_per_s"] = (
+                round((large["rows"] - small["rows"]) / extra, 2) if extra > 0 else None)
+        rates = (result["after_marginal_rows_per_s"], result["before_marginal_rows_per_s"])
+        result["marginal_ratio"] = round(rates[0] / rates[1], 2) if None not in rates else None
     print(json.dumps(result, sort_keys=True))
     return 0
 
