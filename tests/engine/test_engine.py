@@ -42,6 +42,7 @@ from tests.support.families import (
     build,
     engine_run,
     inputs_of,
+    native_and_torch_step,
     rows_of,
 )
 
@@ -158,24 +159,13 @@ def test_native_step_matches_the_torch_step_in_any_row_split(family, chunks: int
     engine = GenerationEngine(c, params, slots=4, dtype=None)
     forward, steps = DecoderRunner.forward, []
 
-    def both(runner: DecoderRunner, n: int, src_w: int, self_w: int) -> torch.Tensor:
-        saved = [cache.clone() for cache in runner.kv_cache]
-        ours = forward(runner, n, src_w, self_w).clone()
-        written = [cache.clone() for cache in runner.kv_cache]
-        native, runner._native = runner._native, None
-        for cache, old in zip(runner.kv_cache, saved, strict=True):
-            cache.copy_(old)
-        ref = forward(runner, n, src_w, self_w)
-        runner._native = native
+    def check(runner: DecoderRunner, n: int, mine: torch.Tensor, theirs: torch.Tensor) -> None:
         # float32 rounding in another order, amplified by the std-1 weights (HF's own
         # scores move 2.6e-4 between batch sizes): differences were up to 1.5e-4 of the
         # largest value (Marian, 3 groups); a wrong mask, bias or head is 5e-2 or more
-        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-3 * float(ref.abs().max()))
-        for cache, mine in zip(runner.kv_cache, written, strict=True):
-            torch.testing.assert_close(mine, cache, rtol=0, atol=1e-3 * float(cache.abs().max()))
-        steps.append(n)
-        return ref
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-3 * float(theirs.abs().max()))
 
+    both = native_and_torch_step(forward, check, steps)
     monkeypatch.setattr(DecoderRunner, "forward", both)
     batch = inputs_of(c)
     ours = engine_run(engine, batch)

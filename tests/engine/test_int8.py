@@ -31,7 +31,15 @@ from combiner_core.preprocess import collate_token_ids, decode_image
 from pipelines.demo_data import facts, shapes
 from pipelines.demo_data.shapes import SHAPES, captions_of
 from pipelines.metrics import generation_metrics
-from tests.support.families import EOS_BIAS, FAMILIES, bias_eos, build, engine_run, inputs_of
+from tests.support.families import (
+    EOS_BIAS,
+    FAMILIES,
+    bias_eos,
+    build,
+    engine_run,
+    inputs_of,
+    native_and_torch_step,
+)
 
 
 @pytest.mark.parametrize("shape", [(1, 64, 32), (7, 256, 1024), (33, 512, 96)])
@@ -222,21 +230,11 @@ def test_native_int8_step_matches_torch_int8_step_in_any_row_split(family, chunk
     engine = GenerationEngine(c, params, slots=4, dtype=None, quantize="int8")
     forward, steps = DecoderRunner.forward, []
 
-    def both(runner: DecoderRunner, n: int, src_w: int, self_w: int) -> torch.Tensor:
-        saved = [cache.clone() for cache in runner.kv_cache]
-        ours = forward(runner, n, src_w, self_w).clone()
-        written = [cache.clone() for cache in runner.kv_cache]
-        native, runner._native = runner._native, None
-        for cache, old in zip(runner.kv_cache, saved, strict=True):
-            cache.copy_(old)
-        ref = forward(runner, n, src_w, self_w)
-        runner._native = native
-        for mine, theirs in [(ours, ref), *zip(written, runner.kv_cache, strict=True)]:
-            rows = ((mine - theirs).abs() / float(theirs.abs().max())).flatten(1).amax(1)[: n * runner.group]
-            assert float(rows.max()) < 5e-2 and float((rows > 1e-3).float().mean()) <= 1 / 3, (name, n, rows)
-        steps.append(n)
-        return ref
+    def check(runner: DecoderRunner, n: int, mine: torch.Tensor, theirs: torch.Tensor) -> None:
+        rows = ((mine - theirs).abs() / float(theirs.abs().max())).flatten(1).amax(1)[: n * runner.group]
+        assert float(rows.max()) < 5e-2 and float((rows > 1e-3).float().mean()) <= 1 / 3, (name, n, rows)
 
+    both = native_and_torch_step(forward, check, steps)
     monkeypatch.setattr(DecoderRunner, "forward", both)
     engine_run(engine, inputs_of(c))
     assert engine._decoding.runner._native is not None, engine._decoding.runner.native_reason

@@ -5,6 +5,8 @@ comparison against transformers' generate."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from PIL import Image
@@ -182,3 +184,25 @@ def assert_same(ours, ref, *, tol: float = TINY_TOL) -> None:
         for a, b in zip(r_ours, r_ref, strict=True):
             assert a.score == pytest.approx(b.score, abs=tol)
             assert a.num_tokens == b.num_tokens
+
+
+def native_and_torch_step(forward: Callable, check: Callable, steps: list[int]) -> Callable:
+    """A DecoderRunner.forward for tests: each step runs the native step, then the torch
+    step from the same cache, and `check(runner, n, native, torch_step)` gets the logits
+    and each layer's cache written by both; returns the torch step's logits, so the
+    engine goes on as the reference. `steps` gets each step's row count."""
+    def both(runner, n: int, src_w: int, self_w: int) -> torch.Tensor:
+        saved = [cache.clone() for cache in runner.kv_cache]
+        ours = forward(runner, n, src_w, self_w).clone()
+        written = [cache.clone() for cache in runner.kv_cache]
+        native, runner._native = runner._native, None
+        for cache, old in zip(runner.kv_cache, saved, strict=True):
+            cache.copy_(old)
+        ref = forward(runner, n, src_w, self_w)
+        runner._native = native
+        for mine, theirs in [(ours, ref), *zip(written, runner.kv_cache, strict=True)]:
+            check(runner, n, mine, theirs)
+        steps.append(n)
+        return ref
+
+    return both
