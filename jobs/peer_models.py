@@ -142,9 +142,18 @@ def ctranslate2_runner(folder: Path, combiner, params, *, compute_type: str, thr
 
     from combiner_core.engine.outputs import Generated, trim_generated
 
+    class Converter(TransformersConverter):
+        def load_model(self, model_class, model_name_or_path, **kwargs):
+            model = super().load_model(model_class, model_name_or_path, **kwargs)
+            # transformers 5's BartConfig dropped normalize_before (BART is post-norm),
+            # which CTranslate2 4.x's BART loader still reads
+            if model.config.model_type == "bart" and not hasattr(model.config, "normalize_before"):
+                model.config.normalize_before = False
+            return model
+
     out_dir = folder.parent / f"{folder.name}-ct2"
     if not (out_dir / "model.bin").exists():
-        TransformersConverter(str(folder)).convert(str(out_dir), force=True)
+        Converter(str(folder)).convert(str(out_dir), force=True)
     translator = ctranslate2.Translator(
         str(out_dir), device="cpu", compute_type=compute_type, inter_threads=1, intra_threads=threads,
     )
