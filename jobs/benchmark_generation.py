@@ -264,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quantize", choices=["int8"], default=None,
                         help="also time the engine with quantize=int8 (CPU, float32), side by side")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the untimed peak-memory runs (HF and engine once more each)")
     parser.add_argument(
         "--threads", type=int, default=None,
         help="intra-op threads for both engines (default: torch's; Ray actors get OMP_NUM_THREADS=num_cpus)",
@@ -418,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         release_freed_memory_at_once()
     peaks = {}
-    for name, fn in (("hf", run_hf), ("engine", run_engine)):
+    for name, fn in () if args.no_memory else (("hf", run_hf), ("engine", run_engine)):
         with PeakMemory(device) as mem:
             fn(inputs)
         peaks[name] = mem.mib
@@ -470,8 +472,8 @@ def main(argv: list[str] | None = None) -> int:
             "mean": round(mean, 2),
             "max_over_mean": round(max(lengths) / mean, 3),
         },
-        "hf_peak_mib": round(peaks["hf"], 1),
-        "engine_peak_mib": round(peaks["engine"], 1),
+        "hf_peak_mib": round(peaks["hf"], 1) if peaks else None,
+        "engine_peak_mib": round(peaks["engine"], 1) if peaks else None,
         "model": model_name,
         "strategy": args.strategy if args.strategy == "greedy" else f"beam-{args.num_beams}",
         "batch": args.batch,
