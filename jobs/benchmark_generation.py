@@ -6,6 +6,8 @@
     python jobs/benchmark_generation.py --batch 128
     python jobs/benchmark_generation.py --no-native                    # the engine's torch step on CPU
     python jobs/benchmark_generation.py --quantize int8                # + the int8 engine (CPU), side by side
+    python jobs/benchmark_generation.py --peer ctranslate2 --model bart  # + CTranslate2 float32 and int8 (CPU)
+    python jobs/benchmark_generation.py --peer ctranslate2 --model t5 --strategy beam
 
 Both paths get the same model, inputs and GenerationParams. HF runs `generate` on
 batches of --batch inputs (combiner_core.engine.hf_generate: what combiner_core.generate did
@@ -29,6 +31,16 @@ With --quantize int8 a third contender, the engine with quantize="int8" (CPU flo
 combiner_core/engine/model/quantize.py), runs in the same alternation, and the JSON adds
 its rate, int8_over_engine (its tokens/s over the float32 engine's) and the share of
 rows whose tokens equal the float32 engine's.
+
+With --peer ctranslate2 (pip install -e .[bench]; --model bart: random BART of bart-base
+shape, --model t5: random T5 v1.0 of t5-small shape, jobs/peer_models.py; 128 inputs of
+32-256 tokens by default) the same checkpoint, saved with save_pretrained and converted by
+ctranslate2.converters.TransformersConverter, runs as two more contenders, CTranslate2
+float32 and int8 (compute_type int8_float32), intra_threads = torch's threads,
+inter_threads 1, token ids handed over as the vocabulary's token strings; the engine int8
+runs too. The JSON adds ratio_vs_peer_fp32 (engine float32 tokens/s over CTranslate2
+float32), ratio_vs_peer_int8 (engine int8 over CTranslate2 int8), ratio_vs_hf,
+outputs_identical_to_hf, int8_rows_equal_fp32 and peer_rows_equal_hf (shares of rows).
 
 The last line is one JSON object: ratio (engine tokens/s over HF tokens/s), the two
 rates, efficiencies, outputs_identical, output_lengths, peak memory, model, strategy, batch.
@@ -231,7 +243,10 @@ class PeakMemory:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["small", "base"], default="small")
+    parser.add_argument("--model", choices=["small", "base", "bart", "t5"], default="small",
+                        help="bart / t5: random bart-base / t5-small shapes (jobs/peer_models.py), for --peer")
+    parser.add_argument("--peer", choices=["ctranslate2"], default=None,
+                        help="also time CTranslate2 float32 and int8 on the same checkpoint (CPU; pip install -e .[bench])")
     parser.add_argument("--strategy", choices=["greedy", "beam"], default="greedy")
     parser.add_argument("--num-beams", type=int, default=4)
     parser.add_argument("--batch", type=int, default=32, help="HF batch size = engine slots")
@@ -249,11 +264,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quantize", choices=["int8"], default=None,
                         help="also time the engine with quantize=int8 (CPU, float32), side by side")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the untimed peak-memory runs (HF and engine once more each)")
     parser.add_argument(
         "--threads", type=int, default=None,
         help="intra-op threads for both engines (default: torch's; Ray actors get OMP_NUM_THREADS=num_cpus)",
     )
     args = parser.parse_args(argv)
+    if args.peer:
+        try:
+            import ctranslate2  # noqa: F401
+        except ImportError:
+            print("--peer ctranslate2 needs ctranslate2: pip install -e .[bench]", file=sys.stderr)
+            return 2
+        if args.model not in ("bart", "t5"):
+            parser.error("--peer runs on --model bart or --model t5")
+        args.quantize = "int8"
 
     import torch
 
@@ -265,9 +291,19 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = resolve_dtype(args.dtype, device)
-    combiner, make_inputs = small_model() if args.model == "small" else base_model()
+    peer_family = args.model in ("bart", "t5")
+    if peer_family:
+        from jobs import peer_models
+
+        combiner = peer_models.bart_base() if args.model == "bart" else peer_models.t5_small()
+        eos = combiner.special_token_ids()["eos_token_id"]
+
+        def make_inputs(n: int):
+            return peer_models.token_inputs(combiner.model.config.vocab_size, n, eos=eos)
+    else:
+        combiner, make_inputs = small_model() if args.model == "small" else base_model()
     combiner.to(device=device, dtype=dtype)  # HF runs in the engine's dtype too
-    rows = args.rows or 4 * args.batch
+    rows = args.rows or (128 if peer_family else 4 * args.batch)
     runs = args.runs or (3 if args.model == "small" else 2)
     max_new = args.max_new_tokens or (32 if args.model == "small" else 64)
     params = GenerationParams(
@@ -275,7 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     inputs = make_inputs(rows)
     image = args.model == "small"
-    model_name = SMALL_MODEL.name if image else "bert2bert-base-size-from-minilm (12+12 layers, hidden 768)"
+    model_name = (
+        SMALL_MODEL.name if image
+        else peer_models.describe(args.model, combiner) if peer_family
+        else "bert2bert-base-size-from-minilm (12+12 layers, hidden 768)"
+    )
     print(
         f"model {model_name}, {args.strategy}{'-' + str(args.num_beams) if args.strategy == 'beam' else ''}, "
         f"batch {args.batch}, {rows} rows per run, max_new_tokens {max_new}, {device} {dtype}, "
@@ -311,6 +351,15 @@ def main(argv: list[str] | None = None) -> int:
                                 quantize=args.quantize)
         contenders.append(("int8", lambda data: run_engine(data, int8)))
 
+    if args.peer:
+        import tempfile
+
+        folder = peer_models.save_for_converter(combiner, Path(tempfile.mkdtemp(prefix="ct2-src-")))
+        for compute_type, name in (("float32", "ct2"), ("int8_float32", "ct2int8")):
+            contenders.append((name, peer_models.ctranslate2_runner(
+                folder, combiner, params, compute_type=compute_type, threads=torch.get_num_threads(), batch=args.batch,
+            )))
+
     def timed(fn, data):
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -326,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     engine.stats = type(engine.stats)()
     totals = {name: [0, 0.0] for name, _ in contenders}
     int8_same: list[bool] = []
+    peer_same: dict[str, list[bool]] = {}
     float_out = None
     identical = True
     max_score_diff = 0.0
@@ -340,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
             extra = ""
             if name == "hf":
                 reference = out
+            elif name.startswith("ct2"):
+                same_rows = [[c.token_ids for c in a] == [c.token_ids for c in b] for a, b in zip(out, reference, strict=True)]
+                peer_same.setdefault(name, []).extend(same_rows)
+                extra = f"  rows with HF's tokens: {sum(same_rows)}/{len(same_rows)}"
             elif name == "int8":
                 same_rows = [[c.token_ids for c in a] == [c.token_ids for c in b] for a, b in zip(out, float_out, strict=True)]
                 int8_same += same_rows
@@ -366,16 +420,39 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         release_freed_memory_at_once()
     peaks = {}
-    for name, fn in (("hf", run_hf), ("engine", run_engine)):
+    for name, fn in () if args.no_memory else (("hf", run_hf), ("engine", run_engine)):
         with PeakMemory(device) as mem:
             fn(inputs)
         peaks[name] = mem.mib
         print(f"memory {name:6s}: peak {mem.mib:8.1f} MiB above the idle process", flush=True)
     lengths = [r[0].num_tokens for r in reference]
+    if peer_family:
+        hist: dict[int, int] = {}
+        for n in lengths:
+            hist[n // 8 * 8] = hist.get(n // 8 * 8, 0) + 1
+        print("output lengths (HF, first output of each row), in bins of 8 tokens: "
+              + ", ".join(f"{k}-{k + 7}: {v}" for k, v in sorted(hist.items())))
     hf_rate = totals["hf"][0] / totals["hf"][1]
     engine_rate = totals["engine"][0] / totals["engine"][1]
     mean = statistics.mean(lengths)
+    rate = {name: totals[name][0] / totals[name][1] for name in totals}
+    peer = {}
+    if args.peer:
+        peer = {
+            "ratio_vs_peer_fp32": round(engine_rate / rate["ct2"], 3),
+            "ratio_vs_peer_int8": round(rate["int8"] / rate["ct2int8"], 3),
+            "ratio_vs_hf": round(engine_rate / hf_rate, 3),
+            "outputs_identical_to_hf": identical,
+            "int8_rows_equal_fp32": round(sum(int8_same) / len(int8_same), 4),
+            "peer_rows_equal_hf": round(sum(peer_same["ct2"]) / len(peer_same["ct2"]), 4),
+            "peer_int8_rows_equal_hf": round(sum(peer_same["ct2int8"]) / len(peer_same["ct2int8"]), 4),
+            "peer": f"ctranslate2 {ctranslate2.__version__}",
+            "peer_fp32_tokens_per_s": round(rate["ct2"], 1),
+            "peer_int8_tokens_per_s": round(rate["ct2int8"], 1),
+            "engine_int8_tokens_per_s": round(rate["int8"], 1),
+        }
     result = {
+        **peer,
         "ratio": round(engine_rate / hf_rate, 3),
         **({
             "int8_tokens_per_s": round(totals["int8"][0] / totals["int8"][1], 1),
@@ -395,8 +472,8 @@ def main(argv: list[str] | None = None) -> int:
             "mean": round(mean, 2),
             "max_over_mean": round(max(lengths) / mean, 3),
         },
-        "hf_peak_mib": round(peaks["hf"], 1),
-        "engine_peak_mib": round(peaks["engine"], 1),
+        "hf_peak_mib": round(peaks["hf"], 1) if peaks else None,
+        "engine_peak_mib": round(peaks["engine"], 1) if peaks else None,
         "model": model_name,
         "strategy": args.strategy if args.strategy == "greedy" else f"beam-{args.num_beams}",
         "batch": args.batch,
