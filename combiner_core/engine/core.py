@@ -44,6 +44,7 @@ from .decoding import (
 )
 from .encoder import Encoded, SourceEncoder
 from .model import DecoderRunner, UnsupportedFamily, decoder_family, extract_decoder, load_native
+from .model.packed import pack_description, packing_available
 from .model.quantize import check_quantize, quantize_description, quantized_copy
 from .notices import warn_once
 from .outputs import EngineStats, Generated
@@ -179,6 +180,11 @@ class GenerationEngine:
         self.slots = slots if slots is not None else default_slots(self.device, group)
         if self.slots < 1:
             raise ValueError(f"slots={self.slots}: need at least 1")
+        if (self.fast_path and quantize is None and self.device.type == "cpu" and self.dtype == torch.float32
+                and packing_available()):
+            # the step's matmuls on weights reordered once (model/packed.py: MKL repacks
+            # them on every call at decode shapes)
+            self.desc = pack_description(self.desc, rows=self.slots * group)
         self._decoding: Decoding | None = None
         if self.fast_path:
             self._encoder = SourceEncoder(model, combiner.preprocessor.input_pad_token_id, quantize)

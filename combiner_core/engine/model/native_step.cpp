@@ -23,6 +23,7 @@
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/native/quantized/PackedParams.h>
 #include <torch/csrc/jit/api/object.h>
 
@@ -261,6 +262,18 @@ class Layers {
     }
   }
 
+  // float32 with prepacked weights (packed.py): every layer's six matrices (qkv,
+  // self_out, cross_q, cross_out, fc1, fc2) as oneDNN tensors from
+  // torch.ops.mkldnn._reorder_linear_weight; from then on the matmuls run oneDNN's
+  // linear on them. Why: at decode shapes (tens of rows) MKL's sgemm repacks the whole
+  // weight on every call, which cost more than the multiply itself (packed.py).
+  void set_packed(const std::vector<at::Tensor>& packed) {
+    TORCH_CHECK(static_cast<int64_t>(packed.size()) == 6 * layers_, "native step: expected 6 packed weights per layer");
+    TORCH_CHECK(q_.empty(), "native step: int8 and packed float32 weights exclude each other");
+    for (const auto& t : packed) TORCH_CHECK(t.is_mkldnn(), "native step: packed weights must be oneDNN tensors");
+    p_ = packed;
+  }
+
   // Runs every layer on the first N = x.size(0) rows. chunks: how many row groups run
   // in parallel (each whole slots); 1 runs on the calling thread, with ATen's own
   // threading inside each matmul.
@@ -404,6 +417,15 @@ class Layers {
   // layer's packed weight `which` (0 qkv, 1 self_out, 2 cross_q, 3 cross_out, 4 fc1, 5 fc2).
   void matmul(at::Tensor& out, const at::Tensor& in, const at::Tensor& w, int64_t layer, int64_t which,
               at::Tensor& xn) const {
+    if (!p_.empty()) {
+      static const auto op = c10::Dispatcher::singleton()
+          .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
+                            c10::List<std::optional<at::Scalar>>, std::optional<c10::string_view>)>();
+      out.copy_(op.call(in, p_[layer * 6 + which], std::nullopt, "none", c10::List<std::optional<at::Scalar>>(),
+                        std::nullopt));
+      return;
+    }
     if (q_.empty()) {
       at::mm_out(out, in, w);
       return;
@@ -431,6 +453,7 @@ class Layers {
   }
 
   std::vector<at::Tensor> w_;
+  std::vector<at::Tensor> p_;  // oneDNN prepacked float32 weights, 6 a layer (or none)
   std::vector<c10::intrusive_ptr<LinearPackedParamsBase>> q_;  // int8 packed weights, 6 a layer (or none)
   std::vector<float> eps_;
   int64_t layers_ = 0, hidden_ = 0, inner_ = 0, heads_, act_;
@@ -493,6 +516,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<Layers>(m, "Layers")
       .def(pybind11::init<std::vector<at::Tensor>, std::vector<double>, int64_t, int64_t, bool, bool, bool>())
       .def("set_int8", &Layers::set_int8)
+      .def("set_packed", &Layers::set_packed)
       // Tensors only inside: other Python threads (Ray's, a data loader's) run meanwhile.
       .def("run", &Layers::run, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("greedy_pick", &greedy_pick);

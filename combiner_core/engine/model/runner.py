@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .description import DecoderDescription, rms_norm
 from .graphs import StepGraphs
 from .native import act_code, load_native, native_error
+from .packed import STEP_LINEARS, is_packed
 from .quantize import int8_linear, is_quantized
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,9 @@ class DecoderRunner:
                 weights += [part.weight, bias.contiguous()]
             eps += [lay.self_norm.eps, lay.cross_norm.eps, lay.ffn_norm.eps]
         layers = module.Layers(weights, eps, desc.heads, acts.pop(), desc.pre_ln, desc.rms_norm, desc.layers[0].gated)
-        if self.quantized:  # int8: the same packed weights as the torch step (native_step.cpp's int8_mm)
+        if is_packed(desc):  # float32 on oneDNN-reordered weights (packed.py)
+            layers.set_packed([getattr(lay, n).packed for lay in desc.layers for n in STEP_LINEARS])
+        elif self.quantized:  # int8: the same packed weights as the torch step (native_step.cpp's int8_mm)
             layers.set_int8([
                 lin.packed for lay in desc.layers
                 for lin in (lay.qkv, lay.self_out, lay.cross_q, lay.cross_out, lay.fc1, lay.fc2)
