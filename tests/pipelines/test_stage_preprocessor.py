@@ -67,5 +67,7 @@ def test_the_actor_refuses_a_config_read_differently_from_the_loaded_processor(t
     shutil.copytree(DEMO, other)
     config = json.loads((other / "preprocessor_config.json").read_text())
     (other / "preprocessor_config.json").write_text(json.dumps({**config, "resample": 3}))
-    with pytest.raises(CombinerError, match="bug in combiner_core.images.fused_image_processor_from_config"):
+    with pytest.raises(CombinerError, match="bug in combiner_core.images.fused_image_processor_from_config") as err:
         check_stage_pixels(caption, str(other), False, loaded)  # the stage's pixels would be bicubic ones
+    assert "filter 3" in str(err.value) and "filter 2" in str(err.value)  # says which step differs
+    check_stage_pixels(caption, str(other), False, None)  # no processor: the model call reports that

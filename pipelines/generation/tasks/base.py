@@ -97,7 +97,7 @@ def check_stage_pixels(task: TaskAdapter, model_uri: str, trust_remote_code: boo
     """On a model actor: raise when the pixels the CPU stage makes from the checkpoint's
     config alone (`stage_preprocessor`) would differ from the loaded image processor's
     (a config the reader misjudged), rather than caption the wrong pixels."""
-    if task.modality != "image" or trust_remote_code:
+    if task.modality != "image" or trust_remote_code or image_processor is None:
         return
     light = config_image_preprocessor(model_uri)
     if light is None:
@@ -109,11 +109,17 @@ def check_stage_pixels(task: TaskAdapter, model_uri: str, trust_remote_code: boo
     if loaded is None or not same_pixels(light.image_processor, loaded):
         raise CombinerError(
             f"model.uri {model_uri}: the image steps read from its preprocessor_config.json "
-            f"({light.image_processor}) differ from those of the image processor transformers loads "
-            f"({loaded if loaded is not None else type(image_processor).__name__}); the CPU stage's pixels "
+            f"({_steps(light.image_processor)}) differ from those of the image processor transformers loads "
+            f"({_steps(loaded) if loaded is not None else type(image_processor).__name__}); the CPU stage's pixels "
             "would be wrong. This is a bug in combiner_core.images.fused_image_processor_from_config: please "
             "report it with that file"
         )
+
+
+def _steps(fused: FusedImageProcessor) -> str:
+    size = None if fused.size is None else {k: v for k, v in vars(fused.size).items() if v is not None}
+    return (f"{fused.name}: resize {size}, filter {fused.resample}, crop {fused.crop}, "
+            f"output {fused.output_size}, draft {fused.draft}")
 
 
 def preprocess_images(
