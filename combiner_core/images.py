@@ -32,15 +32,20 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .errors import CombinerError, ImageDecodeError
 from .preprocess import DEFAULT_MAX_IMAGE_PIXELS, finish_image, open_image
+
+if TYPE_CHECKING:
+    # Imported where used: `FusedImageProcessor.pixels` (what a CPU worker runs) needs
+    # neither torch nor transformers, which take seconds of a worker's start to import.
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +126,8 @@ class FusedImageProcessor:
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> the processor's float32 pixel values, on `pixels`' device."""
+        import torch
+
         if pixels.dtype != torch.uint8:
             raise TypeError(f"normalize takes uint8 pixels, got {pixels.dtype}")
         exact = self._exact_on.get(str(pixels.device))
@@ -136,6 +143,8 @@ class FusedImageProcessor:
         # The processor's own operations in its own precisions: float64 rescale, float32
         # cast, float32 (x - mean) / std. In place: 0.2 ms for a 224x224 image on one
         # core, where a table lookup through int64 indices took 0.6-1.6 ms.
+        import torch
+
         x = pixels.to(torch.float64)
         if self.rescale_factor is not None:
             x.mul_(self.rescale_factor)
@@ -150,6 +159,8 @@ class FusedImageProcessor:
     def _arithmetic_is_exact(self, device: torch.device) -> bool:
         """Whether this device's arithmetic gives `table` for every level of every channel
         (so for every image); otherwise `normalize` looks the values up (slower, exact)."""
+        import torch
+
         levels = torch.arange(256, dtype=torch.uint8, device=device).view(1, 1, 1, 256).expand(1, 3, 1, 256)
         got = self._arithmetic(levels.contiguous()).view(3, 256).cpu().numpy()
         if np.array_equal(got, self.table):
@@ -159,6 +170,8 @@ class FusedImageProcessor:
 
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
         """Decoded RGB images -> float32 (N, 3, H, W): the processor's `pixel_values`."""
+        import torch
+
         return self.normalize(torch.from_numpy(np.stack([self.pixels_of(im) for im in images])))
 
 
@@ -208,6 +221,117 @@ def fuse_image_processor(processor: object, *, draft: bool = True) -> FusedImage
     return fused
 
 
+@dataclass(frozen=True)
+class FixedSize:
+    """A resize to exactly height x width, with the attributes of transformers' SizeDict
+    that `_resize_target` reads (the other rules None)."""
+
+    height: int
+    width: int
+    shortest_edge: None = None
+    longest_edge: None = None
+    max_height: None = None
+    max_width: None = None
+
+
+# Image processors whose preprocessor_config.json alone says what their pixels are: the
+# PIL backend's steps, unchanged (fuse_image_processor finds no override in them), with
+# a resize to a fixed height x width and no crop or padding.
+_CONFIG_ONLY_TYPES = ("ViTImageProcessor", "ViTImageProcessorPil")
+# Every key such a config may hold; another key (a crop, padding, an old
+# feature-extractor field) might change the pixels, so the config is not read alone.
+_CONFIG_ONLY_KEYS = frozenset({
+    "image_processor_type", "do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize",
+    "image_mean", "image_std",
+})
+# The keys that must be there: a default left to transformers could change between versions.
+_CONFIG_REQUIRED_KEYS = _CONFIG_ONLY_KEYS - {"image_processor_type"}
+
+
+def fused_image_processor_from_config(config: Mapping[str, Any], *, draft: bool = True) -> FusedImageProcessor | None:
+    """The fused processor a preprocessor_config.json describes, read without transformers
+    (or torch): for a CPU worker that only turns image bytes into uint8 pixels, whose
+    start-up would otherwise import both (4-7 s of CPU, measured on a 2-core machine).
+
+    Covers the configs that say everything themselves: a ViT image processor resizing
+    to a fixed height x width, no crop or padding, every step's setting written out.
+    Returns None for any other config; callers then load the processor with
+    transformers (`fused_image_processor`). `same_pixels` checks, where the processor is
+    loaded anyway (a model actor), that the two agree.
+    """
+    if config.get("image_processor_type") not in _CONFIG_ONLY_TYPES:
+        return None
+    if not _CONFIG_REQUIRED_KEYS <= set(config) or not set(config) <= _CONFIG_ONLY_KEYS:
+        return None
+    size, resample = config["size"], config["resample"]
+    if config["do_resize"] is not True or not isinstance(size, Mapping) or set(size) != {"height", "width"}:
+        return None
+    if not all(isinstance(v, int) and v > 0 for v in (size["height"], size["width"])) or not isinstance(resample, int):
+        return None
+    if not (isinstance(config["do_rescale"], bool) and isinstance(config["do_normalize"], bool)):
+        return None
+    try:
+        kwargs = dict(config)
+        table = _level_table(kwargs)
+        mean = std = None
+        if config["do_normalize"]:
+            mean, std = _per_channel(config["image_mean"]), _per_channel(config["image_std"])
+        rescale = float(config["rescale_factor"]) if config["do_rescale"] else None
+    except (TypeError, ValueError, UnsupportedImageProcessor):
+        return None
+    height, width = int(size["height"]), int(size["width"])
+    return FusedImageProcessor(
+        name=f"{config['image_processor_type']} (from preprocessor_config.json)", size=FixedSize(height, width),
+        resample=resample, crop=None, output_size=(height, width), table=table, rescale_factor=rescale,
+        mean=mean, std=std, draft=draft,
+    )
+
+
+def fused_image_processor_of(uri: str, *, storage_options: dict[str, Any] | None = None) -> FusedImageProcessor | None:
+    """`fused_image_processor_from_config` of the checkpoint folder at `uri` (local or any
+    fsspec URI; its preprocessor_config.json is the one file read), or None: a hub id, a
+    folder that also holds a processor_config.json (which may override the image
+    processor's settings), a file that is missing or unreadable, a config not covered.
+    None means "load the image processor with transformers", which reports any problem.
+    """
+    import json
+
+    from .storage import get_filesystem, is_hub_id, is_remote, local_path
+
+    if is_hub_id(uri):
+        return None
+    try:
+        if is_remote(uri):
+            fs, root = get_filesystem(uri, storage_options)
+            root = root.rstrip("/")
+            if fs.exists(f"{root}/processor_config.json"):
+                return None
+            text = fs.cat_file(f"{root}/preprocessor_config.json")
+        else:
+            folder = local_path(uri)
+            if (folder / "processor_config.json").exists():
+                return None
+            text = (folder / "preprocessor_config.json").read_bytes()
+        config = json.loads(text)
+    except Exception:  # noqa: BLE001 - any problem here is left to the transformers path to report
+        return None
+    return fused_image_processor_from_config(config) if isinstance(config, dict) else None
+
+
+# Image sizes `same_pixels` resizes by both processors' rules: landscape, portrait, square.
+_PROBE_SIZES = ((1200, 1600), (4000, 3000), (64, 64), (31, 517))
+
+
+def same_pixels(a: FusedImageProcessor, b: FusedImageProcessor) -> bool:
+    """Whether two fused processors make the same pixels of the same image bytes (resize
+    rule, filter, crop, draft decoding, output size; normalization is not compared)."""
+    if (a.resample, a.crop, a.output_size, a.draft) != (b.resample, b.crop, b.output_size, b.draft):
+        return False
+    if (a.size is None) != (b.size is None):
+        return False
+    return a.size is None or all(_resize_target(a.size, h, w) == _resize_target(b.size, h, w) for h, w in _PROBE_SIZES)
+
+
 _CACHE: dict[int, tuple[object, FusedImageProcessor | None]] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -238,21 +362,23 @@ def _orientation(image: Image.Image) -> int:
 
 def _resize_target(size: Any, height: int, width: int) -> tuple[int, int]:
     """(height, width) the processor resizes a height x width image to: the branches of
-    transformers' PilBackend.resize, in its order, with its own helpers."""
-    from transformers.image_transforms import (
-        get_resize_output_image_size,
-        get_size_with_aspect_ratio,
-    )
-    from transformers.image_utils import ChannelDimension, get_image_size_for_max_height_width
-
+    transformers' PilBackend.resize, in its order, with its own helpers (imported in the
+    branches that use them: a fixed height x width needs no transformers)."""
     if size.shortest_edge and size.longest_edge:
+        from transformers.image_transforms import get_size_with_aspect_ratio
+
         return tuple(get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge))
     if size.shortest_edge:
+        from transformers.image_transforms import get_resize_output_image_size
+        from transformers.image_utils import ChannelDimension
+
         shape_only = np.broadcast_to(np.zeros((), np.uint8), (1, height, width))  # no pixels allocated
         return tuple(get_resize_output_image_size(
             shape_only, size=size.shortest_edge, default_to_square=False, input_data_format=ChannelDimension.FIRST,
         ))
     if size.max_height and size.max_width:
+        from transformers.image_utils import get_image_size_for_max_height_width
+
         return tuple(get_image_size_for_max_height_width((height, width), size.max_height, size.max_width))
     if size.height and size.width:
         return (int(size.height), int(size.width))
@@ -313,7 +439,7 @@ def encode_images(processor: object, images: list[bytes], *, max_pixels: int = D
     """Image bytes -> what crosses to the model: uint8 (N, 3, H, W) through the fused
     path, or the processor's float32 pixel values when it is not covered (see
     `model_pixel_values`). Raises ImageDecodeError on the first bad image."""
-    fused = fused_image_processor(processor)
+    fused = processor if isinstance(processor, FusedImageProcessor) else fused_image_processor(processor)
     if fused is not None:
         return np.stack([fused.pixels(b, max_pixels=max_pixels) for b in images])
     from .preprocess import decode_image, image_to_pixel_values
@@ -324,6 +450,8 @@ def encode_images(processor: object, images: list[bytes], *, max_pixels: int = D
 def model_pixel_values(processor: object, pixels: np.ndarray | torch.Tensor, *, device: torch.device | str = "cpu") -> torch.Tensor:
     """`encode_images`' output on `device` as the float32 pixel values the encoder reads:
     uint8 is normalized there (the processor's rescale and normalize); float passes as is."""
+    import torch
+
     tensor = torch.as_tensor(pixels).to(device)
     if tensor.dtype != torch.uint8:
         return tensor

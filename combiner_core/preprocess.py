@@ -12,13 +12,19 @@ import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from transformers import PreTrainedTokenizerBase
 
 from .errors import ImageDecodeError, TextInputError
+
+if TYPE_CHECKING:
+    # torch and transformers are imported where they are used: decoding images needs
+    # neither, and a CPU worker that only decodes images saves the seconds they take
+    # to import (see combiner_core.images.fused_image_processor_from_config).
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 # 64 megapixels: a 8000x8000 photo passes, a crafted 100k x 100k PNG (a
 # "decompression bomb", 40 GB as RGB) is refused before its pixels are decoded.
@@ -94,6 +100,8 @@ def pad_sequences(
     rows: Sequence[Sequence[int]], *, value: int, pad_to_multiple_of: int | None = None
 ) -> torch.Tensor:
     """Right-pad int lists with `value` into one (batch, longest) long tensor."""
+    import torch
+
     if not rows:
         raise ValueError("pad_sequences needs at least one row")
     longest = max(len(r) for r in rows)
@@ -109,6 +117,8 @@ def collate_token_ids(
     rows: Sequence[Sequence[int]], *, pad_token_id: int, pad_to_multiple_of: int | None = None
 ) -> dict[str, torch.Tensor]:
     """Right-pad token id lists into input_ids and attention_mask tensors."""
+    import torch
+
     input_ids = pad_sequences(rows, value=pad_token_id, pad_to_multiple_of=pad_to_multiple_of)
     lengths = torch.tensor([len(r) for r in rows])
     attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from .. import faults
 from ..reading import Shard, iter_shard
 from .output import stage_results
-from .tasks.base import cached_preprocessor, error_columns, object_array
+from .tasks.base import check_stage_pixels, error_columns, object_array, stage_preprocessor
 
 if TYPE_CHECKING:
     import ray.data
@@ -95,7 +95,7 @@ def _chunk_rows(table: pa.Table, batch_size: int) -> int:
 
 def _preprocess(plan: JobPlan, chunk: pa.Table) -> dict[str, np.ndarray]:
     columns = {name: chunk.column(name).to_numpy(zero_copy_only=False) for name in chunk.column_names}
-    pre = cached_preprocessor(plan.model.uri, plan.model.trust_remote_code)  # one per process (lru_cache)
+    pre = stage_preprocessor(plan.task, plan.model.uri, plan.model.trust_remote_code)  # one per process (lru_cache)
     return plan.task.preprocess(columns, pre)
 
 
@@ -180,6 +180,7 @@ class ModelWorker:
             model.uri, allow_pickle=model.allow_pickle, trust_remote_code=model.trust_remote_code,
             device=device, dtype=resolve_dtype(model.dtype, device),
         )
+        check_stage_pixels(plan.task, model.uri, model.trust_remote_code, self.combiner.image_processor)
         self.engine = plan.task.setup(self.combiner, quantize=model.quantize)
         self.fields = plan.task.output_fields()
         self.model_sha256 = self.combiner.weights_sha256 or ""
