@@ -12,6 +12,7 @@ import torch
 from ..preprocess import collate_token_ids
 from .model import is_composite
 from .model.quantize import quantized_copy
+from .model.t5 import t5_encoder_forward
 
 # Encoder batches of token inputs, per device: the padding a batch may carry and the
 # padded tokens it may hold. On CPU small tight batches won: the T5 encoder of t5-small
@@ -88,6 +89,7 @@ class SourceEncoder:
             self.encoder = quantized_copy(self.encoder)
             self.proj = None if self.proj is None else quantized_copy(self.proj)
         self.pad_token_id = pad_token_id
+        self._t5 = t5_encoder_forward(self.encoder)  # T5 / mT5 in float32: bias and mask combined once
 
     def _states(self, out: torch.Tensor) -> torch.Tensor:
         return self.proj(out) if self.proj is not None else out
@@ -99,7 +101,10 @@ class SourceEncoder:
         for bucket in length_buckets(order, lengths, cap, max_padding=max_padding, max_tokens=max_tokens):
             batch = collate_token_ids([rows[i] for i in bucket], pad_token_id=self.pad_token_id)
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            states = self.encoder(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
+            if self._t5 is not None and self.model.dtype == torch.float32:
+                states = self._t5(ids, mask)
+            else:
+                states = self.encoder(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
             yield Encoded(bucket, self._states(states), [lengths[i] for i in bucket])
 
     def pixels(self, pixel_values: torch.Tensor, idx: list[int], cap: int) -> Iterator[Encoded]:

@@ -82,3 +82,38 @@ def test_length_buckets_hold_padding_and_padded_tokens_under_their_limits() -> N
     assert len(tight) > len(loose)
     assert length_buckets(order, lengths, cap=2, max_tokens=10) == [[i] for i in order]  # longer than the cap: alone
     assert [len(b) for b in length_buckets(list(range(7)), [5] * 7, cap=3)] == [3, 3, 1]
+
+
+@pytest.mark.parametrize("name", ["t5", "t5v11", "mt5"])
+def test_t5_encoder_forward_is_transformers_on_every_real_position(name: str) -> None:
+    """The engine's T5 / mT5 encoder (bias and padding mask combined once) against the HF
+    encoder on padded batches: equal outputs at every real position (random norm
+    weights, so a norm read from the wrong place shows)."""
+    from combiner_core.engine.model.t5 import t5_encoder_forward
+    from combiner_core.preprocess import collate_token_ids
+
+    c = build(name)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in c.model.parameters():
+            if param.dim() == 1:
+                param.add_(0.5 * torch.randn(param.shape, generator=gen))
+    stack = c.model.get_encoder()
+    forward = t5_encoder_forward(stack)
+    assert forward is not None
+    rows = [torch.randint(3, c.model.config.vocab_size, (n,), generator=gen) for n in (17, 9, 3, 17, 1)]
+    batch = collate_token_ids(rows, pad_token_id=c.tokenizer.pad_token_id)
+    with torch.inference_mode():
+        ref = stack(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        ours = forward(batch["input_ids"], batch["attention_mask"])
+        same_length = forward(batch["input_ids"][:1], batch["attention_mask"][:1])  # no padding: no mask
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(ours[real], ref[real], rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    torch.testing.assert_close(same_length[0], ref[0], rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_t5_encoder_forward_leaves_umt5_and_decoders_to_transformers() -> None:
+    from combiner_core.engine.model.t5 import t5_encoder_forward
+
+    assert t5_encoder_forward(build("umt5").model.get_encoder()) is None
+    assert t5_encoder_forward(build("t5").model.get_decoder()) is None
