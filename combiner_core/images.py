@@ -100,10 +100,11 @@ class FusedImageProcessor:
         image = open_image(data, max_pixels=max_pixels)
         if self.draft and self.size is not None and image.format in ("JPEG", "MPO"):
             width, height = image.size
-            if _orientation(image) in _SWAPS_SIDES:
+            swaps = _orientation(image) in _SWAPS_SIDES  # read once: it parses the EXIF block
+            if swaps:
                 width, height = height, width
             target_h, target_w = _resize_target(self.size, height, width)
-            request = (target_w, target_h) if _orientation(image) not in _SWAPS_SIDES else (target_h, target_w)
+            request = (target_h, target_w) if swaps else (target_w, target_h)
             try:
                 image.draft("RGB", request)
             except Exception as exc:  # noqa: BLE001 - a header PIL read but cannot scale

@@ -40,7 +40,9 @@ float32 and int8 (compute_type int8_float32), intra_threads = torch's threads,
 inter_threads 1, token ids handed over as the vocabulary's token strings; the engine int8
 runs too. The JSON adds ratio_vs_peer_fp32 (engine float32 tokens/s over CTranslate2
 float32), ratio_vs_peer_int8 (engine int8 over CTranslate2 int8), ratio_vs_hf,
-outputs_identical_to_hf, int8_rows_equal_fp32 and peer_rows_equal_hf (shares of rows).
+outputs_identical_to_hf, int8_rows_equal_fp32 and peer_rows_equal_hf (shares of rows), and
+rows_ratio_vs_peer_fp32 / _int8 (CTranslate2's seconds over the engine's for the same rows:
+tokens/s counts each contender's own outputs, which differ where its outputs do).
 
 The last line is one JSON object: ratio (engine tokens/s over HF tokens/s), the two
 rates, efficiencies, outputs_identical, output_lengths, peak memory, model, strategy, batch.
@@ -447,6 +449,11 @@ def main(argv: list[str] | None = None) -> int:
             "peer_rows_equal_hf": round(sum(peer_same["ct2"]) / len(peer_same["ct2"]), 4),
             "peer_int8_rows_equal_hf": round(sum(peer_same["ct2int8"]) / len(peer_same["ct2int8"]), 4),
             "peer": f"ctranslate2 {ctranslate2.__version__}",
+            # rows/s: the same rows in every run, so seconds against seconds. Tokens/s counts
+            # each contender's own outputs, which differ where its outputs do (CTranslate2's
+            # beam search ends rows elsewhere than HF's): the two ratios can disagree.
+            "rows_ratio_vs_peer_fp32": round(totals["ct2"][1] / totals["engine"][1], 3),
+            "rows_ratio_vs_peer_int8": round(totals["ct2int8"][1] / totals["int8"][1], 3),
             "peer_fp32_tokens_per_s": round(rate["ct2"], 1),
             "peer_int8_tokens_per_s": round(rate["ct2int8"], 1),
             "engine_int8_tokens_per_s": round(rate["int8"], 1),
