@@ -346,6 +346,20 @@ class Layers {
     const float* relp = rel.numel() > 0 ? rel.data_ptr<float>() : nullptr;
     const int64_t rel_tables = rel.numel() > 0 ? rel.size(0) : 0;
     std::vector<float> scores(std::max(T, cap));
+    // Each row attends over its own columns only. Self-attention: its prefix [0, age]
+    // (self_w is the OLDEST row's; younger rows' later columns are masked). Cross-
+    // attention: its slot's source up to the last unmasked position (self_w's source
+    // counterpart src_w is the longest source among the slots; sources are padded at the
+    // end). Masked columns add exactly 0 (fast_exp is 0 below -87.3), so this skips work
+    // and memory traffic without changing a bit: with sources of 32-256 tokens a row read
+    // on average ~40% more cross K|V than its own (t5-small shape, 128 inputs).
+    std::vector<int64_t> src_len(s1 - s0);
+    for (int64_t s = s0; s < s1; ++s) {
+      const float* b = cbias + s * cap;
+      int64_t w = src_w;
+      while (w > 0 && b[w - 1] < -1e30f) --w;
+      src_len[s - s0] = w > 0 ? w : src_w;  // all masked (no input): as before
+    }
     // int8: the row-normalized input of a matmul, plus its anchor row (int8_mm)
     at::Tensor xn = q_.empty() ? at::Tensor() : at::empty({(m + 1) * std::max({D, I, F})}, x.options());
     float* hp = h.data_ptr<float>();
@@ -369,8 +383,8 @@ class Layers {
         std::memcpy(row + age[r] * 2 * I, qp + r * 3 * I + I, sizeof(float) * 2 * I);
         for (int64_t hh = 0; hh < H; ++hh)
           attend(qp + r * 3 * I + hh * d, row + hh * d, row + I + hh * d, 2 * I, sbias + (r0 + r) * T,
-                 rl == nullptr ? nullptr : rl + hh * (2 * T - 1) + (T - 1 - age[r]), self_w, d, ap + r * I + hh * d,
-                 scores.data());
+                 rl == nullptr ? nullptr : rl + hh * (2 * T - 1) + (T - 1 - age[r]), std::min(self_w, age[r] + 1), d,
+                 ap + r * I + hh * d, scores.data());
       }
       matmul(proj, att, p[4], l, 1, xn);
       residual(xp, pp, f(5), m, D, post, f(0), f(1), e1);
@@ -384,8 +398,8 @@ class Layers {
         const int64_t slot = (r0 + r) / group;
         const float* src = cross + slot * cap * 2 * I;
         for (int64_t hh = 0; hh < H; ++hh)
-          attend(cqp + r * I + hh * d, src + hh * d, src + I + hh * d, 2 * I, cbias + slot * cap, nullptr, src_w, d,
-                 ap + r * I + hh * d, scores.data());
+          attend(cqp + r * I + hh * d, src + hh * d, src + I + hh * d, 2 * I, cbias + slot * cap, nullptr,
+                 src_len[slot - s0], d, ap + r * I + hh * d, scores.data());
       }
       matmul(proj, att, p[10], l, 3, xn);
       residual(xp, pp, f(11), m, D, post, f(6), f(7), e2);
