@@ -11,6 +11,7 @@ self-attention q|k|v projection.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -201,3 +202,14 @@ class DecoderDescription:
         assert self.rel_bias is not None  # noqa: S101 - only called for relative-position decoders
         buckets = relative_buckets(offsets, self.rel_buckets, self.rel_max_distance)
         return torch.stack([F.embedding(buckets, table).movedim(-1, 0) for table in self.rel_bias])
+
+
+def with_linears(
+    desc: DecoderDescription, names: tuple[str, ...], convert: Callable[[Linear | None], Linear | None]
+) -> DecoderDescription:
+    """A copy of `desc` whose layers' `names` linears, BERT's head transform and the LM head
+    are `convert`ed (int8, prepacked...); everything else is shared with `desc`."""
+    layers = [dataclasses.replace(lay, **{n: convert(getattr(lay, n)) for n in names}) for lay in desc.layers]
+    fields = {f.name: getattr(desc, f.name) for f in dataclasses.fields(desc) if f.init}
+    fields.update(layers=layers, lm_head=convert(desc.lm_head), head_dense=convert(desc.head_dense))
+    return DecoderDescription(**fields)

@@ -39,7 +39,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from .description import DecoderDescription, LayerWeights, Linear
+from .description import DecoderDescription, Linear, with_linears
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +119,7 @@ def pack_description(desc: DecoderDescription, *, rows: int) -> DecoderDescripti
     """A copy of `desc` whose step linears (STEP_LINEARS of every layer, BERT's head
     transform, the LM head) are PackedLinear for about `rows` rows a call; everything
     else is shared with `desc`. Call only when packing_available()."""
-    layers: list[LayerWeights] = [
-        dataclasses.replace(lay, **{n: _p(getattr(lay, n), rows) for n in STEP_LINEARS}) for lay in desc.layers
-    ]
-    fields = {f.name: getattr(desc, f.name) for f in dataclasses.fields(desc) if f.init}
-    fields.update(layers=layers, lm_head=_p(desc.lm_head, rows), head_dense=_p(desc.head_dense, rows))
-    return DecoderDescription(**fields)
+    return with_linears(desc, STEP_LINEARS, lambda lin: _p(lin, rows))
 
 
 def is_packed(desc: DecoderDescription) -> bool:

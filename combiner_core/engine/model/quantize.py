@@ -54,7 +54,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .description import DecoderDescription, LayerWeights, Linear
+from .description import DecoderDescription, Linear, with_linears
 
 QUANTIZE_MODES = ("int8",)
 
@@ -133,12 +133,7 @@ def quantize_description(desc: DecoderDescription) -> DecoderDescription:
     """A copy of `desc` whose linears (every layer's, BERT's head transform, the LM head)
     are Int8Linear; embeddings, norms, biases and T5's position tables stay float."""
     names = ("qkv", "self_out", "cross_q", "cross_k", "cross_v", "cross_out", "fc1", "fc2")
-    layers: list[LayerWeights] = [
-        dataclasses.replace(lay, **{n: _q(getattr(lay, n)) for n in names}) for lay in desc.layers
-    ]
-    fields = {f.name: getattr(desc, f.name) for f in dataclasses.fields(desc) if f.init}
-    fields.update(layers=layers, lm_head=_q(desc.lm_head), head_dense=_q(desc.head_dense))
-    return DecoderDescription(**fields)
+    return with_linears(desc, names, _q)
 
 
 def is_quantized(desc: DecoderDescription) -> bool:
