@@ -29,6 +29,7 @@ from ..reading import (
     ReaderOptions,
     check_input_files,
     glob_base,
+    has_pattern,
     input_extensions,
     list_inputs,
     read_captions_file,
@@ -86,7 +87,7 @@ def check_input(reader: ReaderOptions) -> tuple[InputListing | None, list[str]]:
         skipped = ""
         if ignored:
             skipped = f"; {len(ignored)} other file(s) were skipped, e.g. {ignored[0]}{_looks_like(ignored[0], reader)}"
-        where = "the glob" if any(c in reader.root for c in "*?[") else "the folder, recursively"
+        where = "the pattern" if has_pattern(reader.root) else "the folder, recursively"
         return None, [
             f"input.uri {reader.root}: no {reader.format} input files there (searched {where} for names "
             f"ending in {', '.join(input_extensions(reader))}{skipped}). Check the path, input.format "
@@ -191,8 +192,8 @@ def _uri_like(uri: str, path: str) -> str:
 
 
 def _location(uri: str) -> str:
-    """The folder or file a URI reads: a glob's fixed folder; local symlinks resolved."""
-    if any(c in uri for c in "*?[") and not (not is_remote(uri) and os.path.exists(uri)):
+    """The folder or file a URI reads: a pattern's fixed folder; local symlinks resolved."""
+    if has_pattern(uri) and not (not is_remote(uri) and os.path.exists(uri)):
         uri = glob_base(uri)
     return _normal(uri)
 

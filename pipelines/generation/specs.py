@@ -27,7 +27,14 @@ from combiner_core import GenerationParams
 from combiner_core.describe import CheckpointInfo
 from combiner_core.storage import normal_uri
 
-from ..reading import FILES_PER_SHARD, SHARD_BYTES, InputFormat, InputSource, ReaderOptions
+from ..reading import (
+    FILES_PER_SHARD,
+    SHARD_BYTES,
+    InputFormat,
+    InputSource,
+    ReaderOptions,
+    has_pattern,
+)
 from ..specs import ModelSource, StrictModel, canonical_sha256, path_field
 from .tasks import CaptionTask, LabelTask, SummarizeTask, TaskAdapter
 
@@ -223,9 +230,10 @@ class JobSpec(StrictModel):
     def _problems(self) -> list[str]:
         problems = self.input.source_problems(key="input", modality=self._input_modality())
         bad = sorted(set("*?[]") & set(self.output.uri))
-        if bad:
+        if bad or has_pattern(self.output.uri):
+            bad = bad or ["{ }"]
             problems.append(f"output.uri: {self.output.uri!r} holds {' '.join(bad)}, which object stores and "
-                            "fsspec read as a pattern or a query; name the output without * ? [ ]")
+                            "fsspec read as a pattern or a query; name the output without * ? [ ] or braces")
         r = self.resources
         if self.model.quantize is not None:
             if r.num_gpus > 0:

@@ -1,13 +1,16 @@
-"""Listing input files (fsspec: local, file://, s3://...): a file, a folder/prefix or a glob."""
+"""Listing input files (fsspec: local, file://, s3://...): a file, a folder/prefix, a glob,
+or a brace pattern (WebDataset's shard notation: shards-{00000..00099}.tar)."""
 
 from __future__ import annotations
 
+import bisect
 import os
 import posixpath
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import fsspec
+from braceexpand import braceexpand
 from fsspec.core import url_to_fs
 
 from .options import InputFormat, format_extensions
@@ -40,7 +43,13 @@ def list_inputs(
     extensions: Sequence[str] = (),
     storage_options: dict[str, Any] | None = None,
 ) -> InputListing:
-    """Files under `uri` (a file, a folder/prefix, or a glob) that hold inputs, with sizes.
+    """Files under `uri` (a file, a folder/prefix, a glob, or a brace pattern) that hold
+    inputs, with sizes.
+
+    Braces name paths as bash and WebDataset expand them: shards-{00000..00099}.tar is
+    100 zero-padded names, {train,val}/*.tar two globs. Every path they name must exist
+    (InputListingError lists those that do not: a range past the last shard is a typo,
+    not an empty shard); the folder before the first brace is listed once, not each name.
 
     The files of job outputs (_SUCCESS, _errors/, _commits/, Spark's _temporary/...) are
     not inputs and are passed over; hidden files (.DS_Store, .crc) and names without an
@@ -51,7 +60,10 @@ def list_inputs(
     fs, path = url_to_fs(uri, **(storage_options or {}))
     prefix = _protocol_prefix(uri, fs)
     wanted = format_extensions(format, extensions)
-    if any(ch in path for ch in "*?[") and not fs.exists(path):
+    named = brace_paths(path)
+    if named is not None and not fs.exists(path):
+        found, base = _list_named(fs, uri, path, named), glob_base(path)
+    elif any(ch in path for ch in "*?[") and not fs.exists(path):
         found = {p: info for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file"}
         base = glob_base(path)
     elif fs.isdir(path):
@@ -89,9 +101,80 @@ def _is_job_file(name: str) -> bool:
     return name in _JOB_FILES or name.startswith(("_committed_", "_started_"))
 
 
+def brace_paths(path: str) -> list[str] | None:
+    """The paths a brace pattern names, in order and without repeats, or None when `path`
+    has no brace expression ({a,b} or {0..9}; a lone {2024} is part of a name)."""
+    if "{" not in path:
+        return None
+    named = list(dict.fromkeys(braceexpand(path)))
+    return None if named == [path] else named
+
+
+def has_pattern(path: str) -> bool:
+    """True when `path` is a glob or a brace pattern rather than one path."""
+    return any(c in path for c in "*?[") or brace_paths(path) is not None
+
+
 def glob_base(path: str) -> str:
-    """The folder a glob searches: its path up to the folder before the first * ? [."""
-    return path[: min(path.index(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
+    """The folder a glob or brace pattern searches: its path up to the folder before the
+    first * ? [ (or { of a brace expression)."""
+    cuts = [path.index(c) for c in "*?[" if c in path]
+    brace = _first_brace(path)
+    if brace is not None:
+        cuts.append(brace)
+    return path[: min(cuts)].rsplit("/", 1)[0]
+
+
+def _first_brace(path: str) -> int | None:
+    """Where the first brace expression of `path` starts ({a,b} or {0..9}; a { that
+    expands to itself, as in "run {1}", is part of a name), or None."""
+    at = path.find("{")
+    while at >= 0:
+        depth = 0
+        for end in range(at, len(path)):
+            depth += {"{": 1, "}": -1}.get(path[end], 0)
+            if depth == 0:
+                group = path[at : end + 1]
+                if list(braceexpand(group)) != [group]:
+                    return at
+                break
+        at = path.find("{", at + 1)
+    return None
+
+
+def _list_named(fs: fsspec.AbstractFileSystem, uri: str, path: str, named: list[str]) -> dict[str, dict[str, Any]]:
+    """The files brace-expanded paths name ({path: info}): a name is a file, a folder (its
+    files), or a glob. One listing of the pattern's base folder serves every plain name,
+    so naming 10,000 shards on S3 is one recursive listing, not 10,000 requests."""
+    base = glob_base(path)
+    local = _protocol_prefix(uri, fs) == ""
+    listed = (_walk_local(base) if local else fs.find(base, detail=True)) if fs.isdir(base) else {}
+    keys = sorted(listed)
+    found: dict[str, dict[str, Any]] = {}
+    missing: list[str] = []
+    for name in named:
+        if any(ch in name for ch in "*?["):
+            hits = {p: i for p, i in fs.glob(name, detail=True).items() if i.get("type") == "file"}
+        elif name in listed:
+            hits = {name: listed[name]}
+        else:  # a folder: the files under it (sorted keys: one contiguous run)
+            folder = name.rstrip("/") + "/"
+            at = bisect.bisect_left(keys, folder)
+            hits = {}
+            while at < len(keys) and keys[at].startswith(folder):
+                hits[keys[at]] = listed[keys[at]]
+                at += 1
+        if not hits:
+            missing.append(_protocol_prefix(uri, fs) + name)
+        found.update(hits)
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise InputListingError(
+            f"input.uri {uri!r}: its braces name {len(named)} path(s), and {len(missing)} of them do not exist "
+            f"({shown}); fix the range in input.uri (e.g. the last shard's number), or name only the shards "
+            "that exist"
+        )
+    return found
 
 
 def _walk_local(root: str) -> dict[str, dict[str, Any]]:
@@ -128,14 +211,14 @@ def list_input_files(
 
 
 def relative_id(file_uri: str, root: str) -> str:
-    """A file's id: its path relative to the input root (a glob's fixed folder)."""
+    """A file's id: its path relative to the input root (a glob's or brace pattern's fixed folder)."""
     def bare(u: str) -> str:
         return u.split("://", 1)[1] if "://" in u else u
 
     file_path, root_path = bare(file_uri), bare(root).rstrip("/")
     if file_path == root_path:
         return posixpath.basename(file_path)
-    if any(ch in root_path for ch in "*?[") and not os.path.exists(root_path):
+    if has_pattern(root_path) and not os.path.exists(root_path):
         root_path = glob_base(root_path)
     if file_path.startswith(root_path + "/"):
         return file_path[len(root_path) + 1 :]

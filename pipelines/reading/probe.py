@@ -15,8 +15,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from .compression import MissingCodecError, compression_of
-from .compression import decompress as decompress_bytes
+from .compression import Decompressed, MissingCodecError, compression_of
 from .options import InputFormat, ReaderOptions
 from .webdataset import sample_members
 
@@ -117,13 +116,18 @@ def read_head(uri: str, storage_options: dict[str, Any] | None = None, *, decomp
     """
     fs, path = url_to_fs(uri, **(storage_options or {}))
     codec = compression_of(uri) if decompress else None
+    head = bytearray()
     with fs.open(path, "rb") as f:
-        # Compressed: enough raw bytes for whole blocks (zstd's are up to 128 KiB).
-        raw = f.read(size if codec is None else max(size, _RAW_FOR_HEAD))
-    data, broken = decompress_bytes(raw, codec)
-    if broken and not data and len(raw) < _RAW_FOR_HEAD:
-        raise ValueError(broken)  # nothing decodes: not a truncation of a long file
-    return data[:size]
+        # Compressed: raw bytes in blocks large enough for whole blocks (zstd's are up to
+        # 128 KiB), read until `size` bytes decode or the data ends.
+        text = Decompressed(f, codec, chunk=size if codec is None else max(size, _RAW_FOR_HEAD))
+        for chunk in text:
+            head += chunk
+            if len(head) >= size:
+                break
+    if text.broken and not head:
+        raise ValueError(text.broken)  # nothing decodes: not a truncation of a long file
+    return bytes(head[:size])
 
 
 # The files checked: a file that cannot be read becomes an error row when the job runs

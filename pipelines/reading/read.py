@@ -12,6 +12,7 @@ same functions (fine-tuning takes the reference as its target).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import fsspec
@@ -19,7 +20,7 @@ import pyarrow as pa
 from fsspec.core import url_to_fs
 
 from .captions import captions_for
-from .compression import MissingCodecError, compression_of, decompress
+from .compression import Decompressed, MissingCodecError, compression_of, lines
 from .listing import relative_id
 from .options import ReaderOptions
 from .rows import ROW_SCHEMA, Duplicates, RowBuilder, with_shard_rows
@@ -112,42 +113,48 @@ def _read_file(rows: RowBuilder, fs: fsspec.AbstractFileSystem, path: str, uri: 
     if opts.format == "webdataset":
         yield from read_webdataset(rows, fs, path, uri, opts)
         return
-    data, broken = _read_text(fs, path, uri)
     base = relative_id(uri, opts.root)
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise _FileError("not_utf8", "the file is UTF-16 text; convert it to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
-    if broken:
-        data = data[: data.rfind(b"\n") + 1]  # the last line read may be cut short
-    if opts.format == "text_lines":
-        # Ids are line numbers; blank lines (paragraph breaks) hold no text and are skipped.
-        for i, line in enumerate(data.splitlines()):
-            if line.strip():
-                rows.add(id=f"{base}#{i}", source_uri=uri, source_row=i, payload=line)
+    with fs.open(path, "rb") as f:
+        text = Decompressed(f, compression_of(uri))
+        chunks = iter(text)
+        first = next(chunks, b"")
+        if first.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise _FileError("not_utf8", "the file is UTF-16 text; convert it to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+        # a stream of lines: a file of any size is read in bounded memory
+        text_lines = lines(itertools.chain((first,), chunks), complete=lambda: text.broken is None)
+        if opts.format == "text_lines":
+            # Ids are line numbers; blank lines (paragraph breaks) hold no text and are skipped.
+            for i, line in enumerate(text_lines):
+                if line.strip():
+                    rows.add(id=f"{base}#{i}", source_uri=uri, source_row=i, payload=line)
+                    yield
+        else:
+            # jsonl: parse errors are per line, so one bad line does not lose the file
+            for i, record in enumerate(jsonl_records(text_lines)):
+                if isinstance(record, BadLine):
+                    rows.add(id=f"{base}#{i}", source_uri=uri, source_row=i, error=("read", record.cause, record.message))
+                else:
+                    read_records(rows, uri, [record], opts, first_row=i)
                 yield
-    else:
-        # jsonl: parse errors are per line, so one bad line does not lose the file
-        for i, record in enumerate(jsonl_records(data, uri)):
-            if isinstance(record, BadLine):
-                rows.add(id=f"{base}#{i}", source_uri=uri, source_row=i, error=("read", record.cause, record.message))
-            else:
-                read_records(rows, uri, [record], opts, first_row=i)
-            yield
-    if broken:
-        raise _FileError("truncated_file", f"{broken}; the rows above the break were read, the rest are lost")
+    if text.broken:
+        _check_decoded(text, uri)
+        raise _FileError("truncated_file", f"{text.broken}; the rows above the break were read, the rest are lost")
 
 
 def _read_text(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> tuple[bytes, str | None]:
-    """A text file's bytes, decompressed by its name's codec, and where it broke (or None).
-
-    Nothing decoded at all is no break but a file that is not what its name says.
-    """
-    codec = compression_of(uri)
+    """A text file's bytes, decompressed by its name's codec, and where it broke (or None)."""
     with fs.open(path, "rb") as f:
-        raw = f.read()
-    data, broken = decompress(raw, codec)
-    if broken and not data and raw:
-        raise _FileError("unreadable_file", f"the file is not {codec} data, as its name says ({broken})")
-    return data, broken
+        text = Decompressed(f, compression_of(uri))
+        data = b"".join(text)
+    if text.broken:
+        _check_decoded(text, uri)
+    return data, text.broken
+
+
+def _check_decoded(text: Decompressed, uri: str) -> None:
+    """Nothing decoded at all is no break but a file that is not what its name says."""
+    if not text.decoded and text.read:
+        raise _FileError("unreadable_file", f"the file is not {text.codec} data, as its name says ({text.broken})")
 
 
 class _FileError(Exception):

@@ -1,6 +1,6 @@
 """One vocabulary for inputs, shared by every job spec (generation and fine-tuning).
 
-    uri            a file, a folder/prefix, or a glob; local, file://, s3:// (any fsspec)
+    uri            a file, a folder/prefix, a glob, or braces (shard-{000..099}.tar); local, file://, s3://
     format         images | parquet | jsonl | text_lines | text_files | webdataset
     input_column   parquet / jsonl: the column holding the model input (image bytes or text)
     id_column      parquet / jsonl: the column holding row ids
@@ -57,7 +57,9 @@ class InputSource(StrictModel):
     """Where input rows come from and how to read them (shared by all jobs)."""
 
     uri: str = path_field(
-        description="a file, a folder/prefix, or a glob (*.parquet); local, file:// or s3:// (any fsspec); "
+        description="a file, a folder/prefix, a glob (*.parquet), or a brace pattern as WebDataset writes "
+        "shard lists (shards-{00000..00099}.tar, {train,val}/*.tar: every path named must exist); local, "
+        "file:// or s3:// (any fsspec); "
         "a relative path in a spec file is relative to that file's folder",
         min_length=1,
     )

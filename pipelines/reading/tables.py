@@ -171,26 +171,26 @@ def _rows_failed(rows: RowBuilder, pf: pq.ParquetFile, uri: str, opts: ReaderOpt
                  error=("read", cause, message))
 
 
-def jsonl_records(data: bytes, uri: str) -> list[dict[str, Any] | BadLine]:
-    out: list[dict[str, Any] | BadLine] = []
-    for line in data.splitlines():
+def jsonl_records(lines: Iterable[bytes]) -> Iterator[dict[str, Any] | BadLine]:
+    """The records of JSON lines, one per non-blank line (a line that is not a JSON
+    object is a BadLine saying why), as the lines come."""
+    for line in lines:
         if not line.strip():
             continue  # blank separator lines are not documents
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            out.append(BadLine("not_utf8", f"line is not UTF-8 ({exc}); save the file as UTF-8"))
+            yield BadLine("not_utf8", f"line is not UTF-8 ({exc}); save the file as UTF-8")
             continue
         try:
             record = json.loads(text)
         except json.JSONDecodeError as exc:
-            out.append(BadLine("bad_json", f"line is not valid JSON ({exc.__class__.__name__}: {exc})"))
+            yield BadLine("bad_json", f"line is not valid JSON ({exc.__class__.__name__}: {exc})")
             continue
         if not isinstance(record, dict):
-            out.append(BadLine("bad_json", f"line is JSON {type(record).__name__}, not an object"))
+            yield BadLine("bad_json", f"line is JSON {type(record).__name__}, not an object")
             continue
-        out.append(record)
-    return out
+        yield record
 
 
 @dataclass

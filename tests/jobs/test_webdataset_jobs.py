@@ -60,7 +60,9 @@ def test_a_caption_job_reads_webdataset_shards(ray_cluster, tmp_path, s3_bucket,
         Path(root).mkdir()
     captions = _shards(root)
     out = str(tmp_path / "out") if where == "local" else f"{s3_bucket}/out"
-    summary = _caption(root, out)
+    # on S3 the shards are named as webdataset users name them: a brace range
+    uri = root if where == "local" else f"{root}/{{00000..00003}}.tar"
+    summary = _caption(uri, out)
     ok, errors = gs.read_dir(out), gs.read_errors(out)
     whole = {r["id"] for r in ok.to_pylist()} | {r["id"] for r in errors.to_pylist()}
     # every sample with a picture is in the output, captioned as its reference says
@@ -76,5 +78,5 @@ def test_a_caption_job_reads_webdataset_shards(ray_cluster, tmp_path, s3_bucket,
     assert cut and cut == [f"0000300{i:02d}" for i in range(len(cut))]  # the samples before the break, then the cut one
     assert summary.rows_in == len(whole) and summary.rows_errored == len(errors)
     assert summary.shards_total == 4  # one commit unit per tar
-    again = _caption(root, out, mode="resume")
+    again = _caption(uri, out, mode="resume")
     assert again.shards_committed_now == 0 and again.rows_processed_now == 0
