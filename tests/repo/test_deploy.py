@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -29,3 +30,8 @@ def test_rayjob_entrypoint_runs_a_real_job_with_a_valid_spec() -> None:
     assert images == {"rayproject/ray:2.60.0-py311-gpu"}
     runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
     assert any(p.startswith("torch==") for p in runtime_env["pip"])
+    # every dependency of the project but ray (the image's own) is installed on the cluster:
+    # a missing one fails the job at import on the workers, not here
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = {d for d in project if not d.startswith(("ray[", "torch"))}
+    assert wanted == {p for p in runtime_env["pip"] if not p.startswith("torch")}
