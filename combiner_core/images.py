@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from .errors import CombinerError, ImageDecodeError
+from .errors import CombinerError, ImageDecodeError, InputError
 from .preprocess import DEFAULT_MAX_IMAGE_PIXELS, finish_image, open_image
 
 if TYPE_CHECKING:
@@ -439,13 +439,51 @@ def _check_against(processor: object, fused: FusedImageProcessor) -> None:
 def encode_images(processor: object, images: list[bytes], *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Image bytes -> what crosses to the model: uint8 (N, 3, H, W) through the fused
     path, or the processor's float32 pixel values when it is not covered (see
-    `model_pixel_values`). Raises ImageDecodeError on the first bad image."""
-    fused = processor if isinstance(processor, FusedImageProcessor) else fused_image_processor(processor)
-    if fused is not None:
-        return np.stack([fused.pixels(b, max_pixels=max_pixels) for b in images])
+    `model_pixel_values`). Raises the InputError of the first bad image (`encode_each`
+    keeps the others)."""
+    out = encode_each(processor, images, max_pixels=max_pixels)
+    for item in out:
+        if isinstance(item, InputError):
+            raise item
+    return np.stack(out)
+
+
+def encode_each(processor: object, images: Sequence[bytes | None], *,
+                max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> list[np.ndarray | InputError]:
+    """`encode_images` image by image: each image's array (3, H, W), or the InputError
+    that refused it, so a bad image costs its own row only.
+
+    A processor the fused path does not cover gets every image that decodes in ONE
+    call (a transformers processor costs milliseconds a call whatever the batch); only
+    if that call fails are the images passed one at a time, to find which one it was.
+    """
     from .preprocess import decode_image, image_to_pixel_values
 
-    return image_to_pixel_values(processor, [decode_image(b, max_pixels=max_pixels) for b in images]).numpy()
+    fused = processor if isinstance(processor, FusedImageProcessor) else fused_image_processor(processor)
+    out: list[np.ndarray | InputError | None] = [None] * len(images)
+    decoded: dict[int, Image.Image] = {}
+    for i, data in enumerate(images):
+        try:
+            if fused is not None:
+                out[i] = fused.pixels(data, max_pixels=max_pixels)
+            else:
+                decoded[i] = decode_image(data, max_pixels=max_pixels)
+        except InputError as exc:
+            out[i] = exc
+    if decoded:
+        try:
+            values = image_to_pixel_values(processor, list(decoded.values())).numpy()
+            for i, v in zip(decoded, values, strict=True):
+                out[i] = v
+        except Exception:  # noqa: BLE001 - one image broke the batch call: find it
+            for i, image in decoded.items():
+                try:
+                    out[i] = image_to_pixel_values(processor, [image]).numpy()[0]
+                except Exception as exc:  # noqa: BLE001 - the processor's own error, per row
+                    out[i] = ImageDecodeError(
+                        f"the image processor ({type(processor).__name__}) failed on this image: "
+                        f"{type(exc).__name__}: {exc}", cause="unprocessable_image")
+    return out  # type: ignore[return-value]
 
 
 def model_pixel_values(processor: object, pixels: np.ndarray | torch.Tensor, *, device: torch.device | str = "cpu") -> torch.Tensor:

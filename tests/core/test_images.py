@@ -157,6 +157,37 @@ def test_an_uncovered_processor_is_used_as_it_is_and_said_once(caplog: pytest.Lo
     np.testing.assert_array_equal(model_pixel_values(processor, encoded).numpy(), expected)
 
 
+def test_an_uncovered_processor_gets_a_batch_in_one_call_and_bad_images_their_own_rows() -> None:
+    """encode_each: the images that decode go through the processor in ONE call (a
+    transformers processor costs milliseconds a call); a corrupt image, and an image
+    the processor itself fails on, are errors of their rows only."""
+    from combiner_core import InputError, encode_each
+
+    class Counting(DonutImageProcessorPil):
+        calls: list[int] = []
+
+        def __call__(self, images, **kwargs):
+            Counting.calls.append(len(images))
+            if any(im.size == (13, 7) for im in images):
+                raise ValueError("cannot handle 13x7")
+            return super().__call__(images, **kwargs)
+
+    processor = Counting(size={"height": 64, "width": 48})
+    good = [_png(100, 80, seed=9), _png(80, 100, seed=10), _png(90, 90, seed=11)]
+    out = encode_each(processor, [good[0], b"not an image", good[1], good[2]])
+    assert Counting.calls == [3]
+    assert isinstance(out[1], InputError) and out[1].cause == "unknown_format"
+    expected = image_to_pixel_values(processor, [decode_image(d) for d in good]).numpy()
+    np.testing.assert_array_equal(np.stack([out[0], out[2], out[3]]), expected)
+    Counting.calls.clear()
+    odd = _png(13, 7, seed=12)
+    out = encode_each(processor, [good[0], odd, good[1]])
+    assert Counting.calls == [3, 1, 1, 1]  # the batch call failed: one at a time finds the image
+    assert isinstance(out[1], InputError) and out[1].cause == "unprocessable_image"
+    assert "cannot handle 13x7" in str(out[1]) and "Counting" in str(out[1])
+    np.testing.assert_array_equal(np.stack([out[0], out[2]]), expected[:2])
+
+
 def test_fused_steps_that_differ_on_the_test_pictures_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     # A processor whose steps look like ours by name but compute something else (here:
     # our resize rule made one pixel off) must be caught by the construction check.

@@ -135,21 +135,21 @@ def preprocess_images(
     `max_pixels` (None: combiner_core's default) are refused before their pixels are decoded.
     """
     from combiner_core import InputError
-    from combiner_core.images import encode_images
+    from combiner_core.images import encode_each
     from combiner_core.preprocess import DEFAULT_MAX_IMAGE_PIXELS
 
     stages, causes, messages = error_columns(batch)
     payloads = batch["payload"]
     n = len(payloads)
     limit = DEFAULT_MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    todo = [i for i in range(n) if not stages[i]]
     encoded = {}
-    for i in range(n):
-        if stages[i]:
-            continue
-        try:
-            encoded[i] = encode_images(pre.image_processor, [payloads[i]], max_pixels=limit)[0]
-        except InputError as exc:
-            stages[i], causes[i], messages[i] = exc.stage, exc.cause, str(exc)
+    for i, item in zip(todo, encode_each(pre.image_processor, [payloads[i] for i in todo], max_pixels=limit),
+                       strict=True):
+        if isinstance(item, InputError):
+            stages[i], causes[i], messages[i] = item.stage, item.cause, str(item)
+        else:
+            encoded[i] = item
     if encoded:
         first = next(iter(encoded.values()))
         pixels = np.zeros((n, *first.shape), dtype=first.dtype)
