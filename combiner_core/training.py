@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -21,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .combiner import Combiner
 from .errors import SpecialTokenError, TextInputError
+from .images import fused_image_processor, model_pixel_values
 from .preprocess import (
     collate_token_ids,
     decode_image,
@@ -38,12 +40,15 @@ class TrainingPair:
     """One (input, target) example ready for collation.
 
     Attributes:
-        source: encoder token ids (text combiners) or a decoded RGB image.
+        source: encoder token ids (text combiners); for image combiners uint8 pixels
+            (3, H, W) at the model's input size from the fused image path
+            (combiner_core.images), or a decoded RGB image where that path does not
+            cover the checkpoint's processor.
         labels: target token ids, ending in eos, without the decoder start token.
         source_truncated, target_truncated: True when tokens were cut to fit.
     """
 
-    source: list[int] | Image.Image
+    source: list[int] | Image.Image | np.ndarray
     labels: list[int]
     source_truncated: bool = False
     target_truncated: bool = False
@@ -143,7 +148,12 @@ def encode_pair(
         combiner.decoder_tokenizer, target, eos_token_id=eos_token_id, max_tokens=max_target_tokens
     )
     if combiner.modality == "image":
-        image = decode_image(source if source is None or isinstance(source, bytes) else bytes(source))
+        data = source if source is None or isinstance(source, bytes) else bytes(source)
+        # The generation jobs' preprocessing (a JPEG decoded at a reduced DCT scale, one
+        # resize): photo-size images cost a fraction of a full decode plus the processor,
+        # and the model trains on the pixels it will caption from.
+        fused = fused_image_processor(combiner.image_processor)
+        image = fused.pixels(data) if fused is not None else decode_image(data)
         return TrainingPair(source=image, labels=labels, target_truncated=target_cut)
     limit = max_source_tokens if max_source_tokens is not None else combiner.max_input_tokens
     tokens = tokenize_text(combiner.tokenizer, source, max_tokens=limit)
@@ -161,12 +171,22 @@ def collate_pairs(combiner: Combiner, pairs: Sequence[TrainingPair]) -> dict[str
     """Pad a list of TrainingPairs into model inputs plus `labels`.
 
     Text: input_ids / attention_mask padded with the input tokenizer's pad id.
-    Images: pixel_values from the combiner's image processor.
+    Images: pixel_values, the fused path's uint8 pixels normalized as the processor
+    does, or the processor's own output for decoded images.
     """
     if not pairs:
         raise ValueError("collate_pairs needs at least one pair")
     if combiner.modality == "image":
-        batch = {"pixel_values": image_to_pixel_values(combiner.image_processor, [p.source for p in pairs])}
+        sources = [p.source for p in pairs]
+        arrays = sum(isinstance(s, np.ndarray) for s in sources)
+        if arrays == len(sources):
+            pixels = model_pixel_values(combiner.image_processor, np.stack(sources))
+        elif arrays == 0:
+            pixels = image_to_pixel_values(combiner.image_processor, sources)
+        else:
+            raise ValueError("collate_pairs: a batch mixes fused-path pixels and decoded images; make every pair "
+                             "with the same encode_pair")
+        batch = {"pixel_values": pixels}
     else:
         batch = collate_token_ids(
             [p.source for p in pairs], pad_token_id=combiner.preprocessor.input_pad_token_id

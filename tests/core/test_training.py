@@ -278,3 +278,41 @@ def test_demo_data_never_replaces_a_shipped_sample_silently(tmp_path: Path) -> N
     assert (shipped / "s.txt").read_text() == "v1"
     module._bundled(writer("v2"), shipped, force=True)
     assert (shipped / "s.txt").read_text() == "v2"
+
+
+def test_image_pairs_take_the_generation_jobs_fused_path(monkeypatch):
+    """encode_pair decodes images as the caption job does (uint8 at the model's size,
+    JPEGs at a reduced DCT scale); collate normalizes them as the processor does: a PNG
+    gives the processor's pixel values, a photo-size JPEG values within a few levels.
+    A processor the fused path does not cover keeps decoded images and the processor."""
+    import numpy as np
+
+    import combiner_core.training as training
+    from combiner_core import decode_image, image_to_pixel_values
+    from pipelines.demo_data.photos import photo_bytes
+
+    combiner = _vit2gpt2()
+    eos = check_special_tokens(combiner.model)["eos_token_id"]
+    photo, png = photo_bytes(1600, 1200, seed=3), _png((30, 160, 90))
+
+    def pair(source):
+        return encode_pair(combiner, source, "a red circle", max_source_tokens=None, max_target_tokens=16,
+                           eos_token_id=eos)
+
+    pairs = [pair(photo), pair(png)]
+    assert all(isinstance(p.source, np.ndarray) and p.source.dtype == np.uint8 for p in pairs)
+    got = collate_pairs(combiner, pairs)["pixel_values"]
+    want = image_to_pixel_values(combiner.image_processor, [decode_image(photo), decode_image(png)])
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-6)
+    # draft-decoded JPEG, in 8-bit levels (ViT normalizes (x / 255 - 0.5) / 0.5): measured mean
+    # 0.23, largest 2; the bounds are test_images.py's for draft decoding
+    levels = (got[0] - want[0]).abs() * 255 / 2
+    assert levels.mean() < 2.0 and levels.max() < 48
+    with pytest.raises(ImageDecodeError):
+        pair(b"not an image")
+    monkeypatch.setattr(training, "fused_image_processor", lambda processor: None)
+    plain = [pair(photo), pair(png)]
+    assert all(isinstance(p.source, Image.Image) for p in plain)
+    torch.testing.assert_close(collate_pairs(combiner, plain)["pixel_values"], want)
+    with pytest.raises(ValueError, match="mixes fused-path pixels and decoded images"):
+        collate_pairs(combiner, [pairs[0], plain[1]])
