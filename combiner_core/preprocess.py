@@ -147,14 +147,9 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16/32-bit greyscale: scale the used range to 8 bits rather than clipping,
-        # which would turn most 16-bit scans white.
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = np.zeros_like(array) if high == low else (array - low) * (255.0 / (high - low))
-        image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
-    elif mode == "F":
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16/32-bit integer or float greyscale: scale the used range to 8 bits rather
+        # than clipping, which would turn most 16-bit scans white.
         array = np.asarray(image, dtype=np.float64)
         low, high = float(array.min()), float(array.max())
         scaled = np.zeros_like(array) if high == low else (array - low) * (255.0 / (high - low))
