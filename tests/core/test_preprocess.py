@@ -66,6 +66,11 @@ def test_sixteen_bit_greyscale_keeps_contrast() -> None:
     array[:, 4:] = 4000  # a 16-bit scan using a small part of the range
     decoded = np.asarray(decode_image(_encode(Image.fromarray(array), "PNG")))
     assert decoded[0, 0, 0] == 0 and decoded[0, 7, 0] == 255
+    # float greyscale (a 32-bit TIFF, as microscopy and depth maps come): the same stretch
+    depth = np.linspace(0.25, 0.5, 16, dtype=np.float32).reshape(2, 8)
+    decoded = np.asarray(decode_image(_encode(Image.fromarray(depth, mode="F"), "TIFF")))
+    assert decoded.shape == (2, 8, 3) and decoded[0, 0, 0] == 0 and decoded[1, 7, 0] == 255
+    assert (decoded[..., 0] == decoded[..., 2]).all() and (np.diff(decoded[..., 0].ravel().astype(int)) >= 0).all()
 
 
 def test_gif_first_frame() -> None:
