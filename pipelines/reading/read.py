@@ -120,6 +120,7 @@ def _read_file(rows: RowBuilder, fs: fsspec.AbstractFileSystem, path: str, uri: 
         first = next(chunks, b"")
         if first.startswith((b"\xff\xfe", b"\xfe\xff")):
             raise _FileError("not_utf8", "the file is UTF-16 text; convert it to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+        first = first.removeprefix(_UTF8_BOM)
         # a stream of lines: a file of any size is read in bounded memory
         text_lines = lines(itertools.chain((first,), chunks), complete=lambda: text.broken is None)
         if opts.format == "text_lines":
@@ -130,7 +131,7 @@ def _read_file(rows: RowBuilder, fs: fsspec.AbstractFileSystem, path: str, uri: 
                     yield
         else:
             # jsonl: parse errors are per line, so one bad line does not lose the file
-            for i, record in enumerate(jsonl_records(text_lines)):
+            for i, record in jsonl_records(text_lines):
                 if isinstance(record, BadLine):
                     rows.add(id=f"{base}#{i}", source_uri=uri, source_row=i, error=("read", record.cause, record.message))
                 else:
@@ -141,11 +142,17 @@ def _read_file(rows: RowBuilder, fs: fsspec.AbstractFileSystem, path: str, uri: 
         raise _FileError("truncated_file", f"{text.broken}; the rows above the break were read, the rest are lost")
 
 
+# Windows tools (Notepad, Excel's "CSV UTF-8", PowerShell) start UTF-8 files with it:
+# not text, and json.loads refuses a line that starts with it.
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def _read_text(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> tuple[bytes, str | None]:
-    """A text file's bytes, decompressed by its name's codec, and where it broke (or None)."""
+    """A text file's bytes (without a UTF-8 byte order mark), decompressed by its name's
+    codec, and where it broke (or None)."""
     with fs.open(path, "rb") as f:
         text = Decompressed(f, compression_of(uri))
-        data = b"".join(text)
+        data = b"".join(text).removeprefix(_UTF8_BOM)
     if text.broken:
         _check_decoded(text, uri)
     return data, text.broken

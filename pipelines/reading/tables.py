@@ -65,7 +65,7 @@ def value_problem(record: Mapping[str, Any], value: Any, opts: ReaderOptions) ->
             "datasets: cast the column to Image() before saving), or read the image files with input.format=images"
         )
     if as_bytes(value) is None:
-        return "wrong_type", f"field '{col}' holds a {type(value).__name__}, not bytes or text"
+        return "wrong_type", f"field '{col}' holds {_kind(value)} ({_brief(value)}), not bytes or text"
     if opts.id_column:
         rid = record.get(opts.id_column)
         if rid is None or (isinstance(rid, str) and not rid.strip()):
@@ -74,7 +74,7 @@ def value_problem(record: Mapping[str, Any], value: Any, opts: ReaderOptions) ->
                 "fill it in the input, or unset input.id_column to use '<file>#<row>' ids"
             )
         if isinstance(rid, bool) or not isinstance(rid, (str, int, float)):
-            return "bad_id", f"the id column '{opts.id_column}' holds a {type(rid).__name__} ({rid!r}); ids are text or numbers"
+            return "bad_id", f"the id column '{opts.id_column}' holds {_kind(rid)} ({_brief(rid)}); ids are text or numbers"
     return None
 
 
@@ -171,26 +171,55 @@ def _rows_failed(rows: RowBuilder, pf: pq.ParquetFile, uri: str, opts: ReaderOpt
                  error=("read", cause, message))
 
 
-def jsonl_records(lines: Iterable[bytes]) -> Iterator[dict[str, Any] | BadLine]:
-    """The records of JSON lines, one per non-blank line (a line that is not a JSON
-    object is a BadLine saying why), as the lines come."""
-    for line in lines:
+def jsonl_records(lines: Iterable[bytes]) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
+    """(line number from 0, record) of JSON lines, as the lines come: one per non-blank
+    line (blank lines separate, and are counted, as text_lines counts them, so a row's
+    number is the line an editor shows, less one); a line that is not a JSON object is a
+    BadLine saying why."""
+    for i, line in enumerate(lines):
         if not line.strip():
             continue  # blank separator lines are not documents
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield BadLine("not_utf8", f"line is not UTF-8 ({exc}); save the file as UTF-8")
+            yield i, BadLine("not_utf8", f"line {i + 1} is not UTF-8 ({exc}); save the file as UTF-8")
             continue
         try:
             record = json.loads(text)
         except json.JSONDecodeError as exc:
-            yield BadLine("bad_json", f"line is not valid JSON ({exc.__class__.__name__}: {exc})")
+            yield i, BadLine("bad_json", f"line {i + 1} is not valid JSON ({exc.__class__.__name__}: {exc}): "
+                                         f"{_snippet(text)}")
             continue
         if not isinstance(record, dict):
-            yield BadLine("bad_json", f"line is JSON {type(record).__name__}, not an object")
+            yield i, BadLine("bad_json", f"line {i + 1} is JSON {type(record).__name__}, not an object: {_snippet(text)}")
             continue
-        yield record
+        yield i, record
+
+
+def _kind(value: Any) -> str:
+    """A value's type in the words of JSON and Parquet ("a number", "a list"...)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object (a struct)"
+    name = type(value).__name__
+    return ("an " if name[:1] in "aeiou" else "a ") + name
+
+
+def _brief(value: Any, limit: int = 40) -> str:
+    """A value as Python writes it, cut short for a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _snippet(text: str, limit: int = 80) -> str:
+    """The start of a line, for a message: enough to find it, never a whole document."""
+    text = text.strip()
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 @dataclass

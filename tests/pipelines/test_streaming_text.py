@@ -97,3 +97,31 @@ def test_text_lines_stream_with_the_same_ids_as_before(tmp_path) -> None:
     assert 0 < len(ok) < len(want) and [(r["id"], r["payload"]) for r in ok] == [
         (f"cut.txt.gz#{i}", p) for i, p in want[: len(ok)]]
     assert broken["error_cause"] == "truncated_file" and broken["id"] == "cut.txt.gz#file"
+
+
+def test_jsonl_rows_are_numbered_by_line_and_a_utf8_bom_is_no_text(tmp_path) -> None:
+    """'<file>#<n>' ids and source_row count every line (blank ones too), as text_lines
+    does, so an error row points at the line an editor shows (n + 1); a bad line's
+    message quotes its start; a UTF-8 byte order mark (Windows tools) is not part of the
+    first record, in JSONL, text lines and text files alike."""
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "a.jsonl").write_bytes(bom + b'{"text": "first"}\n\n   \n{"text": "caf\xe9"}\n{"text": [1]}\n'
+                                       b'{"text": "last"\n{"text": "ok"}\n')
+    rows = read_shard(Shard(files=(str(tmp_path / "a.jsonl"),)),
+                      ReaderOptions(format="jsonl", root=str(tmp_path), input_column="text")).to_pylist()
+    assert [(r["id"], r["source_row"], r["error_cause"]) for r in rows] == [
+        ("a.jsonl#0", 0, ""), ("a.jsonl#3", 3, "not_utf8"), ("a.jsonl#4", 4, "wrong_type"),
+        ("a.jsonl#5", 5, "bad_json"), ("a.jsonl#6", 6, "")]
+    assert rows[0]["payload"] == b"first" and rows[-1]["payload"] == b"ok"
+    assert "line 4 is not UTF-8" in rows[1]["error_message"]
+    assert rows[2]["error_message"].startswith("field 'text' holds a list ([1]), not bytes or text")
+    assert "line 6 is not valid JSON" in rows[3]["error_message"] and '{"text": "last"' in rows[3]["error_message"]
+    (tmp_path / "t.txt").write_bytes(bom + b"one\ntwo\n")
+    lines = read_shard(Shard(files=(str(tmp_path / "t.txt"),)), ReaderOptions(format="text_lines", root=str(tmp_path)))
+    assert lines.column("payload").to_pylist() == [b"one", b"two"]
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "d.txt").write_bytes(gzip.compress(bom + b"a whole document"))
+    (tmp_path / "docs" / "d.txt").rename(tmp_path / "docs" / "d.txt.gz")
+    doc = read_shard(Shard(files=(str(tmp_path / "docs" / "d.txt.gz"),)),
+                     ReaderOptions(format="text_files", root=str(tmp_path / "docs")))
+    assert doc.column("payload").to_pylist() == [b"a whole document"]

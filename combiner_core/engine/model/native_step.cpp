@@ -343,9 +343,23 @@ class Layers {
     const int64_t F = gated_ ? w_[14].size(1) / 2 : w_[14].size(1);  // the feed-forward width
     at::Tensor ff = at::empty({m, w_[14].size(1)}, x.options());
     at::Tensor gate = gated_ ? at::empty({m, F}, x.options()) : ff;  // act(wi_0 h) * wi_1 h
+    float* hp = h.data_ptr<float>();
+    float* ap = att.data_ptr<float>();
+    float* pp = proj.data_ptr<float>();
     const float* relp = rel.numel() > 0 ? rel.data_ptr<float>() : nullptr;
     const int64_t rel_tables = rel.numel() > 0 ? rel.size(0) : 0;
-    std::vector<float> scores(std::max(T, cap));
+    const int64_t most = std::max(T, cap);  // the scores a row's attention needs at most
+    // Per-row work (norms, residuals, attention, the gate) runs in at::parallel_for over
+    // the rows: with one row group (chunks == 1) the threads share it, as they share each
+    // matmul; inside a row group's own thread (chunks > 1) it runs inline (ATen does not
+    // nest parallel regions).
+    auto rows = [m](int64_t grain, const auto& fn) { at::parallel_for(0, m, grain, fn); };
+    auto norm_rows = [&](float* out, const float* w, const float* b, float eps) {
+      rows(8, [&](int64_t a, int64_t e) { norm(rms_, xp + a * D, out + a * D, e - a, D, w, b, eps); });
+    };
+    auto residual_rows = [&](const float* bias, const float* nw, const float* nb, float eps) {
+      rows(8, [&](int64_t a, int64_t e) { residual(xp + a * D, pp + a * D, bias, e - a, D, post, nw, nb, eps); });
+    };
     // Each row attends over its own columns only. Self-attention: its prefix [0, age]
     // (self_w is the OLDEST row's; younger rows' later columns are masked). Cross-
     // attention: its slot's source up to the last unmasked position (self_w's source
@@ -362,68 +376,75 @@ class Layers {
     }
     // int8: the row-normalized input of a matmul, plus its anchor row (int8_mm)
     at::Tensor xn = q_.empty() ? at::Tensor() : at::empty({(m + 1) * std::max({D, I, F})}, x.options());
-    float* hp = h.data_ptr<float>();
-    float* ap = att.data_ptr<float>();
-    float* pp = proj.data_ptr<float>();
     for (int64_t l = 0; l < layers_; ++l) {
       const at::Tensor* p = w_.data() + l * kPerLayer;
       auto f = [&](int64_t i) { return p[i].data_ptr<float>(); };
       const float e1 = eps_[3 * l], e2 = eps_[3 * l + 1], e3 = eps_[3 * l + 2];
       // self-attention: write this step's K|V at each row's column, attend over [0, self_w)
       const at::Tensor& in1 = pre_ ? h : x;
-      if (pre_) norm(rms_, xp, hp, m, D, f(0), f(1), e1);
+      if (pre_) norm_rows(hp, f(0), f(1), e1);
       matmul(qkv, in1, p[2], l, 0, xn);
       float* qp = qkv.data_ptr<float>();
       add_bias(qp, f(3), m, 3 * I);
       float* cache = caches[l].data_ptr<float>();
       // this layer's relative bias table (UMT5: its own; T5: the shared one)
       const float* rl = relp == nullptr ? nullptr : relp + (rel_tables > 1 ? l : 0) * H * (2 * T - 1);
-      for (int64_t r = 0; r < m; ++r) {
-        float* row = cache + (r0 + r) * T * 2 * I;
-        std::memcpy(row + age[r] * 2 * I, qp + r * 3 * I + I, sizeof(float) * 2 * I);
-        for (int64_t hh = 0; hh < H; ++hh)
-          attend(qp + r * 3 * I + hh * d, row + hh * d, row + I + hh * d, 2 * I, sbias + (r0 + r) * T,
-                 rl == nullptr ? nullptr : rl + hh * (2 * T - 1) + (T - 1 - age[r]), std::min(self_w, age[r] + 1), d,
-                 ap + r * I + hh * d, scores.data());
-      }
+      rows(1, [&](int64_t a, int64_t e) {
+        std::vector<float> scores(most);
+        for (int64_t r = a; r < e; ++r) {
+          float* row = cache + (r0 + r) * T * 2 * I;
+          std::memcpy(row + age[r] * 2 * I, qp + r * 3 * I + I, sizeof(float) * 2 * I);
+          for (int64_t hh = 0; hh < H; ++hh)
+            attend(qp + r * 3 * I + hh * d, row + hh * d, row + I + hh * d, 2 * I, sbias + (r0 + r) * T,
+                   rl == nullptr ? nullptr : rl + hh * (2 * T - 1) + (T - 1 - age[r]), std::min(self_w, age[r] + 1),
+                   d, ap + r * I + hh * d, scores.data());
+        }
+      });
       matmul(proj, att, p[4], l, 1, xn);
-      residual(xp, pp, f(5), m, D, post, f(0), f(1), e1);
+      residual_rows(f(5), f(0), f(1), e1);
       // cross-attention: a slot's rows share its source K|V
-      if (pre_) norm(rms_, xp, hp, m, D, f(6), f(7), e2);
+      if (pre_) norm_rows(hp, f(6), f(7), e2);
       matmul(cq, pre_ ? h : x, p[8], l, 2, xn);
       float* cqp = cq.data_ptr<float>();
       add_bias(cqp, f(9), m, I);
       const float* cross = crosses[l].data_ptr<float>();
-      for (int64_t r = 0; r < m; ++r) {
-        const int64_t slot = (r0 + r) / group;
-        const float* src = cross + slot * cap * 2 * I;
-        for (int64_t hh = 0; hh < H; ++hh)
-          attend(cqp + r * I + hh * d, src + hh * d, src + I + hh * d, 2 * I, cbias + slot * cap, nullptr,
-                 src_len[slot - s0], d, ap + r * I + hh * d, scores.data());
-      }
+      rows(1, [&](int64_t a, int64_t e) {
+        std::vector<float> scores(most);
+        for (int64_t r = a; r < e; ++r) {
+          const int64_t slot = (r0 + r) / group;
+          const float* src = cross + slot * cap * 2 * I;
+          for (int64_t hh = 0; hh < H; ++hh)
+            attend(cqp + r * I + hh * d, src + hh * d, src + I + hh * d, 2 * I, cbias + slot * cap, nullptr,
+                   src_len[slot - s0], d, ap + r * I + hh * d, scores.data());
+        }
+      });
       matmul(proj, att, p[10], l, 3, xn);
-      residual(xp, pp, f(11), m, D, post, f(6), f(7), e2);
+      residual_rows(f(11), f(6), f(7), e2);
       // feed-forward
-      if (pre_) norm(rms_, xp, hp, m, D, f(12), f(13), e3);
+      if (pre_) norm_rows(hp, f(12), f(13), e3);
       matmul(ff, pre_ ? h : x, p[14], l, 4, xn);
       add_bias(ff.data_ptr<float>(), f(15), m, ff.size(1));
       if (gated_) {
         // T5 v1.1: gate = act(first half) * second half, row by row
         float* fp = ff.data_ptr<float>();
         float* gp = gate.data_ptr<float>();
-        for (int64_t r = 0; r < m; ++r) {
-          float* a = fp + r * 2 * F;
-          activate(a, F);
-          const float* b = a + F;
-          float* g = gp + r * F;
+        rows(4, [&](int64_t r0_, int64_t r1_) {
+          for (int64_t r = r0_; r < r1_; ++r) {
+            float* a = fp + r * 2 * F;
+            activate(a, F);
+            const float* b = a + F;
+            float* g = gp + r * F;
 #pragma omp simd
-          for (int64_t i = 0; i < F; ++i) g[i] = a[i] * b[i];
-        }
+            for (int64_t i = 0; i < F; ++i) g[i] = a[i] * b[i];
+          }
+        });
       } else {
-        activate(ff.data_ptr<float>(), ff.numel());
+        float* fp = ff.data_ptr<float>();
+        const int64_t width = ff.size(1);
+        rows(4, [&](int64_t a, int64_t e) { activate(fp + a * width, (e - a) * width); });
       }
       matmul(proj, gate, p[16], l, 5, xn);
-      residual(xp, pp, f(17), m, D, post, f(12), f(13), e3);
+      residual_rows(f(17), f(12), f(13), e3);
     }
   }
 
