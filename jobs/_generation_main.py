@@ -17,8 +17,10 @@ exit codes: 0 done; 1 the job stopped before it finished (a model that would not
 workers, a crash): what was committed stays, rerun with output.mode=resume; 2 fix the spec,
 the input or the output location (nothing was written, or another run holds the output);
 3 the run finished, but more rows went to _errors than output.max_error_rate allows (what
-succeeded is committed; no _SUCCESS is written)."""
+succeeded is committed; no _SUCCESS is written); 130 interrupted (Ctrl-C): what was committed
+stays, rerun with output.mode=resume."""
 EXIT_OK, EXIT_FIX_SPEC, EXIT_TOO_MANY_ERRORS = 0, 2, 3  # and 1: JobStoppedError.exit_code
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 def _show_library_logs() -> None:
@@ -72,8 +74,10 @@ def generation_main(
 
     source = (args.spec or "the built-in default spec") + (" with --set " + " ".join(args.overrides)
                                                             if args.overrides else "")
+    out_uri = spec.output.uri  # the plan's absolute form once preflight made it
     try:
         checked = preflight(spec, source=source)
+        out_uri = checked.plan.output_uri
         if args.validate_only:
             for line in checked.checked:
                 print(f"checked: {line}")
@@ -86,5 +90,11 @@ def generation_main(
     except CombinerError as exc:  # storage refused (credentials), a checkpoint that will not load
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FIX_SPEC
+    except KeyboardInterrupt:
+        # Ctrl-C (or SIGINT from a scheduler): the shards committed so far are whole and
+        # stay; the run's lease and staging were released on the way out (run_plan).
+        print(f"interrupted: the shards committed so far are kept in {out_uri}; run the same "
+              "command with --set output.mode=resume to do the rest", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(format_summary(summary), flush=True)
     return EXIT_TOO_MANY_ERRORS if summary.failed else EXIT_OK

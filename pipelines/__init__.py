@@ -9,7 +9,7 @@ from .cli import job_arg_parser
 from .errors import JobError
 from .preflight import Preflight, PreflightError
 from .reading import InputSource
-from .session import init_ray
+from .session import init_ray, shape_blocks
 from .specs import (
     ModelSource,
     SpecError,
@@ -34,6 +34,7 @@ __all__ = [
     "SpecError",
     "StrictModel",
     "init_ray",
+    "shape_blocks",
     "job_arg_parser",
     "load_spec",
     "parse_overrides",

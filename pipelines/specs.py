@@ -217,7 +217,8 @@ def load_spec(
     sets = list(overrides)
     if sets:
         given = parse_overrides(sets)
-        data = deep_merge(_unset_bound(data, given, unset_with or {}), given, model)
+        # dropping a value of the user's own file is said; one of the built-in default is not theirs
+        data = deep_merge(_unset_bound(data, given, unset_with or {}, say=path is not None), given, model)
         source += " with --set " + " ".join(sets)
     return validate_spec(model, data, source=source)
 
@@ -231,7 +232,8 @@ def _get(data: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
-def _unset_bound(data: Mapping[str, Any], given: Mapping[str, Any], unset_with: Mapping[str, Sequence[str]]) -> Any:
+def _unset_bound(data: Mapping[str, Any], given: Mapping[str, Any], unset_with: Mapping[str, Sequence[str]], *,
+                 say: bool = True) -> Any:
     """`data` less the keys bound to a key that --set changes without them (load_spec)."""
     out = json.loads(json.dumps(data))  # a deep copy of plain YAML data
     for key, bound in unset_with.items():
@@ -244,8 +246,9 @@ def _unset_bound(data: Mapping[str, Any], given: Mapping[str, Any], unset_with: 
             node = _get(out, ".".join(parents)) if parents else out
             if isinstance(node, dict) and leaf in node:
                 del node[leaf]
-                log.info("%s is not carried over to the %s given with --set (it was set for another %s)",
-                         b, key, key)
+                if say:
+                    log.info("%s is not carried over to the %s given with --set (it was set for another %s)",
+                             b, key, key)
     return out
 
 

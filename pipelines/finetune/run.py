@@ -14,7 +14,7 @@ import fsspec
 from combiner_core.storage import get_filesystem, is_hub_id, is_remote, local_path
 
 from ..preflight import Preflight, PreflightError
-from ..session import init_ray
+from ..session import init_ray, shape_blocks
 from ..specs import absolute_spec_paths, spec_hash
 from .data import DataSourceError, plan_pairs, read_pairs
 from .layout import METRICS_FILE, MODEL_DIR, STATE_FILE
@@ -172,6 +172,7 @@ def run_finetune_plan(plan: FinetunePlan) -> FinetuneResult:
     init_ray()
     # Per-operator progress bars from every worker drown the training log.
     ray.data.DataContext.get_current().enable_progress_bars = False
+    shape_blocks()  # rows reach the training workers as they are read, not 128 MiB at a time
     datasets = {key: read_pairs(pairs) for key, pairs in plan.splits.items()}
     # Eval and test sets are read once into the object store (not into the driver):
     # every evaluation then iterates stored blocks instead of listing and reading files again.

@@ -335,6 +335,9 @@ def build_dataset(
     """
     import ray.data
 
+    from ..session import shape_blocks
+
+    shape_blocks()  # each batch of model inputs leaves its read task as it is made
     # JSON: a shard's description mixes strings, lists and numbers (no one Arrow type).
     items = [{"shards": g} for g in read_groups(shards, duplicates or {})]
     r = plan.resources
