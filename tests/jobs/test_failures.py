@@ -122,6 +122,39 @@ def test_resume_after_a_crash_with_failing_rows_gives_each_row_once(ray_cluster,
     assert (out / "_SUCCESS").exists()
 
 
+def test_ctrl_c_stops_the_job_in_one_line_and_a_resume_finishes_it_exactly_once(ray_cluster, models, tmp_path):
+    """SIGINT (Ctrl-C, or a scheduler's stop) mid-run: exit 130 with one line saying what
+    is kept and how to go on, no traceback; the rerun with output.mode=resume processes
+    every row once."""
+    import signal
+    import time
+
+    ids = _images(tmp_path / "in", 12)
+    out, marker = tmp_path / "out", tmp_path / "mid-run"
+    spec = gs.caption_spec(str(tmp_path / "in"), str(out), models["captioner"])
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    run = subprocess.Popen([sys.executable, str(REPO / "jobs" / "caption_dataset.py"), "--spec", str(tmp_path / "spec.yaml")],
+                           cwd=REPO, env=dict(os.environ, RAY_ADDRESS=ray_cluster,
+                                              COMBINER_FAULT=f"worker_wait:1:{marker}"),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not marker.exists() and run.poll() is None:  # the model actor is holding its first batch
+        time.sleep(0.05)
+    assert run.poll() is None, run.communicate()[1][-3000:]
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=300)
+    (marker.parent / (marker.name + ".go")).write_text("go")
+    assert run.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert f"interrupted: the shards committed so far are kept in {out}; run the same command with --set " \
+           "output.mode=resume" in stderr
+    assert not (out / "_SUCCESS").exists()
+    resumed = _job("caption_dataset.py", ["--spec", str(tmp_path / "spec.yaml"), "--set", "output.mode=resume"],
+                   env={"RAY_ADDRESS": ray_cluster})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    gs.assert_exactly_once(str(out), ids)
+    assert (out / "_SUCCESS").exists()
+
+
 def test_photos_with_no_generation_block_caption_within_the_decoders_positions(ray_cluster, tmp_path):
     """The demo captioner (16 decoder positions) on photo-size JPEGs with the default
     max_new_tokens (64): lowered to 16 on the driver; every row is captioned."""
