@@ -4,11 +4,12 @@
 // Why native: at the small shapes a CPU engine runs (tens of rows, hidden ~100-800),
 // a step is ~15 tensor ops per layer of a few microseconds each, and per-op cost
 // (Python, dispatch, OpenMP fork-join, allocation) outweighs the arithmetic. Here the
-// matmuls stay ATen's (MKL, near the CPU's peak at these sizes); attention, norms and
-// residuals are plain loops; and the rows are split into one chunk per thread, each
-// running the whole layer stack on its rows, so both cores work through one fork-join
-// a step instead of one per op (rows are independent within a step: a row attends to
-// its own cache and its slot's source states only).
+// matmuls stay ATen's (oneDNN on prepacked weights, or MKL); attention, norms and
+// residuals are plain loops, parallel over the rows (rows are independent within a
+// step: a row attends to its own cache and its slot's source states only). The rows
+// can also be split into row groups, one per thread, each running the whole layer
+// stack on its rows (`chunks`); the engine runs one group (runner.py's chunks() says
+// why), the tests every split.
 //
 // Layouts (DecoderRunner's buffers, all contiguous):
 //   x          [N, D]                  hidden states of the first N rows, updated in place
@@ -276,7 +277,7 @@ class Layers {
 
   // Runs every layer on the first N = x.size(0) rows. chunks: how many row groups run
   // in parallel (each whole slots); 1 runs on the calling thread, with ATen's own
-  // threading inside each matmul.
+  // threading inside each matmul and the per-row loops shared by the threads.
   void run(at::Tensor x, const std::vector<at::Tensor>& caches, const std::vector<at::Tensor>& crosses,
            const at::Tensor& age, const at::Tensor& self_bias, const at::Tensor& cross_bias, const at::Tensor& rel,
            int64_t self_w, int64_t src_w, int64_t group, int64_t chunks) const {

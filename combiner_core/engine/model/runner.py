@@ -314,11 +314,16 @@ class DecoderRunner:
         return logits
 
     def chunks(self) -> int:
-        """Row groups the native step runs in parallel: one per intra-op thread. Splitting
-        rows beat one group with ATen's threading inside each matmul even where every
-        group streams all the weights (2 cores, base size, 397 MB of layers: 95 against
-        106 ms for 32 rows, 233 against 303 ms for 128), and by more at small sizes."""
-        return torch.get_num_threads()
+        """Row groups the native step runs in parallel: one, whose matmuls ATen threads
+        and whose per-row loops (attention, norms) the threads share (native_step.cpp).
+        One group per thread had each thread stream every weight of the step on its
+        share of the rows; with the step's weights prepacked for oneDNN (packed.py) and
+        the per-row loops parallel, one group is as fast or faster (2 cores, 128 inputs,
+        greedy, outputs identical: t5-small 10.7-11.1 s against 11.1-11.2, bart-base
+        23.3-24.2 against 24.3-25.6; a 32-row t5-small step 21.3 against 21.6 ms and at
+        2-8 rows, the tail of a call, 4.5-8.1 against 6.9-9.9 ms; the small captioner
+        and beam search within noise)."""
+        return 1
 
     def _native_forward(self, x: torch.Tensor, n: int, src_w: int, self_w: int) -> torch.Tensor:
         N = n * self.group
