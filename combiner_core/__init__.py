@@ -50,7 +50,6 @@ _WHERE: dict[str, str] = {
     # inputs
     "decode_image": "preprocess",
     "encode_images": "images",
-    "encode_each": "images",
     "model_pixel_values": "images",
     "fuse_image_processor": "images",
     "FusedImageProcessor": "images",

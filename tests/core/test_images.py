@@ -161,7 +161,8 @@ def test_an_uncovered_processor_gets_a_batch_in_one_call_and_bad_images_their_ow
     """encode_each: the images that decode go through the processor in ONE call (a
     transformers processor costs milliseconds a call); a corrupt image, and an image
     the processor itself fails on, are errors of their rows only."""
-    from combiner_core import InputError, encode_each
+    from combiner_core import InputError
+    from combiner_core.images import encode_each
 
     class Counting(DonutImageProcessorPil):
         calls: list[int] = []
