@@ -86,7 +86,8 @@ def _error_lines(s: JobSummary) -> list[str]:
                      f"({s.file_error_rate:.1%}); their rows past the failure are not counted")
     for cause, entry in list(s.error_causes.items())[:_TOP_CAUSES]:
         example = entry["example"] if len(entry["example"]) <= 300 else entry["example"][:297] + "..."
-        lines.append(f"      {cause}: {entry['rows']} row(s), e.g. {example}")
+        where = f"row {entry['example_id']}: " if entry.get("example_id") else ""  # which file / row to look at
+        lines.append(f"      {cause}: {entry['rows']} row(s), e.g. {where}{example}")
     if len(s.error_causes) > _TOP_CAUSES:
         lines.append(f"      ... and {len(s.error_causes) - _TOP_CAUSES} more cause(s) in _summary.json")
     if s.failed:

@@ -171,8 +171,8 @@ class _JobRun:
         for m in manifests.values():
             for k, v in m.metric_sums.items():
                 sums[k] = sums.get(k, 0.0) + v
-            for cause, (rows, example) in m.error_causes.items():
-                entry = causes.setdefault(cause, {"rows": 0, "example": example})
+            for cause, (rows, example, *rest) in m.error_causes.items():  # manifests before ids: 2 items
+                entry = causes.setdefault(cause, {"rows": 0, "example": example, "example_id": rest[0] if rest else None})
                 entry["rows"] += rows
         seconds = time.time() - self.start
         rows_now = committer.rows if committer else 0

@@ -14,7 +14,7 @@ class JobSummary:
     `metrics` are the task's (e.g. exact_match over rows with a reference); `stats`
     the model stage's counters for the rows processed in this run (e.g.
     decoder_efficiency); `timings` the phases of this run in seconds. `error_causes`
-    counts the errored rows by cause, with one example message each; `failed` says the
+    counts the errored rows by cause, with one example message each and its row id; `failed` says the
     errored share passed `max_error_rate` (or no row succeeded, or there was none): the
     job wrote what succeeded but no _SUCCESS, and exits 3.
     """

@@ -433,12 +433,14 @@ def _is_lease(fs: fsspec.AbstractFileSystem, path: str) -> bool:
 
 
 def _error_causes(errors: pa.Table | None) -> dict[str, list]:
-    """cause -> [rows, first message] of a shard's error rows."""
+    """cause -> [rows, first message, that row's id] of a shard's error rows."""
     out: dict[str, list] = {}
     if errors is None:
         return out
-    for cause, message in zip(errors.column("cause").to_pylist(), errors.column("message").to_pylist(), strict=True):
-        entry = out.setdefault(cause or "unknown", [0, message or ""])
+    ids = errors.column("id").to_pylist() if "id" in errors.column_names else [None] * errors.num_rows
+    for cause, message, rid in zip(errors.column("cause").to_pylist(), errors.column("message").to_pylist(), ids,
+                                   strict=True):
+        entry = out.setdefault(cause or "unknown", [0, message or "", rid])
         entry[0] += 1
     return out
 
