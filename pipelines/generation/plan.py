@@ -56,6 +56,7 @@ class JobPlan:
         batch_size: rows per model call on an actor.
         lineage: model_uri, spec_hash, params_hash (copied to every output row).
         fingerprint: the job fingerprint (resume refuses another one).
+        fingerprint_of: the spec values it hashes (a refusal names those that differ).
         storage_options: fsspec options (credentials stay in the environment).
         gallery_rows: rows shown in _gallery.html (0: none).
     """
@@ -74,6 +75,7 @@ class JobPlan:
     storage_options: dict[str, Any] = field(default_factory=dict)
     gallery_rows: int = 0
     shard_bytes: int = SHARD_BYTES
+    fingerprint_of: dict[str, Any] = field(default_factory=dict)
 
     @property
     def output_schema(self) -> pa.Schema:
@@ -162,6 +164,7 @@ def resolve_plan(
         lineage={"model_uri": model_uri, "spec_hash": spec_hash(spec),
                  "params_hash": params_hash(task.params_digest_source())},
         fingerprint=spec.job_fingerprint(),
+        fingerprint_of=spec.fingerprint_data(),
         storage_options=options,
         gallery_rows=spec.output.gallery_rows,
         shard_bytes=max(1, round(spec.input.shard_mib * 1024**2)),

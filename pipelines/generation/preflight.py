@@ -162,7 +162,8 @@ def _check_output(store: OutputStore, mode: str, plan: JobPlan | None, reader: R
                 holder = Lease(store.fs, store.root, store.uri, run_id="preflight").held_by_another()
                 problem = holder or store.existing_problem(survey, mode)
             if problem is None and plan is not None and mode == "resume":
-                problem = store.fingerprint_problem(survey, plan.fingerprint, plan.model.weights_id)
+                problem = store.fingerprint_problem(survey, plan.fingerprint, plan.model.weights_id,
+                                                    fingerprint_of=plan.fingerprint_of)
     except StorageAccessError as exc:
         return [f"output.uri: {exc}"]
     return [problem] if problem else []

@@ -123,7 +123,7 @@ class _JobRun:
         files, ignored = listing.files, listing.ignored
         with storage_access(plan.output_uri, action="write"):
             committed = store.prepare(mode=plan.output_mode, fingerprint=plan.fingerprint,
-                                      weights_id=plan.model.weights_id)
+                                      weights_id=plan.model.weights_id, fingerprint_of=plan.fingerprint_of)
         changed = changed_inputs(committed.values(), listing.sizes)
         if changed:
             raise InputChangedError(

@@ -202,11 +202,17 @@ class JobSpec(StrictModel):
     _NOT_IN_FINGERPRINT: ClassVar[set[str]] = {"output", "batch_size", "resources", "date"}
 
     def job_fingerprint(self) -> str:
-        """Hash of what decides the output rows (input, model and its dtype, task options).
+        """Hash of what decides the output rows (input, model and its dtype, task options):
+        canonical_sha256 of `fingerprint_data`.
 
         A resumed run must match the run that wrote the committed shards. Paths count by
         what they name, not how they are spelled (./in, in/, /abs/in are one input).
         """
+        return canonical_sha256(self.fingerprint_data())
+
+    def fingerprint_data(self) -> dict[str, Any]:
+        """The spec's values the fingerprint hashes (kept in _job.json, so a refused
+        resume can name the keys that differ)."""
         # shard_mib cuts the same rows into other commit units: a resume takes any (the
         # committed row groups of each file are what count), and outputs written before
         # the key existed keep their fingerprint.
@@ -218,7 +224,7 @@ class JobSpec(StrictModel):
         data["model"]["uri"] = normal_uri(data["model"]["uri"], hub_ids=True)
         if data["model"].get("quantize") is None:  # fingerprints of float jobs stay what they were
             data["model"].pop("quantize", None)
-        return canonical_sha256(data)
+        return data
 
     def reader_options(self) -> ReaderOptions:
         return self.input.reader_options(reference_column=self.input.reference_column)

@@ -239,7 +239,11 @@ def test_rerun_of_finished_job_does_no_model_work(ray_cluster, models, tmp_path)
     assert again.rows_in == 5 and again.shards_committed_before == 2
     gs.assert_exactly_once(out, {f"{i}.png" for i in range(5)})
     spec["generation"]["max_new_tokens"] = 3
-    with pytest.raises(PreflightError, match="other inputs, model or generation"):
+    spec["input"]["files_per_shard"] = 2
+    # the refusal names what differs from the run that wrote the output
+    with pytest.raises(PreflightError, match=r"other inputs, model or generation parameters \(fingerprint \w+ != "
+                                             r"\w+\): generation.max_new_tokens 6 -> 3, input.files_per_shard 4 -> 2; "
+                                             r"resuming would mix results"):
         caption(spec)
 
 

@@ -205,17 +205,21 @@ class OutputStore:
             )
         return problem
 
-    def fingerprint_problem(self, survey: OutputSurvey, fingerprint: str, weights_id: str = "") -> str | None:
+    def fingerprint_problem(self, survey: OutputSurvey, fingerprint: str, weights_id: str = "", *,
+                            fingerprint_of: Mapping[str, Any] | None = None) -> str | None:
         """Why this output's results cannot be continued by a job with `fingerprint` and the
-        model weights `weights_id` (None: they can)."""
+        model weights `weights_id` (None: they can). With `fingerprint_of` (the values the
+        fingerprint hashes) and an output that kept its own, the keys that differ are named."""
         previous = self.job_record()
         if not survey.results or previous is None:
             return None
         if previous["fingerprint"] != fingerprint:
+            differ = _differences(previous.get("fingerprint_of"), fingerprint_of)
+            what = f": {differ}" if differ else ""
             return (
                 f"output.uri: {self.uri} was written by a job with other inputs, model or generation "
-                f"parameters (fingerprint {previous['fingerprint'][:12]} != {fingerprint[:12]}); resuming "
-                "would mix results. Use output.mode=overwrite or another output.uri"
+                f"parameters (fingerprint {previous['fingerprint'][:12]} != {fingerprint[:12]}){what}; resuming "
+                "would mix results. Set them as that run did, or use output.mode=overwrite or another output.uri"
             )
         before = previous.get("model_weights") or ""
         if before and weights_id and before != weights_id:
@@ -228,7 +232,8 @@ class OutputStore:
 
     # --- start of a run -----------------------------------------------------------------
 
-    def prepare(self, *, mode: str, fingerprint: str, weights_id: str = "") -> dict[str, ShardManifest]:
+    def prepare(self, *, mode: str, fingerprint: str, weights_id: str = "",
+                fingerprint_of: Mapping[str, Any] | None = None) -> dict[str, ShardManifest]:
         """Apply output.mode and return the manifests of shards already committed.
 
         Checked again here, under the lease: an output holding files that are not ours
@@ -238,7 +243,8 @@ class OutputStore:
         """
         survey = self.survey()
         problem = self.existing_problem(survey, mode) or (
-            None if mode == "overwrite" else self.fingerprint_problem(survey, fingerprint, weights_id)
+            None if mode == "overwrite"
+            else self.fingerprint_problem(survey, fingerprint, weights_id, fingerprint_of=fingerprint_of)
         )
         if problem is not None:
             raise OutputExistsError(problem)
@@ -254,7 +260,10 @@ class OutputStore:
             self.fs.rm(success)
         # The same when resuming. model_weights: which weights wrote the rows (a resume
         # refuses others at the same model.uri).
-        write_json(self.fs, self._path(JOB_FILE), {"fingerprint": fingerprint, "model_weights": weights_id})
+        record: dict[str, Any] = {"fingerprint": fingerprint, "model_weights": weights_id}
+        if fingerprint_of:
+            record["fingerprint_of"] = dict(fingerprint_of)
+        write_json(self.fs, self._path(JOB_FILE), record)
         manifests = self.committed()
         self._cleanup(manifests)
         return manifests
@@ -430,6 +439,31 @@ def _is_lease(fs: fsspec.AbstractFileSystem, path: str) -> bool:
     except (OSError, ValueError, UnicodeDecodeError):
         return False
     return isinstance(data, dict) and {"run_id", "host", "pid", "ttl_s"} <= set(data)
+
+
+def _differences(before: Any, now: Mapping[str, Any] | None, limit: int = 4) -> str:
+    """'input.files_per_shard 20 -> 256, ...': the dotted keys whose values differ
+    between two fingerprint sources ('' when either is unknown)."""
+    if not isinstance(before, Mapping) or not now:
+        return ""
+
+    def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(data, Mapping):
+            return {prefix: data}
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+
+    a, b = flat(before), flat(now)
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+    def show(value: Any) -> str:
+        text = json.dumps(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    said = ", ".join(f"{k} {show(a.get(k))} -> {show(b.get(k))}" for k in keys[:limit])
+    return said + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def _error_causes(errors: pa.Table | None) -> dict[str, list]:
