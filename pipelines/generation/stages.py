@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from .. import faults
 from ..reading import Shard, iter_shard
+from ..session import shape_blocks
 from .output import stage_results
 from .tasks.base import check_stage_pixels, error_columns, object_array, stage_preprocessor
 
@@ -334,8 +335,6 @@ def build_dataset(
     `duplicates` names, per shard key, rows whose id appeared earlier ([uri, row, why]).
     """
     import ray.data
-
-    from ..session import shape_blocks
 
     shape_blocks()  # each batch of model inputs leaves its read task as it is made
     # JSON: a shard's description mixes strings, lists and numbers (no one Arrow type).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import bisect
 import os
 import posixpath
+import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -67,7 +68,7 @@ def list_inputs(
         found = {p: info for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file"}
         base = glob_base(path)
     elif fs.isdir(path):
-        found = _walk_local(path) if _protocol_prefix(uri, fs) == "" else fs.find(path, detail=True)
+        found = _find(fs, uri, path)
         base = path.rstrip("/")
     elif fs.isfile(path):
         return InputListing([prefix + path], [], {prefix + path: int(fs.size(path) or 0)})
@@ -111,8 +112,9 @@ def brace_paths(path: str) -> list[str] | None:
 
 
 def has_pattern(path: str) -> bool:
-    """True when `path` is a glob or a brace pattern rather than one path."""
-    return any(c in path for c in "*?[") or brace_paths(path) is not None
+    """True when `path` is a glob or a brace pattern rather than one path (cheap: ids are
+    made relative to the input root row by row, and a brace range may name 10^5 shards)."""
+    return any(c in path for c in "*?[") or _first_brace(path) is not None
 
 
 def glob_base(path: str) -> str:
@@ -134,12 +136,30 @@ def _first_brace(path: str) -> int | None:
         for end in range(at, len(path)):
             depth += {"{": 1, "}": -1}.get(path[end], 0)
             if depth == 0:
-                group = path[at : end + 1]
-                if list(braceexpand(group)) != [group]:
+                if _is_expression(path[at : end + 1]):
                     return at
                 break
         at = path.find("{", at + 1)
     return None
+
+
+# {x..y} or {x..y..step} with numbers (zero padding kept) or single letters: braceexpand's
+# sequences. The other expression is a list, {a,b}.
+_SEQUENCE = re.compile(r"\{(-?\d+\.\.-?\d+|[a-zA-Z]\.\.[a-zA-Z])(\.\.-?\d+)?\}")
+
+
+def _is_expression(group: str) -> bool:
+    """Whether a {...} group expands (a sequence, or a list: a comma outside nested
+    braces), told from its text: braceexpand builds a whole range to expand it, and ids
+    are made relative to a root that may name a million shards, row by row."""
+    if _SEQUENCE.fullmatch(group):
+        return True
+    depth = 0
+    for ch in group[1:-1]:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            return True
+    return False
 
 
 def _list_named(fs: fsspec.AbstractFileSystem, uri: str, path: str, named: list[str]) -> dict[str, dict[str, Any]]:
@@ -147,8 +167,7 @@ def _list_named(fs: fsspec.AbstractFileSystem, uri: str, path: str, named: list[
     files), or a glob. One listing of the pattern's base folder serves every plain name,
     so naming 10,000 shards on S3 is one recursive listing, not 10,000 requests."""
     base = glob_base(path)
-    local = _protocol_prefix(uri, fs) == ""
-    listed = (_walk_local(base) if local else fs.find(base, detail=True)) if fs.isdir(base) else {}
+    listed = _find(fs, uri, base) if fs.isdir(base) else {}
     keys = sorted(listed)
     found: dict[str, dict[str, Any]] = {}
     missing: list[str] = []
@@ -175,6 +194,12 @@ def _list_named(fs: fsspec.AbstractFileSystem, uri: str, path: str, named: list[
             "that exist"
         )
     return found
+
+
+def _find(fs: fsspec.AbstractFileSystem, uri: str, folder: str) -> dict[str, dict[str, Any]]:
+    """The files under `folder` ({path: info}): a local folder walked with its symlinked
+    folders followed, anything else by fsspec's recursive find."""
+    return _walk_local(folder) if _protocol_prefix(uri, fs) == "" else fs.find(folder, detail=True)
 
 
 def _walk_local(root: str) -> dict[str, dict[str, Any]]:

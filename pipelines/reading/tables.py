@@ -188,10 +188,10 @@ def jsonl_records(lines: Iterable[bytes]) -> Iterator[tuple[int, dict[str, Any] 
             record = json.loads(text)
         except json.JSONDecodeError as exc:
             yield i, BadLine("bad_json", f"line {i + 1} is not valid JSON ({exc.__class__.__name__}: {exc}): "
-                                         f"{_snippet(text)}")
+                                         f"{_brief(text.strip(), 80)}")
             continue
         if not isinstance(record, dict):
-            yield i, BadLine("bad_json", f"line {i + 1} is JSON {type(record).__name__}, not an object: {_snippet(text)}")
+            yield i, BadLine("bad_json", f"line {i + 1} is JSON {type(record).__name__}, not an object: {_brief(text.strip(), 80)}")
             continue
         yield i, record
 
@@ -211,15 +211,10 @@ def _kind(value: Any) -> str:
 
 
 def _brief(value: Any, limit: int = 40) -> str:
-    """A value as Python writes it, cut short for a message."""
+    """A value (a line's text, a field's value) as Python writes it, cut short for a
+    message: enough to find it, never a whole document."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _snippet(text: str, limit: int = 80) -> str:
-    """The start of a line, for a message: enough to find it, never a whole document."""
-    text = text.strip()
-    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 @dataclass

@@ -42,6 +42,17 @@ def test_brace_patterns_expand_as_webdataset_expands_them() -> None:
     assert glob_base("/data/{train,val}/*.tar") == "/data"
 
 
+@pytest.mark.parametrize("group", ["{a,b}", "{0..9}", "{00000..00099}", "{a..e}", "{1..10..2}", "{-3..3}", "{,}",
+                                   "{2024}", "{a}", "{}", "{1..a}", "{{a,b}}", "{x{a,b}}"])
+def test_a_pattern_is_told_from_its_text_as_braceexpand_expands_it(group) -> None:
+    """has_pattern reads the braces' syntax instead of expanding them (a root naming a
+    million shards is checked for every row's id): it agrees with braceexpand."""
+    from braceexpand import braceexpand
+
+    path = f"s3://b/run {{7}}/{group}.tar"
+    assert has_pattern(path) == (list(braceexpand(path)) != [path])
+
+
 def test_a_brace_range_lists_exactly_the_shards_it_names(tmp_path) -> None:
     for i in range(12):
         _touch(tmp_path / "shards" / f"{i:05d}.tar")
