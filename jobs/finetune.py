@@ -44,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"checked: {line}")
         return 0
     started = time.time()
-    result = run_finetune_plan(checked.plan)
+    try:
+        result = run_finetune_plan(checked.plan)
+    except SpecError as exc:  # found once Ray's size or the rows are known; nothing was trained
+        print(exc, file=sys.stderr)
+        return 2
     m = result.metrics
     print(f"\n== finetune {spec.run.name}: done in {time.time() - started:.0f} s ==")
     if result.resumed_from_step is not None:

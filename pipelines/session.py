@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 # Ray Data joins what a map task yields into blocks of up to DataContext's
 # target_max_block_size (128 MiB by default) before passing any of it on. Our read
@@ -38,8 +42,6 @@ def init_ray(*, verbose: bool = False) -> None:
     Quiet unless `verbose`: Ray's INFO lines (start-up, Ray Data's execution plan) and
     the token-auth notice of a private instance are left out; warnings stay.
     """
-    import logging
-
     import ray
 
     if ray.is_initialized():
@@ -57,3 +59,97 @@ def init_ray(*, verbose: bool = False) -> None:
     # start-up on every run; start a cluster with `ray start --head` and set RAY_ADDRESS
     # to watch one).
     ray.init(address="local", include_dashboard=False, logging_level=level)
+
+
+@dataclass(frozen=True)
+class CpuDemand:
+    """The CPUs a job's long-lived workers hold for the whole run, and what one read task
+    needs beside them, with the spec keys that set each (for messages).
+
+    Ray Data reads on tasks that need CPUs of their own: when the model actors (or Ray
+    Train's workers) hold every CPU, no read task is ever scheduled, and the job waits
+    forever with nothing in its log. Measured on this 2-CPU machine before this check:
+    `caption_dataset.py --set resources.workers=2` printed its plan line and nothing
+    more for 100 s (the 1-worker job takes ~12 s); `finetune.py` with
+    `scaling.num_workers=2` sat for 10 minutes in Ray Data's split coordinator.
+    """
+
+    workers: int
+    cpus_per_worker: float
+    reader_cpus: float
+    workers_key: str
+    cpus_key: str
+    reader_key: str | None = None  # None: the read tasks take Ray Data's default of 1 CPU
+
+    @property
+    def total(self) -> float:
+        return self.workers * self.cpus_per_worker + self.reader_cpus
+
+    def problem(self, have: float, where: str) -> str | None:
+        """A 'key: what, why, fix' line when `have` CPUs cannot hold the workers and one read task."""
+        if self.total <= have + 1e-9:
+            return None
+        reader = (f"{self.reader_key}={self.reader_cpus:g}" if self.reader_key
+                  else f"{self.reader_cpus:g} (Ray Data's default)")
+        fixes = []
+        fit = int((have - self.reader_cpus + 1e-9) // self.cpus_per_worker)
+        if 1 <= fit < self.workers:
+            fixes.append(f"{self.workers_key}={fit}")
+        spare = (have - self.reader_cpus) / self.workers
+        if spare >= 0.1:
+            fixes.append(f"{self.cpus_key}={_round_down(spare):g}")
+        if not fixes and self.reader_key and have >= 0.2:  # share the CPUs out
+            fixes.append(f"{self.cpus_key}={_round_down(have / 2 / self.workers):g} and "
+                         f"{self.reader_key}={_round_down(have / 2):g}")
+        fix = " or ".join(fixes) if fixes else f"fewer {self.workers_key}"
+        return (
+            f"{self.workers_key}: {self.workers} worker(s) x {self.cpus_key}={self.cpus_per_worker:g} hold "
+            f"{self.workers * self.cpus_per_worker:g} CPU(s) for the whole run, and each read task needs {reader} "
+            f"more: {self.total:g} CPUs, but {where} has {have:g}. No read task would ever start and the job would "
+            f"wait forever. Set {fix}, or run on a larger cluster (RAY_ADDRESS)"
+        )
+
+
+def _round_down(x: float) -> float:
+    """x rounded down to a tenth (Ray schedules fractional CPUs in units of 1/10000)."""
+    return int(x * 10 + 1e-9) / 10
+
+
+def private_ray_cpus() -> float | None:
+    """The CPUs of the private Ray init_ray would start here (Ray's own count: cgroup and
+    container limits included), or None when the job uses a running Ray (RAY_ADDRESS,
+    or one this process already started)."""
+    import ray
+
+    if ray.is_initialized() or (os.environ.get("RAY_ADDRESS") or "local") != "local":
+        return None
+    try:
+        from ray._private.utils import get_num_cpus  # what ray.init(address="local") counts
+
+        return float(get_num_cpus())
+    except Exception:  # noqa: BLE001 - a Ray without this internal: the machine's count
+        return float(os.cpu_count() or 1)
+
+
+def check_private_cpus(demand: CpuDemand) -> None:
+    """Raise PreflightError (exit 2, nothing written) when the private Ray this job would
+    start cannot run `demand`; call before writing anything. No-op on a running Ray."""
+    have = private_ray_cpus()
+    if have is None:
+        return
+    problem = demand.problem(have, "this machine (the job starts its own Ray here: RAY_ADDRESS is unset)")
+    if problem:
+        from .preflight import PreflightError
+
+        raise PreflightError("job", [problem])
+
+
+def warn_cluster_cpus(demand: CpuDemand) -> None:
+    """On a running cluster, say when its CPUs now cannot run `demand`: an autoscaler
+    may add nodes (so this is no error), but without one the job waits forever."""
+    import ray
+
+    have = float(ray.cluster_resources().get("CPU", 0.0))
+    problem = demand.problem(have, "the cluster now")
+    if problem:
+        log.warning("%s (unless the autoscaler adds nodes: the job waits for them)", problem)

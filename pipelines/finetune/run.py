@@ -14,7 +14,7 @@ import fsspec
 from combiner_core.storage import get_filesystem, is_hub_id, is_remote, local_path
 
 from ..preflight import Preflight, PreflightError
-from ..session import init_ray, shape_blocks
+from ..session import CpuDemand, check_private_cpus, init_ray, shape_blocks, warn_cluster_cpus
 from ..specs import absolute_spec_paths, spec_hash
 from .data import DataSourceError, plan_pairs, read_pairs
 from .layout import METRICS_FILE, MODEL_DIR, STATE_FILE
@@ -169,7 +169,13 @@ def run_finetune_plan(plan: FinetunePlan) -> FinetuneResult:
     from .loop import train_loop  # torch and Ray Train: imported only when training runs
 
     spec = plan.spec
+    # Ray Train's workers hold their CPUs for the whole run; the training split is read
+    # beside them by Ray Data tasks of 1 CPU (the controller and split coordinator take none).
+    cpus = CpuDemand(workers=spec.scaling.num_workers, cpus_per_worker=spec.scaling.cpus_per_worker, reader_cpus=1,
+                     workers_key="scaling.num_workers", cpus_key="scaling.cpus_per_worker")
+    check_private_cpus(cpus)
     init_ray()
+    warn_cluster_cpus(cpus)
     # Per-operator progress bars from every worker drown the training log.
     ray.data.DataContext.get_current().enable_progress_bars = False
     shape_blocks()  # rows reach the training workers as they are read, not 128 MiB at a time

@@ -25,7 +25,7 @@ from ..reading import (
     ids_can_repeat,
     plan_shards,
 )
-from ..session import init_ray
+from ..session import CpuDemand, check_private_cpus, init_ray, warn_cluster_cpus
 from .gallery import write_gallery
 from .output import (
     ERRORS_DIR,
@@ -102,6 +102,10 @@ class _JobRun:
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         self.store = OutputStore(plan.output_uri, schema=plan.output_schema, storage_options=plan.storage_options)
         self.lease = Lease(self.store.fs, self.store.root, self.store.uri, run_id=self.run_id)
+        r = plan.resources
+        self.cpus = CpuDemand(workers=r.workers, cpus_per_worker=r.worker_cpus, reader_cpus=r.preprocess_cpus,
+                              workers_key="resources.workers", cpus_key="resources.worker_cpus",
+                              reader_key="resources.preprocess_cpus")
 
     def run(self) -> JobSummary:
         listing = self.listing
@@ -110,6 +114,8 @@ class _JobRun:
                 "input.uri %s: %d file(s) do not look like %s inputs and were skipped, e.g. %s",
                 self.plan.reader.root, len(listing.ignored), self.plan.reader.format, listing.ignored[:3],
             )
+        if self.ray_init is not None:
+            check_private_cpus(self.cpus)  # before anything is written or deleted
         with storage_access(self.plan.output_uri, action="write"):
             self.lease.acquire()  # before output.mode touches anything: overwrite deletes
         try:
@@ -151,6 +157,7 @@ class _JobRun:
             if self.ray_init is not None:
                 self.ray_init()
             timings["ray_start_s"] = time.time() - t
+            warn_cluster_cpus(self.cpus)
             t = time.time()
             duplicates = duplicate_rows(plan.reader, done=_committed_shards(committed, done_inputs, files), todo=shards,
                                         committed_duplicates=lambda: store.duplicate_rows(committed))

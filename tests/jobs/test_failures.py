@@ -246,3 +246,44 @@ def test_input_files_that_hold_no_rows_are_no_success(ray_cluster, models, tmp_p
     from pipelines.generation import format_summary
 
     assert "FAILED: the 2 input file(s) hold no rows" in format_summary(summary)
+
+
+def test_workers_that_would_hold_every_cpu_exit_2_instead_of_waiting_forever(tmp_path):
+    """Model actors or training workers holding all of a private Ray's CPUs leave none for
+    Ray Data's read tasks: before the check, the caption job sat after its plan line and
+    the fine-tune in Ray Data's split coordinator, forever. Now both stop before Ray
+    starts, naming the keys and the fix; nothing is written."""
+    from ray._private.utils import get_num_cpus  # the count a private Ray takes here
+
+    cpus = int(get_num_cpus())
+    env = {"RAY_ADDRESS": ""}  # the private Ray of a laptop run
+    out = tmp_path / "out"
+    run = _job("caption_dataset.py", ["--set", f"resources.workers={cpus}", "--set", f"output.uri={out}"], env=env)
+    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert (f"resources.workers: {cpus} worker(s) x resources.worker_cpus=1 hold {cpus} CPU(s) for the whole run, and "
+            f"each read task needs resources.preprocess_cpus=1 more: {cpus + 1} CPUs, but this machine") in run.stderr
+    assert "the job would wait forever" in run.stderr and "or run on a larger cluster (RAY_ADDRESS)" in run.stderr
+    assert not out.exists()
+    tune = _job("finetune.py", ["--set", f"scaling.num_workers={cpus}", "--set", f"export.uri={tmp_path / 'export'}",
+                                "--set", f"run.storage_path={tmp_path / 'runs'}"], env=env)
+    assert tune.returncode == 2, tune.stdout[-2000:] + tune.stderr[-2000:]
+    assert "Traceback" not in tune.stderr
+    assert f"scaling.num_workers: {cpus} worker(s) x scaling.cpus_per_worker=1 hold {cpus} CPU(s)" in tune.stderr
+    assert "each read task needs 1 (Ray Data's default) more" in tune.stderr
+    assert not (tmp_path / "export").exists() and not (tmp_path / "runs").exists()
+
+
+def test_cpu_demand_names_the_fix_that_fits():
+    from pipelines.session import CpuDemand
+
+    d = CpuDemand(workers=4, cpus_per_worker=2, reader_cpus=1, workers_key="resources.workers",
+                  cpus_key="resources.worker_cpus", reader_key="resources.preprocess_cpus")
+    assert d.problem(9, "here") is None  # 4 x 2 + 1 fits exactly
+    msg = d.problem(8, "the cluster now")
+    assert "9 CPUs, but the cluster now has 8" in msg
+    assert "Set resources.workers=3 or resources.worker_cpus=1.7" in msg  # 3 x 2 + 1 = 7; 4 x 1.7 + 1 = 7.8
+    one = CpuDemand(workers=1, cpus_per_worker=1, reader_cpus=1, workers_key="w", cpus_key="c", reader_key="r")
+    assert one.problem(2, "here") is None
+    assert "Set c=0.5, or" in one.problem(1.5, "here")
+    assert "Set c=0.5 and r=0.5, or" in one.problem(1, "here")  # nothing is left beside the reader: share
