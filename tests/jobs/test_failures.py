@@ -138,7 +138,11 @@ def test_ctrl_c_stops_the_job_in_one_line_and_a_resume_finishes_it_exactly_once(
     run = subprocess.Popen([sys.executable, str(REPO / "jobs" / "caption_dataset.py"), "--spec", str(tmp_path / "spec.yaml")],
                            cwd=REPO, env=dict(os.environ, RAY_ADDRESS=ray_cluster,
                                               COMBINER_FAULT=f"worker_wait:1:{marker}"),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           # pytest-xdist's workers ignore SIGINT, and a child inherits that
+                           # (Python then installs no KeyboardInterrupt handler): a user's
+                           # shell gives the job the default, as here.
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     while not marker.exists() and run.poll() is None:  # the model actor is holding its first batch
         time.sleep(0.05)
     assert run.poll() is None, run.communicate()[1][-3000:]

@@ -45,7 +45,9 @@ def ray_head(tmp_path_factory):
            "--dashboard-host=127.0.0.1", "--disable-usage-stats"]
     cmd += [f"{k}={v}" for k, v in ports.items()]
     log = open(tmp_path_factory.mktemp("ray-head") / "head.log", "w")  # noqa: SIM115
-    head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # SIGINT's default action restored: pytest-xdist's workers ignore it, and a child inherits that.
+    head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 180
     while time.time() < deadline:
