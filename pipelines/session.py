@@ -85,7 +85,9 @@ class CpuDemand:
     def total(self) -> float:
         return self.workers * self.cpus_per_worker + self.reader_cpus
 
-    def problem(self, have: float, where: str) -> str | None:
+    def problem(self, have: float, where: str, *,
+                outcome: str = "No read task would ever start and the job would wait forever",
+                elsewhere: str = ", or run on a larger cluster (RAY_ADDRESS)") -> str | None:
         """A 'key: what, why, fix' line when `have` CPUs cannot hold the workers and one read task."""
         if self.total <= have + 1e-9:
             return None
@@ -105,8 +107,7 @@ class CpuDemand:
         return (
             f"{self.workers_key}: {self.workers} worker(s) x {self.cpus_key}={self.cpus_per_worker:g} hold "
             f"{self.workers * self.cpus_per_worker:g} CPU(s) for the whole run, and each read task needs {reader} "
-            f"more: {self.total:g} CPUs, but {where} has {have:g}. No read task would ever start and the job would "
-            f"wait forever. Set {fix}, or run on a larger cluster (RAY_ADDRESS)"
+            f"more: {self.total:g} CPUs, but {where} has {have:g}. {outcome}. Set {fix}{elsewhere}"
         )
 
 
@@ -150,6 +151,8 @@ def warn_cluster_cpus(demand: CpuDemand) -> None:
     import ray
 
     have = float(ray.cluster_resources().get("CPU", 0.0))
-    problem = demand.problem(have, "the cluster now")
+    problem = demand.problem(
+        have, "the cluster now", elsewhere="",
+        outcome="No read task can start until the autoscaler adds nodes (without one, the job waits forever)")
     if problem:
-        log.warning("%s (unless the autoscaler adds nodes: the job waits for them)", problem)
+        log.warning("%s", problem)

@@ -284,10 +284,28 @@ def test_cpu_demand_names_the_fix_that_fits():
     d = CpuDemand(workers=4, cpus_per_worker=2, reader_cpus=1, workers_key="resources.workers",
                   cpus_key="resources.worker_cpus", reader_key="resources.preprocess_cpus")
     assert d.problem(9, "here") is None  # 4 x 2 + 1 fits exactly
-    msg = d.problem(8, "the cluster now")
-    assert "9 CPUs, but the cluster now has 8" in msg
+    msg = d.problem(8, "the cluster")
+    assert "9 CPUs, but the cluster has 8. No read task would ever start" in msg
     assert "Set resources.workers=3 or resources.worker_cpus=1.7" in msg  # 3 x 2 + 1 = 7; 4 x 1.7 + 1 = 7.8
     one = CpuDemand(workers=1, cpus_per_worker=1, reader_cpus=1, workers_key="w", cpus_key="c", reader_key="r")
     assert one.problem(2, "here") is None
     assert "Set c=0.5, or" in one.problem(1.5, "here")
     assert "Set c=0.5 and r=0.5, or" in one.problem(1, "here")  # nothing is left beside the reader: share
+
+
+def test_on_a_running_cluster_a_cpu_shortfall_is_a_warning(ray_cluster, caplog):
+    """A cluster may grow (its autoscaler adds nodes), so the check only warns there."""
+    import logging
+
+    from pipelines.session import CpuDemand, check_private_cpus, warn_cluster_cpus
+
+    d = CpuDemand(workers=2, cpus_per_worker=1, reader_cpus=1, workers_key="resources.workers",
+                  cpus_key="resources.worker_cpus", reader_key="resources.preprocess_cpus")
+    check_private_cpus(d)  # Ray is running in this process: nothing to refuse before it starts
+    with caplog.at_level(logging.WARNING, logger="pipelines.session"):
+        warn_cluster_cpus(d)  # the module's Ray has 2 CPUs
+    assert ("3 CPUs, but the cluster now has 2. No read task can start until the autoscaler adds nodes "
+            "(without one, the job waits forever). Set resources.workers=1 or resources.worker_cpus=0.5") in caplog.text
+    caplog.clear()
+    warn_cluster_cpus(CpuDemand(workers=1, cpus_per_worker=1, reader_cpus=1, workers_key="w", cpus_key="c"))
+    assert caplog.text == ""
