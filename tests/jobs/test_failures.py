@@ -139,9 +139,10 @@ def test_ctrl_c_stops_the_job_in_one_line_and_a_resume_finishes_it_exactly_once(
                            cwd=REPO, env=dict(os.environ, RAY_ADDRESS=ray_cluster,
                                               COMBINER_FAULT=f"worker_wait:1:{marker}"),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           # pytest-xdist's workers ignore SIGINT, and a child inherits that
-                           # (Python then installs no KeyboardInterrupt handler): a user's
-                           # shell gives the job the default, as here.
+                           # A suite started in the background by a script (`make test &`)
+                           # ignores SIGINT (bash does that to background commands), and a
+                           # child inherits it, so Python installs no KeyboardInterrupt
+                           # handler; a user's shell gives the job the default, as here.
                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     while not marker.exists() and run.poll() is None:  # the model actor is holding its first batch
         time.sleep(0.05)

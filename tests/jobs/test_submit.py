@@ -45,7 +45,7 @@ def ray_head(tmp_path_factory):
            "--dashboard-host=127.0.0.1", "--disable-usage-stats"]
     cmd += [f"{k}={v}" for k, v in ports.items()]
     log = open(tmp_path_factory.mktemp("ray-head") / "head.log", "w")  # noqa: SIM115
-    # SIGINT's default action restored: pytest-xdist's workers ignore it, and a child inherits that.
+    # SIGINT's default restored: a suite started in the background by a script ignores it, and children inherit that.
     head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     address = f"http://127.0.0.1:{dashboard}"
