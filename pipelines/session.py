@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,8 @@ def init_ray(*, verbose: bool = False) -> None:
     if ray.is_initialized():
         return
     level = logging.INFO if verbose else logging.WARNING
-    address = os.environ.get("RAY_ADDRESS") or "local"
-    if address != "local":
-        ray.init(address=address, logging_level=level)
+    if not starts_private_ray():
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level=level)
         return
     if not verbose:
         # "Token authentication is enabled for this Ray cluster": true of every private
@@ -59,6 +59,15 @@ def init_ray(*, verbose: bool = False) -> None:
     # start-up on every run; start a cluster with `ray start --head` and set RAY_ADDRESS
     # to watch one).
     ray.init(address="local", include_dashboard=False, logging_level=level)
+
+
+def starts_private_ray() -> bool:
+    """Whether init_ray would start a private local Ray here: no RAY_ADDRESS (or "local")
+    and no Ray running in this process. Does not import Ray (--validate-only stays light)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return False
+    return (os.environ.get("RAY_ADDRESS") or "local") == "local"
 
 
 @dataclass(frozen=True)
@@ -120,9 +129,7 @@ def private_ray_cpus() -> float | None:
     """The CPUs of the private Ray init_ray would start here (Ray's own count: cgroup and
     container limits included), or None when the job uses a running Ray (RAY_ADDRESS,
     or one this process already started)."""
-    import ray
-
-    if ray.is_initialized() or (os.environ.get("RAY_ADDRESS") or "local") != "local":
+    if not starts_private_ray():
         return None
     try:
         from ray._private.utils import get_num_cpus  # what ray.init(address="local") counts

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +37,7 @@ from ..reading import (
     sniff,
     with_article,
 )
+from ..session import starts_private_ray
 from .output import Lease, OutputStore
 from .plan import JobPlan, reader_of, resolve_plan
 from .specs import JobSpec
@@ -118,8 +118,7 @@ def _gpu_problems(spec: JobSpec) -> list[str]:
     which has fewer: the actors would wait for them forever. (On a cluster, GPU nodes
     may still be starting: the autoscaler's business, not checked here.)"""
     wanted = spec.resources.num_gpus
-    ray = sys.modules.get("ray")
-    if not wanted or os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized()):
+    if not wanted or not starts_private_ray():
         return []  # a cluster, or a caller that started Ray itself
     try:  # Ray's own count (NVML), as the private Ray would see it; ~0.5 s, GPU jobs only
         from ray._private.accelerators import get_accelerator_manager_for_resource

@@ -114,8 +114,7 @@ class _JobRun:
                 "input.uri %s: %d file(s) do not look like %s inputs and were skipped, e.g. %s",
                 self.plan.reader.root, len(listing.ignored), self.plan.reader.format, listing.ignored[:3],
             )
-        if self.ray_init is not None:
-            check_private_cpus(self.cpus)  # before anything is written or deleted
+        check_private_cpus(self.cpus)  # before anything is written or deleted
         with storage_access(self.plan.output_uri, action="write"):
             self.lease.acquire()  # before output.mode touches anything: overwrite deletes
         try:
