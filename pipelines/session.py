@@ -139,17 +139,24 @@ def private_ray_cpus() -> float | None:
         return float(os.cpu_count() or 1)
 
 
+def private_cpu_problems(demand: CpuDemand) -> list[str]:
+    """The problem (one line, or none) of running `demand` on the private Ray this job
+    would start; empty on a running Ray, which warn_cluster_cpus checks once joined."""
+    have = private_ray_cpus()
+    if have is None:
+        return []
+    problem = demand.problem(have, "this machine (the job starts its own Ray here: RAY_ADDRESS is unset)")
+    return [problem] if problem else []
+
+
 def check_private_cpus(demand: CpuDemand) -> None:
     """Raise PreflightError (exit 2, nothing written) when the private Ray this job would
     start cannot run `demand`; call before writing anything. No-op on a running Ray."""
-    have = private_ray_cpus()
-    if have is None:
-        return
-    problem = demand.problem(have, "this machine (the job starts its own Ray here: RAY_ADDRESS is unset)")
-    if problem:
+    problems = private_cpu_problems(demand)
+    if problems:
         from .preflight import PreflightError
 
-        raise PreflightError("job", [problem])
+        raise PreflightError("job", problems)
 
 
 def warn_cluster_cpus(demand: CpuDemand) -> None:

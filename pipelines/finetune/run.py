@@ -14,7 +14,13 @@ import fsspec
 from combiner_core.storage import get_filesystem, is_hub_id, is_remote, local_path
 
 from ..preflight import Preflight, PreflightError
-from ..session import CpuDemand, check_private_cpus, init_ray, shape_blocks, warn_cluster_cpus
+from ..session import (
+    check_private_cpus,
+    init_ray,
+    private_cpu_problems,
+    shape_blocks,
+    warn_cluster_cpus,
+)
 from ..specs import absolute_spec_paths, spec_hash
 from .data import DataSourceError, plan_pairs, read_pairs
 from .layout import METRICS_FILE, MODEL_DIR, STATE_FILE
@@ -97,7 +103,7 @@ def preflight(spec: FinetuneSpec, *, source: str = "spec") -> Preflight[Finetune
     """Check the model source, every split's input and the export location on the driver,
     before Ray starts; raise PreflightError listing every problem, or return the plan."""
     spec = absolute_spec_paths(spec)
-    problems = check_model_paths(spec.model) + _export_problems(spec)
+    problems = check_model_paths(spec.model) + _export_problems(spec) + private_cpu_problems(spec.scaling.cpu_demand())
     splits: dict[str, PairsPlan] = {}
     for key in ("train", "eval", "test"):
         data = getattr(spec.data, key)
@@ -169,10 +175,7 @@ def run_finetune_plan(plan: FinetunePlan) -> FinetuneResult:
     from .loop import train_loop  # torch and Ray Train: imported only when training runs
 
     spec = plan.spec
-    # Ray Train's workers hold their CPUs for the whole run; the training split is read
-    # beside them by Ray Data tasks of 1 CPU (the controller and split coordinator take none).
-    cpus = CpuDemand(workers=spec.scaling.num_workers, cpus_per_worker=spec.scaling.cpus_per_worker, reader_cpus=1,
-                     workers_key="scaling.num_workers", cpus_key="scaling.cpus_per_worker")
+    cpus = spec.scaling.cpu_demand()
     check_private_cpus(cpus)
     init_ray()
     warn_cluster_cpus(cpus)

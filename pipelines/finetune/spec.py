@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from combiner_core import GenerationParams
 
 from ..reading import InputSource, ReaderOptions
+from ..session import CpuDemand
 from ..specs import ModelSource, StrictModel, path_field
 
 
@@ -156,6 +157,12 @@ class ScalingSpec(StrictModel):
     num_workers: int = Field(1, ge=1, description="training workers (one DDP process each)")
     use_gpu: bool = Field(False, description="one GPU per worker, nccl; false = CPU with gloo")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker")
+
+    def cpu_demand(self) -> CpuDemand:
+        """Ray Train's workers hold their CPUs for the whole run; the training split is read
+        beside them by Ray Data tasks of 1 CPU (the controller and split coordinator take none)."""
+        return CpuDemand(workers=self.num_workers, cpus_per_worker=self.cpus_per_worker, reader_cpus=1,
+                         workers_key="scaling.num_workers", cpus_key="scaling.cpus_per_worker")
 
 
 class RunSpec(StrictModel):

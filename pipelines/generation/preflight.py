@@ -37,7 +37,7 @@ from ..reading import (
     sniff,
     with_article,
 )
-from ..session import starts_private_ray
+from ..session import private_cpu_problems, starts_private_ray
 from .output import Lease, OutputStore
 from .plan import JobPlan, reader_of, resolve_plan
 from .specs import JobSpec
@@ -63,6 +63,7 @@ def preflight(spec: JobSpec, *, storage_options: dict[str, Any] | None = None, s
     listing, input_problems = check_input(reader)
     store = OutputStore(absolute_uri(spec.output.uri), storage_options=options)
     problems += input_problems + _check_output(store, spec.output.mode, plan, reader) + _gpu_problems(spec)
+    problems += private_cpu_problems(spec.resources.cpu_demand())
     if problems or plan is None or listing is None:
         raise PreflightError(source, problems)
     _warn_on_captions(reader, listing)

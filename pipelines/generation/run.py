@@ -25,7 +25,7 @@ from ..reading import (
     ids_can_repeat,
     plan_shards,
 )
-from ..session import CpuDemand, check_private_cpus, init_ray, warn_cluster_cpus
+from ..session import check_private_cpus, init_ray, warn_cluster_cpus
 from .gallery import write_gallery
 from .output import (
     ERRORS_DIR,
@@ -102,10 +102,7 @@ class _JobRun:
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         self.store = OutputStore(plan.output_uri, schema=plan.output_schema, storage_options=plan.storage_options)
         self.lease = Lease(self.store.fs, self.store.root, self.store.uri, run_id=self.run_id)
-        r = plan.resources
-        self.cpus = CpuDemand(workers=r.workers, cpus_per_worker=r.worker_cpus, reader_cpus=r.preprocess_cpus,
-                              workers_key="resources.workers", cpus_key="resources.worker_cpus",
-                              reader_key="resources.preprocess_cpus")
+        self.cpus = plan.resources.cpu_demand()
 
     def run(self) -> JobSummary:
         listing = self.listing

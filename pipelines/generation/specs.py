@@ -35,6 +35,7 @@ from ..reading import (
     ReaderOptions,
     has_pattern,
 )
+from ..session import CpuDemand
 from ..specs import ModelSource, StrictModel, canonical_sha256, path_field
 from .tasks import CaptionTask, LabelTask, SummarizeTask, TaskAdapter
 
@@ -87,6 +88,13 @@ class ResourcesSpec(StrictModel):
         description="CPUs reserved by each model actor (besides its GPUs); on CPU it also sets the "
         "actor's torch threads (at least 1)",
     )
+
+    def cpu_demand(self) -> CpuDemand:
+        """The model actors hold their CPUs for the whole run; Ray Data's read tasks need
+        preprocess_cpus each beside them."""
+        return CpuDemand(workers=self.workers, cpus_per_worker=self.worker_cpus, reader_cpus=self.preprocess_cpus,
+                         workers_key="resources.workers", cpus_key="resources.worker_cpus",
+                         reader_key="resources.preprocess_cpus")
 
 
 class GenerationModel(ModelSource):

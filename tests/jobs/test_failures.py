@@ -21,6 +21,7 @@ import tests.support.generation as gs
 from combiner_core import GenerationParams, generate_images, load_combiner
 from pipelines import validate_spec
 from pipelines.generation import CaptionJobSpec, SummarizeJobSpec, run_job
+from tests.support.finetune import tiny_shapes_spec
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -270,13 +271,22 @@ def test_workers_that_would_hold_every_cpu_exit_2_instead_of_waiting_forever(tmp
             f"each read task needs resources.preprocess_cpus=1 more: {cpus + 1} CPUs, but this machine") in run.stderr
     assert "the job would wait forever" in run.stderr and "or run on a larger cluster (RAY_ADDRESS)" in run.stderr
     assert not out.exists()
-    tune = _job("finetune.py", ["--set", f"scaling.num_workers={cpus}", "--set", f"export.uri={tmp_path / 'export'}",
-                                "--set", f"run.storage_path={tmp_path / 'runs'}"], env=env)
+    # A spec of its own: the demo spec's data exists only after make_demo_data (CI's clean
+    # clone has none), and a missing split would be listed beside the CPU problem.
+    spec_file = tmp_path / "tune.yaml"
+    spec_file.write_text(yaml.safe_dump(tiny_shapes_spec(
+        tmp_path / "data", name="cpus", storage=str(tmp_path / "runs"), export=str(tmp_path / "export"), workers=cpus)))
+    tune = _job("finetune.py", ["--spec", str(spec_file)], env=env)
     assert tune.returncode == 2, tune.stdout[-2000:] + tune.stderr[-2000:]
     assert "Traceback" not in tune.stderr
+    assert "nothing was written (1 problem(s))" in tune.stderr
     assert f"scaling.num_workers: {cpus} worker(s) x scaling.cpus_per_worker=1 hold {cpus} CPU(s)" in tune.stderr
     assert "each read task needs 1 (Ray Data's default) more" in tune.stderr
     assert not (tmp_path / "export").exists() and not (tmp_path / "runs").exists()
+    # Preflight lists it with every other problem, so one run names them all.
+    gone = _job("finetune.py", ["--spec", str(spec_file), "--set", f"data.eval.uri={tmp_path / 'nowhere'}"], env=env)
+    assert gone.returncode == 2 and "(2 problem(s))" in gone.stderr, gone.stderr[-2000:]
+    assert "data.eval" in gone.stderr and "scaling.num_workers:" in gone.stderr
 
 
 def test_cpu_demand_names_the_fix_that_fits():
