@@ -108,6 +108,9 @@ def ray_cluster(s3_endpoint):
     S3 env is exported, so workers see it."""
     import ray
 
+    from pipelines.finetune.run import TRAIN_POLL_ENV, TRAIN_POLL_S
+
+    os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)  # what a fine-tune's private Ray gets
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

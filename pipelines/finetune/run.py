@@ -19,6 +19,7 @@ from ..session import (
     init_ray,
     private_cpu_problems,
     shape_blocks,
+    starts_private_ray,
     warn_cluster_cpus,
 )
 from ..specs import absolute_spec_paths, spec_hash
@@ -26,6 +27,9 @@ from .data import DataSourceError, plan_pairs, read_pairs
 from .layout import METRICS_FILE, MODEL_DIR, STATE_FILE
 from .plan import FinetunePlan, PairsPlan
 from .spec import FinetuneSpec, ModelSpec
+
+# Ray Train v2's controller poll interval (ray.train.v2._internal.constants), for a private Ray.
+TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,13 @@ def run_finetune_plan(plan: FinetunePlan) -> FinetuneResult:
     spec = plan.spec
     cpus = spec.scaling.cpu_demand()
     check_private_cpus(cpus)
+    if starts_private_ray():
+        # Ray Train's controller takes one reported result per poll, every 2 s by default,
+        # and a worker's next report waits for the last to be taken: on a tiny fine-tune
+        # (48 rows, 5 reports) the worker idled between reports and the run ended ~6 s
+        # after training did, 52 s in all against 42 s at 0.25 s. A private Ray's workers
+        # inherit this process's environment; a cluster keeps its own setting.
+        os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)
     init_ray()
     warn_cluster_cpus(cpus)
     # Per-operator progress bars from every worker drown the training log.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,6 +30,9 @@ pytestmark = pytest.mark.integration
 def ray_cluster():
     import ray
 
+    from pipelines.finetune.run import TRAIN_POLL_ENV, TRAIN_POLL_S
+
+    os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)  # what a fine-tune's private Ray gets
     # 2 real cores; 4 logical CPUs let two training workers and Ray Data's read
     # tasks hold resources at the same time.
     ray.init(address="local", num_cpus=4, include_dashboard=False)
