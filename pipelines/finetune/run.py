@@ -164,6 +164,25 @@ def run_finetune(spec: FinetuneSpec) -> FinetuneResult:
     return run_finetune_plan(preflight(spec).plan)
 
 
+def _private_ray_trainer(trainer_cls: type) -> type:
+    """`trainer_cls` without Ray Train's PlacementGroupCleaner, for a private Ray.
+
+    The cleaner is a detached actor that removes the training placement group if the
+    controller dies, and asks Ray's state API every second whether it has. A private Ray
+    runs no state API (no dashboard), so on every fine-tune started without RAY_ADDRESS it
+    logged "Failed to query Ray Train Controller actor state" once a second for the whole
+    run; and a private Ray, placement groups included, ends with the driver anyway.
+    Should Ray drop this hook, the callbacks stay as they are.
+    """
+
+    class PrivateRayTrainer(trainer_cls):  # type: ignore[misc, valid-type]
+        def _create_default_callbacks(self) -> list[Any]:
+            callbacks = super()._create_default_callbacks()
+            return [cb for cb in callbacks if type(cb).__name__ != "PlacementGroupCleanerCallback"]
+
+    return PrivateRayTrainer
+
+
 def run_finetune_plan(plan: FinetunePlan) -> FinetuneResult:
     """Train with TorchTrainer as the plan says, then export the final checkpoint.
 
@@ -181,7 +200,8 @@ def run_finetune_plan(plan: FinetunePlan) -> FinetuneResult:
     spec = plan.spec
     cpus = spec.scaling.cpu_demand()
     check_private_cpus(cpus)
-    if starts_private_ray():
+    private = starts_private_ray()
+    if private:
         # Ray Train's controller takes one reported result per poll, every 2 s by default,
         # and a worker's next report waits for the last to be taken: on a tiny fine-tune
         # (48 rows, 5 reports) the worker idled between reports and the run ended ~6 s
@@ -206,7 +226,7 @@ def run_finetune_plan(plan: FinetunePlan) -> FinetuneResult:
         train_rows = datasets["train"].count()
     if train_rows == 0:
         raise PreflightError("spec", [f"data.train.uri: no rows in {spec.data.train.uri}"])
-    trainer = TorchTrainer(
+    trainer = (_private_ray_trainer(TorchTrainer) if private else TorchTrainer)(
         train_loop,
         train_loop_config={"spec": spec.model_dump(mode="json"), "train_rows": train_rows},
         scaling_config=ScalingConfig(

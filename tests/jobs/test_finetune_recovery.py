@@ -141,6 +141,9 @@ def test_worker_killed_mid_epoch_is_restarted_by_failure_config(tmp_path):
     # The new worker group restored a checkpoint instead of starting over.
     assert summary["metrics"]["resumed_from_step"] is not None and summary["metrics"]["resumed_from_step"] >= 4
     assert "resuming from step" in text
+    # A private Ray has no state API: Ray Train's placement-group cleaner, which polls it,
+    # is left out (it logged a warning every second of every run).
+    assert "Failed to query Ray Train Controller actor state" not in text
 
 
 def _session_pids(sid: int) -> list[int]:
