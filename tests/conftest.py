@@ -23,9 +23,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Integration modules (whole jobs through Ray: a minute or more per file) first, the
-    quick unit files after them. make test hands files to two workers in this order, so
-    the unit files fill in at the end instead of one worker finishing a long job file
-    alone; the sort is stable, so each file keeps its tests' order."""
+    quick unit files after them. make test hands files to two workers in this order
+    (--no-loadscope-reorder), so the unit files fill in at the end instead of one worker
+    finishing a long job file alone; the sort is stable, so each file keeps its order."""
     items.sort(key=lambda item: item.get_closest_marker("integration") is None)
 
 
