@@ -77,11 +77,36 @@ inline void silu(float* y, int64_t n) {
 
 // One query against w keys/values that sit `stride` floats apart; bias[j] (and rel[j],
 // T5's relative position bias, when not null) is added to score j. out gets the
-// softmax-weighted sum of the values.
+// softmax-weighted sum of the values. Keys and values go four at a time: four
+// independent sums share each load of q (and each load/store of out), where one key at a
+// time made every dot product a single dependent chain of fused multiply-adds.
 inline void attend(const float* q, const float* k, const float* v, int64_t stride, const float* bias,
                    const float* rel, int64_t w, int64_t d, float* out, float* scores) {
   float mx = -FLT_MAX;
-  for (int64_t j = 0; j < w; ++j) {
+  int64_t j = 0;
+  for (; j + 4 <= w; j += 4) {
+    const float* k0 = k + j * stride;
+    const float* k1 = k0 + stride;
+    const float* k2 = k1 + stride;
+    const float* k3 = k2 + stride;
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int64_t i = 0; i < d; ++i) {
+      const float qi = q[i];
+      s0 += qi * k0[i];
+      s1 += qi * k1[i];
+      s2 += qi * k2[i];
+      s3 += qi * k3[i];
+    }
+    const float s[4] = {s0, s1, s2, s3};
+    for (int64_t t = 0; t < 4; ++t) {
+      float x = s[t] + bias[j + t];
+      if (rel != nullptr) x += rel[j + t];
+      scores[j + t] = x;
+      mx = std::max(mx, x);
+    }
+  }
+  for (; j < w; ++j) {
     const float* kj = k + j * stride;
     float s = 0.0f;
 #pragma omp simd reduction(+ : s)
@@ -93,14 +118,24 @@ inline void attend(const float* q, const float* k, const float* v, int64_t strid
   }
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < w; ++j) {
-    const float e = fast_exp(scores[j] - mx);
-    scores[j] = e;
+  for (int64_t t = 0; t < w; ++t) {
+    const float e = fast_exp(scores[t] - mx);
+    scores[t] = e;
     sum += e;
   }
   const float inv = 1.0f / sum;
   for (int64_t i = 0; i < d; ++i) out[i] = 0.0f;
-  for (int64_t j = 0; j < w; ++j) {
+  j = 0;
+  for (; j + 4 <= w; j += 4) {
+    const float* v0 = v + j * stride;
+    const float* v1 = v0 + stride;
+    const float* v2 = v1 + stride;
+    const float* v3 = v2 + stride;
+    const float p0 = scores[j] * inv, p1 = scores[j + 1] * inv, p2 = scores[j + 2] * inv, p3 = scores[j + 3] * inv;
+#pragma omp simd
+    for (int64_t i = 0; i < d; ++i) out[i] += (p0 * v0[i] + p1 * v1[i]) + (p2 * v2[i] + p3 * v3[i]);
+  }
+  for (; j < w; ++j) {
     const float* vj = v + j * stride;
     const float p = scores[j] * inv;
 #pragma omp simd
@@ -384,9 +419,8 @@ class Layers {
       // self-attention: write this step's K|V at each row's column, attend over [0, self_w)
       const at::Tensor& in1 = pre_ ? h : x;
       if (pre_) norm_rows(hp, f(0), f(1), e1);
-      matmul(qkv, in1, p[2], l, 0, xn);
+      matmul(qkv, in1, p[2], l, 0, xn, &p[3]);
       float* qp = qkv.data_ptr<float>();
-      add_bias(qp, f(3), m, 3 * I);
       float* cache = caches[l].data_ptr<float>();
       // this layer's relative bias table (UMT5: its own; T5: the shared one)
       const float* rl = relp == nullptr ? nullptr : relp + (rel_tables > 1 ? l : 0) * H * (2 * T - 1);
@@ -401,13 +435,13 @@ class Layers {
                    d, ap + r * I + hh * d, scores.data());
         }
       });
-      matmul(proj, att, p[4], l, 1, xn);
+      matmul(proj, att, p[4], l, 1, xn, nullptr);  // its bias goes in with the residual
+      pp = proj.data_ptr<float>();
       residual_rows(f(5), f(0), f(1), e1);
       // cross-attention: a slot's rows share its source K|V
       if (pre_) norm_rows(hp, f(6), f(7), e2);
-      matmul(cq, pre_ ? h : x, p[8], l, 2, xn);
+      matmul(cq, pre_ ? h : x, p[8], l, 2, xn, &p[9]);
       float* cqp = cq.data_ptr<float>();
-      add_bias(cqp, f(9), m, I);
       const float* cross = crosses[l].data_ptr<float>();
       rows(1, [&](int64_t a, int64_t e) {
         std::vector<float> scores(most);
@@ -419,12 +453,12 @@ class Layers {
                    src_len[slot - s0], d, ap + r * I + hh * d, scores.data());
         }
       });
-      matmul(proj, att, p[10], l, 3, xn);
+      matmul(proj, att, p[10], l, 3, xn, nullptr);
+      pp = proj.data_ptr<float>();
       residual_rows(f(11), f(6), f(7), e2);
       // feed-forward
       if (pre_) norm_rows(hp, f(12), f(13), e3);
-      matmul(ff, pre_ ? h : x, p[14], l, 4, xn);
-      add_bias(ff.data_ptr<float>(), f(15), m, ff.size(1));
+      matmul(ff, pre_ ? h : x, p[14], l, 4, xn, &p[15]);
       if (gated_) {
         // T5 v1.1: gate = act(first half) * second half, row by row
         float* fp = ff.data_ptr<float>();
@@ -444,31 +478,37 @@ class Layers {
         const int64_t width = ff.size(1);
         rows(4, [&](int64_t a, int64_t e) { activate(fp + a * width, (e - a) * width); });
       }
-      matmul(proj, gate, p[16], l, 5, xn);
+      matmul(proj, gated_ ? gate : ff, p[16], l, 5, xn, nullptr);  // (ff may be a new tensor now)
+      pp = proj.data_ptr<float>();
       residual_rows(f(17), f(12), f(13), e3);
     }
   }
 
-  // out = in @ W.T: ATen's float32 matmul (w: the [in, out] view), or int8_mm with the
-  // layer's packed weight `which` (0 qkv, 1 self_out, 2 cross_q, 3 cross_out, 4 fc1, 5 fc2).
+  // out = in @ W.T (+ bias, when given): oneDNN's linear on the layer's prepacked weight
+  // `which` (0 qkv, 1 self_out, 2 cross_q, 3 cross_out, 4 fc1, 5 fc2), with the bias in
+  // its epilogue; else ATen's float32 matmul (w: the [in, out] view) or int8_mm, then the
+  // bias. The oneDNN op has no out= form: `out` is rebound to the tensor it returns (a
+  // copy into the old buffer cost a pass over every output), so callers re-read its data
+  // pointer after each call.
   void matmul(at::Tensor& out, const at::Tensor& in, const at::Tensor& w, int64_t layer, int64_t which,
-              at::Tensor& xn) const {
+              at::Tensor& xn, const at::Tensor* bias) const {
     if (!p_.empty()) {
       static const auto op = c10::Dispatcher::singleton()
           .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
                             c10::List<std::optional<at::Scalar>>, std::optional<c10::string_view>)>();
-      out.copy_(op.call(in, p_[layer * 6 + which], std::nullopt, "none", c10::List<std::optional<at::Scalar>>(),
-                        std::nullopt));
+      out = op.call(in, p_[layer * 6 + which], bias != nullptr ? std::optional<at::Tensor>(*bias) : std::nullopt,
+                    "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
       return;
     }
     if (q_.empty()) {
       at::mm_out(out, in, w);
-      return;
+    } else {
+      const int64_t m = in.size(0), k = in.size(1);
+      at::Tensor buf = xn.narrow(0, 0, (m + 1) * k).view({m + 1, k});
+      int8_mm(out, in, q_[layer * 6 + which], buf);
     }
-    const int64_t m = in.size(0), k = in.size(1);
-    at::Tensor buf = xn.narrow(0, 0, (m + 1) * k).view({m + 1, k});
-    int8_mm(out, in, q_[layer * 6 + which], buf);
+    if (bias != nullptr) add_bias(out.data_ptr<float>(), bias->data_ptr<float>(), out.size(0), out.size(1));
   }
 
   // The activation in place on n contiguous floats.
