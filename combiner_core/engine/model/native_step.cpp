@@ -373,15 +373,19 @@ class Layers {
     const float* cbias = cross_bias.data_ptr<float>();
     at::Tensor h = at::empty({m, D}, x.options());       // normed input of a block (pre-LN)
     at::Tensor att = at::empty({m, I}, x.options());     // attention output, per head
-    at::Tensor proj = at::empty({m, D}, x.options());    // a block's output projection
-    at::Tensor qkv = at::empty({m, 3 * I}, x.options());
-    at::Tensor cq = at::empty({m, I}, x.options());
+    // The matmuls' outputs: buffers for at::mm_out and int8_mm; oneDNN's linear returns
+    // tensors of its own (matmul() rebinds these), so with packed weights none is made.
+    const bool own_outputs = !p_.empty();
+    auto output = [&](int64_t cols) { return own_outputs ? at::Tensor() : at::empty({m, cols}, x.options()); };
+    at::Tensor proj = output(D);  // a block's output projection
+    at::Tensor qkv = output(3 * I);
+    at::Tensor cq = output(I);
     const int64_t F = gated_ ? w_[14].size(1) / 2 : w_[14].size(1);  // the feed-forward width
-    at::Tensor ff = at::empty({m, w_[14].size(1)}, x.options());
-    at::Tensor gate = gated_ ? at::empty({m, F}, x.options()) : ff;  // act(wi_0 h) * wi_1 h
+    at::Tensor ff = output(w_[14].size(1));
+    at::Tensor gate = gated_ ? at::empty({m, F}, x.options()) : at::Tensor();  // act(wi_0 h) * wi_1 h
     float* hp = h.data_ptr<float>();
     float* ap = att.data_ptr<float>();
-    float* pp = proj.data_ptr<float>();
+    float* pp = nullptr;  // proj's data, read after each matmul into it
     const float* relp = rel.numel() > 0 ? rel.data_ptr<float>() : nullptr;
     const int64_t rel_tables = rel.numel() > 0 ? rel.size(0) : 0;
     const int64_t most = std::max(T, cap);  // the scores a row's attention needs at most
@@ -478,7 +482,7 @@ class Layers {
         const int64_t width = ff.size(1);
         rows(4, [&](int64_t a, int64_t e) { activate(fp + a * width, (e - a) * width); });
       }
-      matmul(proj, gated_ ? gate : ff, p[16], l, 5, xn, nullptr);  // (ff may be a new tensor now)
+      matmul(proj, gated_ ? gate : ff, p[16], l, 5, xn, nullptr);
       pp = proj.data_ptr<float>();
       residual_rows(f(17), f(12), f(13), e3);
     }
