@@ -64,7 +64,9 @@ def test_images_on_s3_match_core_scores_and_bad_rows_reconcile(ray_cluster, mode
         [expected] = scorer.score_pixels(pixels)
         probs = dict(r["label_probs"])
         assert list(probs) == ["red square", "blue"] and sum(probs.values()) == pytest.approx(1.0)
-        assert [probs[n] for n in ("red square", "blue")] == pytest.approx(list(expected.probs), abs=1e-5)
+        # the job scores images in batches, the check one at a time: float32 sums in another
+        # order, 2.5e-5 apart on a Zen 4 (AVX-512) where 1e-5 had held on AVX2 machines
+        assert [probs[n] for n in ("red square", "blue")] == pytest.approx(list(expected.probs), abs=1e-4)
         assert r["label"] == max(probs, key=probs.get) and r["label_prob"] == pytest.approx(max(probs.values()))
         assert r["abstained"] is False and r["labels"] == [r["label"]] and r["reference"] == by_id[r["id"]]["truth"]
         assert len(r["model_sha256"]) == 64 and len(r["spec_hash"]) == 64

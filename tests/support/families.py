@@ -5,7 +5,8 @@ comparison against transformers' generate."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -175,9 +176,87 @@ def engine_run(engine: GenerationEngine, batch: dict[str, torch.Tensor], keys=No
 # rounding, so that HF's own scores for a row differ by up to 2.6e-4 (Marian, greedy)
 # between a batch of ten and a batch of one. Real weights (MiniLM) are held to 1e-4.
 TINY_TOL = 5e-4
+# A decision taken by less than this may go either way between two correct float32
+# implementations: the native step's log-probs differ from the torch step's by up to
+# 3.6e-5 a step on these models (AVX-512, bert2bert beam-3), and on a Zen 4 (AVX-512)
+# a 2.4e-6 gap between the 3rd and 4th beam candidates of one row flipped, so that row's
+# third hypothesis differed from HF's. The same bound as the scores'.
+TIE_MARGIN = TINY_TOL
 
 
-def assert_same(ours, ref, *, tol: float = TINY_TOL) -> None:
+@contextmanager
+def near_ties() -> Iterator[set[int]]:
+    """The rows whose decoding took a decision by less than TIE_MARGIN, in the engine calls
+    made inside the block (row i of the k-th call counts after every row of the calls
+    before it, as the calls' results concatenate). Outputs of such rows may differ from
+    HF's without a bug; assert_same skips them.
+
+    A decision is an order that changes the outcome if two neighbours swap. Greedy: a
+    row's best and second-best processed scores. Beam (HF's step): of the top 2 x beams
+    candidates, the first `beams` that do not end become the running beams, and those
+    among the first `beams` that end join the finished ones; so the gap between the last
+    running beam and the next non-ending candidate, and the gap at position `beams` when
+    either side ends. Swaps that change neither set (two running beams, two dropped
+    candidates) are not decisions. Sampling is not checked."""
+    from combiner_core.engine import core
+    from combiner_core.engine.decoding.processors import apply
+
+    ties: set[int] = set()
+    offset = [0]
+    run, forward = core.GenerationEngine._run, core.GenerationEngine._forward
+
+    def counted_run(self, lengths, *args, **kwargs):
+        try:
+            return run(self, lengths, *args, **kwargs)
+        finally:
+            offset[0] += len(lengths)
+
+    def margin_forward(self, d, slots, n, step):
+        logits = forward(self, d, slots, n, step)
+        plan, st = d.plan, d.state
+        if plan.mode == "sample":
+            return logits
+        G, N, V = plan.group, n * plan.group, logits.shape[-1]
+        cur_len = st.age[:N] + 1
+        if plan.mode == "beam":
+            scores = torch.log_softmax(logits.float(), dim=-1)
+            if plan.processors:
+                scores = apply(plan.processors, st.hist[:N], cur_len, scores.clone())
+            scores = (scores.view(n, G, V) + st.run_scores[:n, :, None]).view(n, -1)
+            vals, idx = torch.topk(scores, k=plan.beams_to_keep + 1)
+            for s in range(n):
+                v = vals[s].tolist()
+                ends = [int(i) % V in plan.eos_ids or int(cur_len[s * G]) + 1 >= plan.max_length for i in idx[s]]
+                live = [j for j in range(len(v)) if not ends[j] and v[j] > -1.0e8]
+                gaps = [v[live[G - 1]] - v[live[G]]] if len(live) > G else []
+                if (ends[G - 1] or ends[G]) and v[G] > -1.0e8:
+                    gaps.append(v[G - 1] - v[G])
+                if gaps and min(gaps) < TIE_MARGIN:
+                    ties.add(offset[0] + slots.input[s])
+        else:
+            scores = logits.float().clone()
+            if plan.processors:
+                scores = apply(plan.processors, st.hist[:N], cur_len, scores)
+            top = torch.topk(scores, k=2).values
+            gaps = (top[:, 0] - top[:, 1]).view(n, G).min(dim=1).values
+            ties.update(offset[0] + slots.input[s] for s in range(n) if float(gaps[s]) < TIE_MARGIN)
+        return logits
+
+    core.GenerationEngine._run, core.GenerationEngine._forward = counted_run, margin_forward
+    try:
+        yield ties
+    finally:
+        core.GenerationEngine._run, core.GenerationEngine._forward = run, forward
+
+
+def assert_same(ours, ref, *, tol: float = TINY_TOL, ties: set[int] | None = None) -> None:
+    """Token-identical candidates with scores within tol, except on the rows in `ties`
+    (near_ties: a decision closer than rounding), which must be at most a third of them."""
+    ties = ties or set()
+    assert len(ours) == len(ref)
+    assert len(ties) <= len(ref) // 3, f"rows {sorted(ties)} of {len(ref)} took near-tied decisions"
+    keep = [i for i in range(len(ref)) if i not in ties]
+    ours, ref = [ours[i] for i in keep], [ref[i] for i in keep]
     assert [[c.token_ids for c in r] for r in ours] == [[c.token_ids for c in r] for r in ref]
     assert [[c.text for c in r] for r in ours] == [[c.text for c in r] for r in ref]
     for r_ours, r_ref in zip(ours, ref, strict=True):
