@@ -49,6 +49,7 @@ from .errors import (
     ManifestMismatchError,
     MissingImageProcessorError,
     MissingTokenizerError,
+    ParameterError,
     UnsafeCheckpointError,
 )
 from .storage import fetch_dir, is_remote, local_path, looks_like_path, upload_dir
@@ -345,6 +346,13 @@ def load_combiner(
         storage_options: fsspec options for remote URIs (endpoint, profile...).
         device, dtype: where and in what precision to place the model.
     """
+    if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        # before any download: torch's own message ("Torch not compiled with CUDA enabled")
+        # comes from an assert deep in model.to()
+        raise ParameterError(
+            f"load_combiner({uri!r}, device={str(device)!r}): this process sees no CUDA device "
+            f"(torch {torch.__version__}); pass device='cpu', or run it where a GPU and a CUDA build of torch are"
+        )
     resolved = resolve_checkpoint(uri, storage_options=storage_options)
     check_weights_policy(resolved, uri=uri, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     config = AutoConfig.from_pretrained(resolved, trust_remote_code=trust_remote_code)

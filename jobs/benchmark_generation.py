@@ -38,7 +38,10 @@ shape, --model t5: random T5 v1.0 of t5-small shape, jobs/peer_models.py; 128 in
 ctranslate2.converters.TransformersConverter, runs as two more contenders, CTranslate2
 float32 and int8 (compute_type int8_float32), intra_threads = torch's threads,
 inter_threads 1, token ids handed over as the vocabulary's token strings; the engine int8
-runs too. The JSON adds ratio_vs_peer_fp32 (engine float32 tokens/s over CTranslate2
+runs too. Each CTranslate2 contender runs in a child process of its own, so that each gets
+the library settings it is fastest with on this CPU (peer_models.PEER_ENV: float32 with
+MKL, which CTranslate2 leaves off on AMD CPUs; --peer-defaults: its own defaults); it
+waits idle while the others run, and its time includes the pipe (milliseconds). The JSON adds ratio_vs_peer_fp32 (engine float32 tokens/s over CTranslate2
 float32), ratio_vs_peer_int8 (engine int8 over CTranslate2 int8), ratio_vs_hf,
 outputs_identical_to_hf, int8_rows_equal_fp32 and peer_rows_equal_hf (shares of rows), and
 rows_ratio_vs_peer_fp32 / _int8 (CTranslate2's seconds over the engine's for the same rows:
@@ -267,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quantize", choices=["int8"], default=None,
                         help="also time the engine with quantize=int8 (CPU, float32), side by side")
+    parser.add_argument(
+        "--peer-defaults", action="store_true",
+        help="run CTranslate2 with its own defaults (no MKL on AMD CPUs) instead of peer_models.PEER_ENV",
+    )
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the untimed peak-memory runs (HF and engine once more each)")
     parser.add_argument(
@@ -354,14 +361,19 @@ def main(argv: list[str] | None = None) -> int:
                                 quantize=args.quantize)
         contenders.append(("int8", lambda data: run_engine(data, int8)))
 
+    peer_env: dict[str, dict[str, str]] = {}
     if args.peer:
         import tempfile
 
         folder = peer_models.save_for_converter(combiner, Path(tempfile.mkdtemp(prefix="ct2-src-")))
         for compute_type, name in (("float32", "ct2"), ("int8_float32", "ct2int8")):
+            peer_env[name] = {} if args.peer_defaults else peer_models.PEER_ENV[compute_type]
             contenders.append((name, peer_models.ctranslate2_runner(
                 folder, combiner, params, compute_type=compute_type, threads=torch.get_num_threads(), batch=args.batch,
+                env=peer_env[name],
             )))
+        print("CTranslate2 runs in child processes, float32 with", peer_env["ct2"] or "its defaults",
+              "and int8 with", peer_env["ct2int8"] or "its defaults")
 
     def timed(fn, data):
         if device.type == "cuda":
@@ -453,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             "peer_rows_equal_hf": round(sum(peer_same["ct2"]) / len(peer_same["ct2"]), 4),
             "peer_int8_rows_equal_hf": round(sum(peer_same["ct2int8"]) / len(peer_same["ct2int8"]), 4),
             "peer": f"ctranslate2 {ctranslate2.__version__}",
+            "peer_env": {"float32": peer_env["ct2"], "int8": peer_env["ct2int8"]},
             # rows/s: the same rows in every run, so seconds against seconds. Tokens/s counts
             # each contender's own outputs, which differ where its outputs do (CTranslate2's
             # beam search ends rows elsewhere than HF's): the two ratios can disagree.

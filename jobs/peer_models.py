@@ -5,6 +5,7 @@ rows end at input-dependent steps (the model's own EOS decisions, nothing forced
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -138,14 +139,54 @@ def describe(kind: str, combiner) -> str:
     return f"random T5 v1.0, t5-small shape (6+6 layers, d_model 512, d_ff 2048, 8 heads, d_kv 64, vocab {c.vocab_size})"
 
 
-def ctranslate2_runner(folder: Path, combiner, params, *, compute_type: str, threads: int, batch: int):
+# CTranslate2 uses Intel's MKL on Intel CPUs only and oneDNN elsewhere, unless told
+# (CT2_USE_MKL, read once when the library loads). On the AMD EPYC development machine
+# (Zen 4, 2 threads, 128 inputs, greedy) MKL made its float32 faster, T5 of t5-small shape
+# 19.3-19.6 -> 15.0-16.3 s and BART of bart-base shape 32.9-33.9 -> 32.0-32.3 s, and its
+# int8 (int8_float32) 2.6-6x slower (T5 7.5-8.6 -> 37-39 s, BART 14-15 -> 95-98 s); forcing
+# its AVX-512 kernels (CT2_FORCE_CPU_ISA=AVX512) changed neither. So the peer runs at its
+# best: float32 with MKL, int8 with its defaults.
+PEER_ENV = {"float32": {"CT2_USE_MKL": "1"}, "int8_float32": {}}
+
+
+def ctranslate2_runner(folder: Path, combiner, params, *, compute_type: str, threads: int, batch: int,
+                       env: dict[str, str] | None = None):
     """Convert `folder` (once per compute type's process-wide cache) and return
     run(list of id tensors) -> [[Generated]] with CTranslate2's translate_batch on the
-    same generation parameters (greedy or beam; token ids as vocabulary strings)."""
-    import ctranslate2
-    from ctranslate2.converters import TransformersConverter
+    same generation parameters (greedy or beam; token ids as vocabulary strings).
 
+    env: CTranslate2 settings read when the library loads (PEER_ENV). Given (even empty),
+    the translator runs in a child process started with them, since one process holds one
+    setting; it waits idle while the others run. None: in this process."""
     from combiner_core.engine.outputs import Generated, trim_generated
+
+    tok = combiner.tokenizer
+    ids = combiner.special_token_ids()
+    eos, pad = ids["eos_token_id"], ids["pad_token_id"]
+    beam = params.num_beams if params.strategy == "beam" else 1
+    setup = dict(
+        out_dir=str(_converted(folder)), vocab=tok.convert_ids_to_tokens(list(range(len(tok)))),
+        compute_type=compute_type, threads=threads,
+        options=dict(
+            beam_size=beam, max_batch_size=batch, batch_type="examples", max_decoding_length=params.max_new_tokens,
+            return_scores=True, return_end_token=True, num_hypotheses=1,
+            length_penalty=params.length_penalty if params.length_penalty is not None else 1.0,
+        ),
+    )
+    translate = _translate_fn(**setup) if env is None else _ChildTranslator(setup, env)
+
+    def run(rows):
+        out = []
+        for token_ids, score in translate([row.tolist() for row in rows]):
+            tokens = trim_generated(token_ids, pad=pad, eos={eos})
+            out.append([Generated(text="", token_ids=tuple(tokens), score=score, num_tokens=len(tokens))])
+        return out
+
+    return run
+
+
+def _converted(folder: Path) -> Path:
+    from ctranslate2.converters import TransformersConverter
 
     class Converter(TransformersConverter):
         def load_model(self, model_class, model_name_or_path, **kwargs):
@@ -159,28 +200,55 @@ def ctranslate2_runner(folder: Path, combiner, params, *, compute_type: str, thr
     out_dir = folder.parent / f"{folder.name}-ct2"
     if not (out_dir / "model.bin").exists():
         Converter(str(folder)).convert(str(out_dir), force=True)
+    return out_dir
+
+
+def _translate_fn(*, out_dir: str, vocab: list[str], compute_type: str, threads: int, options: dict):
+    """translate(list of id lists) -> [(token ids of the best hypothesis, its score)]."""
+    import ctranslate2
+
     translator = ctranslate2.Translator(
-        str(out_dir), device="cpu", compute_type=compute_type, inter_threads=1, intra_threads=threads,
+        out_dir, device="cpu", compute_type=compute_type, inter_threads=1, intra_threads=threads,
     )
-    tok = combiner.tokenizer
-    vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
     index = {t: i for i, t in enumerate(vocab)}
-    ids = combiner.special_token_ids()
-    eos, pad = ids["eos_token_id"], ids["pad_token_id"]
-    beam = params.num_beams if params.strategy == "beam" else 1
-    options = dict(
-        beam_size=beam, max_batch_size=batch, batch_type="examples", max_decoding_length=params.max_new_tokens,
-        return_scores=True, return_end_token=True, num_hypotheses=1,
-        length_penalty=params.length_penalty if params.length_penalty is not None else 1.0,
-    )
 
-    def run(rows):
-        source = [[vocab[i] for i in row.tolist()] for row in rows]
-        results = translator.translate_batch(source, **options)
-        out = []
-        for r in results:
-            tokens = trim_generated([index[t] for t in r.hypotheses[0]], pad=pad, eos={eos})
-            out.append([Generated(text="", token_ids=tuple(tokens), score=float(r.scores[0]), num_tokens=len(tokens))])
-        return out
+    def translate(rows: list[list[int]]) -> list[tuple[list[int], float]]:
+        results = translator.translate_batch([[vocab[i] for i in row] for row in rows], **options)
+        return [([index[t] for t in r.hypotheses[0]], float(r.scores[0])) for r in results]
 
-    return run
+    return translate
+
+
+def _serve(conn, setup: dict, env: dict[str, str]) -> None:
+    os.environ.update(env)  # before ctranslate2 loads: it reads its settings once
+    translate = _translate_fn(**setup)
+    conn.send("ready")
+    try:
+        while (rows := conn.recv()) is not None:
+            conn.send(translate(rows))
+    except EOFError:  # the parent ended without saying so
+        pass
+
+
+class _ChildTranslator:
+    """_translate_fn in a child process (spawned: a clean interpreter, so the environment
+    is read fresh); calls block on the child's answer."""
+
+    def __init__(self, setup: dict, env: dict[str, str]) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, setup, env), daemon=True)
+        self._proc.start()
+        child.close()
+        if self._conn.recv() != "ready":
+            raise RuntimeError("the CTranslate2 child process did not start")
+
+    def __call__(self, rows: list[list[int]]) -> list[tuple[list[int], float]]:
+        self._conn.send(rows)
+        return self._conn.recv()
+
+    def close(self) -> None:
+        self._conn.send(None)
+        self._proc.join(timeout=30)

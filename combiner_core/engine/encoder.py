@@ -89,6 +89,13 @@ class SourceEncoder:
             self.encoder = quantized_copy(self.encoder)
             self.proj = None if self.proj is None else quantized_copy(self.proj)
         self.pad_token_id = pad_token_id
+        # int8 encodes each text input alone. Padded beside others in a length bucket, an
+        # input's float32 sums (attention over more columns, GEMMs of another height) move
+        # at rounding level, 1.4e-5 in a tiny T5's states; int8 turns that into other
+        # quantization steps, 0.049 there, and a row's tokens then changed with the rows
+        # it happened to be batched with. Alone, its int8 path is the same in any call
+        # (int8_linear is exact per row, the decoder's attention is per row).
+        self.one_at_a_time = quantize == "int8"
         self._t5 = t5_encoder_forward(self.encoder)  # T5 / mT5 in float32: bias and mask combined once
 
     def _states(self, out: torch.Tensor) -> torch.Tensor:
@@ -98,6 +105,8 @@ class SourceEncoder:
         """Token-id rows (indices `order`, longest first), in length buckets of at most `cap`."""
         device = self.model.device
         max_padding, max_tokens = BUCKETS.get(device.type, BUCKETS["cuda"])
+        if self.one_at_a_time:
+            cap = 1
         for bucket in length_buckets(order, lengths, cap, max_padding=max_padding, max_tokens=max_tokens):
             batch = collate_token_ids([rows[i] for i in bucket], pad_token_id=self.pad_token_id)
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)

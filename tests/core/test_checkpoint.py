@@ -206,3 +206,14 @@ def test_preprocessor_loads_without_weights(bert2gpt2, vit2gpt2, s3_bucket: str,
     fetched = {p.name for p in cache_root().rglob("*") if p.is_file()}
     assert "tokenizer.json" in fetched and "preprocessor_config.json" in fetched
     assert not any(name.endswith(".safetensors") for name in fetched)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this process sees a CUDA device")
+def test_cuda_without_a_gpu_is_refused_before_loading(bert2gpt2, tmp_path: Path) -> None:
+    """device='cuda' where torch sees no GPU: a ParameterError naming the call and the fix,
+    not torch's assert from inside model.to() (a new user's trial hit that)."""
+    from combiner_core.errors import ParameterError
+
+    save_combiner(bert2gpt2, str(tmp_path / "m"))
+    with pytest.raises(ParameterError, match=r"device='cuda'.*no CUDA device.*pass device='cpu'"):
+        load_combiner(str(tmp_path / "m"), device="cuda")

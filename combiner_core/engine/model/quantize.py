@@ -29,7 +29,8 @@ divided by its own max |x| (so every row lies in [-1, 1]) and one anchor row [1,
 0...] is appended, so the tensor's range is exactly [-1, 1] whatever the batch; the
 quantization grid is then fixed and each row's int8 values depend on that row only,
 and its output is multiplied back by the row's scale. The int32 accumulation is exact,
-so a row's result is the same bit for bit in any batch (tests check it). With
+so a row's result is the same bit for bit in any batch (tests check it; the engine
+encodes each input alone in int8 so that the whole path is: encoder.py). With
 reduce_range (7-bit activations, what fbgemm needs on CPUs without VNNI to keep
 vpmaddubsw's int16 pair sums from saturating) the activation step is 2/127 of a row's
 max |x|; the relative error of one layer's output on random data is ~1-2%
