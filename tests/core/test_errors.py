@@ -176,3 +176,15 @@ def _png_bytes() -> bytes:
     buf = io.BytesIO()
     Image.effect_noise((64, 64), 50).convert("RGB").save(buf, "PNG")
     return buf.getvalue()
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("umt4", "umt5"), ("flna", "flan"), ("demo-sumarizer", "demo-summarizer")])
+def test_a_misspelled_model_folder_gets_a_suggestion(typed: str, meant: str, tmp_path: Path) -> None:
+    """One wrong or swapped letter, short names included (a four-letter name with one wrong
+    letter scores 0.75 in difflib, under its usual 0.8 cutoff)."""
+    from combiner_core.describe import describe_checkpoint
+
+    for name in ("umt5", "flan", "demo-summarizer", "captioner"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(CheckpointNotFoundError, match=f"did you mean {tmp_path / meant}\\?"):
+        describe_checkpoint(str(tmp_path / typed))
