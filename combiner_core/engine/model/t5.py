@@ -138,9 +138,15 @@ def t5_encoder_forward(stack: torch.nn.Module) -> Callable[[torch.Tensor, torch.
     if not getattr(first, "has_relative_attention_bias", False):
         return None
 
-    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:
+        """lengths: each row's real length; given, each row attends over its own columns with
+        its own [1, H, n, n] bias, the arithmetic it gets encoded alone (the int8 engine's
+        rows may not depend on the batch, encoder.py), while the linears stay batched."""
         x = stack.embed_tokens(input_ids)
         b, L = input_ids.shape
+        own: dict[int, torch.Tensor] = {}
+        if lengths is not None:
+            own = {n: first.compute_bias(n, n, device=x.device) for n in set(lengths)}
         # [1, H, L, L] bias (bidirectional buckets), padding keys at dtype min: what
         # create_position_bias_mask gives every layer
         bias = first.compute_bias(L, L, device=x.device)
@@ -155,7 +161,13 @@ def t5_encoder_forward(stack: torch.nn.Module) -> Callable[[torch.Tensor, torch.
             q = att.q(h).view(b, L, heads, dk).transpose(1, 2)
             k = att.k(h).view(b, L, heads, dk).transpose(1, 2)
             v = att.v(h).view(b, L, heads, dk).transpose(1, 2)
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)  # T5: no 1/sqrt(d)
+            if lengths is None:
+                a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)  # T5: no 1/sqrt(d)
+            else:
+                a = q.new_zeros(q.shape)
+                for r, n in enumerate(lengths):
+                    a[r : r + 1, :, :n] = F.scaled_dot_product_attention(
+                        q[r : r + 1, :, :n], k[r : r + 1, :, :n], v[r : r + 1, :, :n], attn_mask=own[n], scale=1.0)
             x = x + att.o(a.transpose(1, 2).reshape(b, L, heads * dk))
             h = F.rms_norm(x, shape, ff.layer_norm.weight, ff.layer_norm.variance_epsilon)
             x = x + ff.DenseReluDense(h)
