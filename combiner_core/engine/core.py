@@ -217,6 +217,7 @@ class GenerationEngine:
             return []
         if any(len(r) == 0 for r in rows):
             raise ValueError("an input has no tokens; tokenize with special tokens or drop it")
+        self._check_token_ids(rows)
         if self.combiner.modality != "text":
             raise ModalityError(f"this combiner takes images ({self.combiner.layout}); use generate_pixels")
         if not self.fast_path:
@@ -239,6 +240,26 @@ class GenerationEngine:
             return self._fallback_pixels(pixel_values)
         return self._run([1] * n, row_keys,
                          lambda idx: self._cross(self._encoder.pixels(pixel_values, idx, len(idx))))
+
+    def _check_token_ids(self, rows: list[torch.Tensor]) -> None:
+        """Ids outside the encoder's embedding table: a ValueError naming the input, instead of
+        torch's "index out of range in self" from deep in the encoder."""
+        try:
+            table = self.combiner.model.get_encoder().get_input_embeddings()
+        except (AttributeError, NotImplementedError):
+            return
+        size = getattr(table, "num_embeddings", None)
+        if size is None:
+            return
+        ids = torch.cat(rows)
+        if int(ids.min()) >= 0 and int(ids.max()) < size:
+            return
+        i = next(i for i, r in enumerate(rows) if int(r.min()) < 0 or int(r.max()) >= size)
+        bad = next(int(t) for t in rows[i] if not 0 <= int(t) < size)
+        raise ValueError(
+            f"input {i} holds token id {bad}, outside the encoder's vocabulary (ids 0-{size - 1}); "
+            "tokenize the inputs with this combiner's own tokenizer"
+        )
 
     # ------------------------------------------------------------------ fallback
 

@@ -547,3 +547,16 @@ def test_t5_half_precision_checkpoint_with_float32_wo_runs() -> None:
     engine = GenerationEngine(c, GenerationParams(strategy="greedy", max_new_tokens=8), slots=3, dtype=None)
     out = engine_run(engine, inputs_of(c, 4))
     assert engine.fast_path and all(0 < r[0].num_tokens <= 8 for r in out)
+
+
+def test_token_ids_outside_the_vocabulary_name_the_input() -> None:
+    """A new user's trial handed the engine ids of another tokenizer and got torch's
+    "index out of range in self"; the engine names the input, the id and the fix."""
+    c = build("t5")
+    size = c.model.get_encoder().get_input_embeddings().num_embeddings
+    engine = GenerationEngine(c, GenerationParams(max_new_tokens=4), dtype=None)
+    with pytest.raises(ValueError, match=rf"input 1 holds token id {size + 5}, outside .*0-{size - 1}.*own tokenizer"):
+        engine.generate_token_ids([torch.tensor([5, 6, 1]), torch.tensor([7, size + 5, 1])])
+    with pytest.raises(ValueError, match="input 0 holds token id -1"):
+        engine.generate_token_ids([torch.tensor([-1, 1])])
+    assert len(engine.generate_token_ids([torch.tensor([5, 6, 1])])) == 1
