@@ -89,7 +89,7 @@ class SourceEncoder:
             self.encoder = quantized_copy(self.encoder)
             self.proj = None if self.proj is None else quantized_copy(self.proj)
         self.pad_token_id = pad_token_id
-        # int8 encodes each text input alone. Padded beside others in a length bucket, an
+        # int8 encodes each text input as it would be alone. Padded beside others in a bucket, an
         # input's float32 sums (attention over more columns, GEMMs of another height) move
         # at rounding level, 1.4e-5 in a tiny T5's states; int8 turns that into other
         # quantization steps, 0.049 there, and a row's tokens then changed with the rows
