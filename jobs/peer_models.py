@@ -150,14 +150,14 @@ PEER_ENV = {"float32": {"CT2_USE_MKL": "1"}, "int8_float32": {}}
 
 
 def ctranslate2_runner(folder: Path, combiner, params, *, compute_type: str, threads: int, batch: int,
-                       env: dict[str, str] | None = None):
+                       env: dict[str, str]):
     """Convert `folder` (once per compute type's process-wide cache) and return
     run(list of id tensors) -> [[Generated]] with CTranslate2's translate_batch on the
     same generation parameters (greedy or beam; token ids as vocabulary strings).
 
-    env: CTranslate2 settings read when the library loads (PEER_ENV). Given (even empty),
-    the translator runs in a child process started with them, since one process holds one
-    setting; it waits idle while the others run. None: in this process."""
+    env: CTranslate2 settings read when the library loads (PEER_ENV); the translator runs
+    in a child process started with them, since one process holds one setting, and waits
+    idle while the others run."""
     from combiner_core.engine.outputs import Generated, trim_generated
 
     tok = combiner.tokenizer
@@ -173,7 +173,7 @@ def ctranslate2_runner(folder: Path, combiner, params, *, compute_type: str, thr
             length_penalty=params.length_penalty if params.length_penalty is not None else 1.0,
         ),
     )
-    translate = _translate_fn(**setup) if env is None else _ChildTranslator(setup, env)
+    translate = _ChildTranslator(setup, env)
 
     def run(rows):
         out = []
@@ -224,9 +224,9 @@ def _serve(conn, setup: dict, env: dict[str, str]) -> None:
     translate = _translate_fn(**setup)
     conn.send("ready")
     try:
-        while (rows := conn.recv()) is not None:
-            conn.send(translate(rows))
-    except EOFError:  # the parent ended without saying so
+        while True:
+            conn.send(translate(conn.recv()))
+    except EOFError:  # the parent ended
         pass
 
 
@@ -248,7 +248,3 @@ class _ChildTranslator:
     def __call__(self, rows: list[list[int]]) -> list[tuple[list[int], float]]:
         self._conn.send(rows)
         return self._conn.recv()
-
-    def close(self) -> None:
-        self._conn.send(None)
-        self._proc.join(timeout=30)

@@ -106,32 +106,33 @@ class SourceEncoder:
         device = self.model.device
         max_padding, max_tokens = BUCKETS.get(device.type, BUCKETS["cuda"])
         for bucket in length_buckets(order, lengths, cap, max_padding=max_padding, max_tokens=max_tokens):
-            if self.one_at_a_time and self._t5 is not None and self.model.dtype == torch.float32:
-                # T5 / mT5: batched, each row's attention over its own columns (model/t5.py);
-                # alone, t5-small's small per-input operations left the second thread idle
-                # (int8 engine, 128 inputs: 6.5-6.8 s against 5.6 s in padded buckets)
-                batch = collate_token_ids([rows[i] for i in bucket], pad_token_id=self.pad_token_id)
-                states = self._t5(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                  [lengths[i] for i in bucket])
-            elif self.one_at_a_time:
+            if self.one_at_a_time and not self._own_t5():
                 # each input encoded alone, then zero-padded into the bucket's states: what
                 # follows (cross K|V projections, admission) still runs once per bucket, and
                 # reads only each row's own columns (one input per batch all through cost the
                 # int8 BART benchmark a tenth of its time, in those per-batch steps)
-                parts = [self._encode(rows[i][None].to(device), None) for i in bucket]
+                parts = [self._encode(rows[i][None].to(device), torch.ones_like(rows[i][None]).to(device))
+                         for i in bucket]
                 states = parts[0].new_zeros(len(bucket), lengths[bucket[0]], parts[0].shape[-1])
                 for j, part in enumerate(parts):
                     states[j, : part.shape[1]] = part[0]
             else:
+                # T5 / mT5 in int8 stay batched, each row's attention over its own columns
+                # (model/t5.py); alone, t5-small's small per-input operations left the second
+                # thread idle (int8 engine, 128 inputs: 6.5-6.8 s against 5.6 s)
                 batch = collate_token_ids([rows[i] for i in bucket], pad_token_id=self.pad_token_id)
-                states = self._encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                own = [lengths[i] for i in bucket] if self.one_at_a_time else None
+                states = self._encode(batch["input_ids"].to(device), batch["attention_mask"].to(device), own)
             yield Encoded(bucket, self._states(states), [lengths[i] for i in bucket])
 
-    def _encode(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        if mask is None:
-            mask = torch.ones_like(ids)
-        if self._t5 is not None and self.model.dtype == torch.float32:
-            return self._t5(ids, mask)
+    def _own_t5(self) -> bool:
+        """The engine's own T5 / mT5 encoder forward runs (float32 weights, int8 copies included)."""
+        return self._t5 is not None and self.model.dtype == torch.float32
+
+    def _encode(self, ids: torch.Tensor, mask: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:
+        """Encoder states; `lengths` (T5 / mT5 only): each row attends over its own columns."""
+        if self._own_t5():
+            return self._t5(ids, mask, lengths)
         return self.encoder(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
 
     def pixels(self, pixel_values: torch.Tensor, idx: list[int], cap: int) -> Iterator[Encoded]:

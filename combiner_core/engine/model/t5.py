@@ -144,14 +144,14 @@ def t5_encoder_forward(stack: torch.nn.Module) -> Callable[[torch.Tensor, torch.
         rows may not depend on the batch, encoder.py), while the linears stay batched."""
         x = stack.embed_tokens(input_ids)
         b, L = input_ids.shape
-        own: dict[int, torch.Tensor] = {}
-        if lengths is not None:
+        if lengths is not None:  # each row's own [1, H, n, n] bias
             own = {n: first.compute_bias(n, n, device=x.device) for n in set(lengths)}
-        # [1, H, L, L] bias (bidirectional buckets), padding keys at dtype min: what
-        # create_position_bias_mask gives every layer
-        bias = first.compute_bias(L, L, device=x.device)
-        if not bool(attention_mask.all()):
-            bias = bias.masked_fill((attention_mask == 0)[:, None, None, :], torch.finfo(x.dtype).min)
+        else:
+            # [1, H, L, L] bias (bidirectional buckets), padding keys at dtype min: what
+            # create_position_bias_mask gives every layer
+            bias = first.compute_bias(L, L, device=x.device)
+            if not bool(attention_mask.all()):
+                bias = bias.masked_fill((attention_mask == 0)[:, None, None, :], torch.finfo(x.dtype).min)
         shape = (x.shape[-1],)
         for block in blocks:
             sa, ff = block.layer[0], block.layer[-1]
